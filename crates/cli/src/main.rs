@@ -1,0 +1,210 @@
+//! `extremal`: what convolutional networks look at, from the command line.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Result};
+use candle_core::{DType, Device, Tensor};
+use clap::{Args, Parser, Subcommand};
+use extremal_hook::Network;
+use extremal_models::{load_input, Model, ModelKind};
+use serde_json::json;
+
+#[derive(Parser)]
+#[command(
+    name = "extremal",
+    version,
+    about = "Explain what convolutional networks look at and which channels carry a decision."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// List every site of a model with its output shape at the model's input size.
+    Layers(LayersArgs),
+    /// Classify an image: the top classes with labels and probabilities.
+    Classify(ClassifyArgs),
+}
+
+#[derive(Args)]
+struct ModelArgs {
+    /// Model: efficientnet-lite0, resnet18/34/50/101/152, vgg16, googlenet.
+    #[arg(long, default_value = "efficientnet-lite0")]
+    model: String,
+    /// Weight file (.safetensors, .pth); default: the model's pretrained weights, fetched once.
+    #[arg(long)]
+    weights: Option<PathBuf>,
+    /// Device: cpu or cuda (needs a build with `--features cuda`).
+    #[arg(long, default_value = "cpu")]
+    device: String,
+}
+
+#[derive(Args)]
+struct LayersArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Print one JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct ClassifyArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// An image file (PNG, JPEG, …) or a .safetensors file whose tensor `input` is used as is.
+    input: PathBuf,
+    /// How many classes to show.
+    #[arg(long, default_value_t = 5)]
+    top: usize,
+    /// Resize the shorter side to the model's input size instead of the whole image to a square.
+    #[arg(long)]
+    keep_aspect: bool,
+    /// Print one JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
+fn device(name: &str) -> Result<Device> {
+    match name {
+        "cpu" => Ok(Device::Cpu),
+        "cuda" => {
+            if !candle_core::utils::cuda_is_available() {
+                bail!("--device cuda: this build has no CUDA support; rebuild with `cargo build --release --features cuda`")
+            }
+            Ok(Device::new_cuda(0)?)
+        }
+        other => bail!("unknown device `{other}`; use cpu or cuda"),
+    }
+}
+
+impl ModelArgs {
+    fn kind(&self) -> Result<ModelKind> {
+        Ok(self.model.parse::<ModelKind>()?)
+    }
+
+    fn load(&self) -> Result<Model> {
+        let kind = self.kind()?;
+        let dev = device(&self.device)?;
+        Ok(Model::load(kind, self.weights.as_deref(), DType::F32, &dev)?)
+    }
+}
+
+fn layers(args: &LayersArgs) -> Result<()> {
+    let kind = args.model.kind()?;
+    let dev = device(&args.model.device)?;
+    // Shapes do not depend on the weights: without --weights, nothing is downloaded.
+    let model = match &args.model.weights {
+        Some(_) => args.model.load()?,
+        None => Model::random(kind, 0, DType::F32, &dev)?.0,
+    };
+    let size = model.preprocess().size;
+    let x = Tensor::zeros((1, 3, size, size), DType::F32, &dev)?;
+    let mut shapes: Vec<(String, Vec<usize>)> = Vec::new();
+    let mut record = |site: &str, t: Tensor| -> extremal_hook::Result<Tensor> {
+        shapes.push((site.to_string(), t.dims().to_vec()));
+        Ok(t)
+    };
+    model.forward_hooked(&x, &mut record)?;
+    let aliases = model.aliases();
+    let alias_of = |site: &str| -> Vec<String> {
+        aliases
+            .iter()
+            .filter(|(_, n)| n == site)
+            .map(|(a, _)| a.clone())
+            .collect()
+    };
+    if args.json {
+        let sites: Vec<_> = shapes
+            .iter()
+            .map(|(s, d)| json!({"site": s, "shape": d, "aliases": alias_of(s)}))
+            .collect();
+        let aliases: serde_json::Map<String, serde_json::Value> =
+            aliases.iter().map(|(a, n)| (a.clone(), json!(n))).collect();
+        out(&format!(
+            "{}\n",
+            json!({"model": kind.name(), "input": [1, 3, size, size], "sites": sites, "aliases": aliases})
+        ));
+    } else {
+        let width = shapes.iter().map(|(s, _)| s.len()).max().unwrap_or(0);
+        let mut text = String::new();
+        for (s, d) in &shapes {
+            let a = alias_of(s);
+            let a = if a.is_empty() {
+                String::new()
+            } else {
+                format!("  (= {})", a.join(", "))
+            };
+            let d: Vec<String> = d.iter().map(|v| v.to_string()).collect();
+            text.push_str(&format!("{s:<width$}  {}{a}\n", d.join("x")));
+        }
+        out(&text);
+    }
+    Ok(())
+}
+
+fn classify(args: &ClassifyArgs) -> Result<()> {
+    let model = args.model.load()?;
+    let x = load_input(
+        &args.input,
+        model.preprocess(),
+        args.keep_aspect,
+        DType::F32,
+        model.device(),
+    )?;
+    if x.dim(0)? != 1 {
+        bail!(
+            "{}: classify takes one image, the tensor holds {}",
+            args.input.display(),
+            x.dim(0)?
+        );
+    }
+    let (preds, logits) = model.classify(&x, args.top.max(1))?;
+    let preds = &preds[0];
+    if args.json {
+        let top: Vec<_> = preds
+            .iter()
+            .map(|p| json!({"class": p.class, "label": p.label, "prob": p.prob, "logit": p.logit}))
+            .collect();
+        let logits = logits.squeeze(0)?.to_vec1::<f32>()?;
+        out(&format!(
+            "{}\n",
+            json!({"model": model.kind().name(), "top": top, "logits": logits})
+        ));
+    } else {
+        let text: String = preds
+            .iter()
+            .map(|p| format!("{:>4}  {:>6.2}%  {}\n", p.class, 100.0 * p.prob, p.label))
+            .collect();
+        out(&text);
+    }
+    Ok(())
+}
+
+/// Writes to stdout; a closed pipe (`extremal layers | head`) ends the output quietly.
+fn out(text: &str) {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    let _ = stdout.write_all(text.as_bytes()).and_then(|_| stdout.flush());
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match &cli.command {
+        Command::Layers(a) => layers(a),
+        Command::Classify(a) => classify(a),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

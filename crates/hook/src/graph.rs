@@ -1,0 +1,345 @@
+use candle_core::{Module, Tensor};
+
+use crate::{Error, Hook, Network, Prefix, Result};
+
+/// One node of a [`Graph`]. A node with a non-empty name is a site.
+pub enum Node {
+    /// A layer: any candle [`Module`] (closures included).
+    Layer {
+        /// Site name, or empty.
+        name: String,
+        /// The computation.
+        module: Box<dyn Module + Send + Sync>,
+    },
+    /// Children run one after the other.
+    Seq {
+        /// Site name of the output, or empty.
+        name: String,
+        /// The children.
+        children: Vec<Node>,
+    },
+    /// `post(body(x) + shortcut(x))`, with the identity when `shortcut` is `None`.
+    Residual {
+        /// Site name of the output, or empty.
+        name: String,
+        /// The main branch.
+        body: Box<Node>,
+        /// The projection branch, if any.
+        shortcut: Option<Box<Node>>,
+        /// Applied after the sum (e.g. ReLU), if any; not a site.
+        post: Option<Box<dyn Module + Send + Sync>>,
+    },
+    /// The branches all read the input; their outputs are concatenated along channels.
+    Concat {
+        /// Site name of the output, or empty.
+        name: String,
+        /// The branches.
+        branches: Vec<Node>,
+    },
+}
+
+impl Node {
+    /// A layer node.
+    pub fn layer(name: &str, module: impl Module + Send + Sync + 'static) -> Self {
+        Node::Layer {
+            name: name.to_string(),
+            module: Box::new(module),
+        }
+    }
+
+    /// A sequence node.
+    pub fn seq(name: &str, children: Vec<Node>) -> Self {
+        Node::Seq {
+            name: name.to_string(),
+            children,
+        }
+    }
+
+    /// A residual node with no post-activation.
+    pub fn residual(name: &str, body: Node, shortcut: Option<Node>) -> Self {
+        Node::Residual {
+            name: name.to_string(),
+            body: Box::new(body),
+            shortcut: shortcut.map(Box::new),
+            post: None,
+        }
+    }
+
+    /// A residual node followed by `post`.
+    pub fn residual_then(
+        name: &str,
+        body: Node,
+        shortcut: Option<Node>,
+        post: impl Module + Send + Sync + 'static,
+    ) -> Self {
+        Node::Residual {
+            name: name.to_string(),
+            body: Box::new(body),
+            shortcut: shortcut.map(Box::new),
+            post: Some(Box::new(post)),
+        }
+    }
+
+    /// A concatenation node.
+    pub fn concat(name: &str, branches: Vec<Node>) -> Self {
+        Node::Concat {
+            name: name.to_string(),
+            branches,
+        }
+    }
+
+    /// The node's site name (empty if it is not a site).
+    pub fn name(&self) -> &str {
+        match self {
+            Node::Layer { name, .. }
+            | Node::Seq { name, .. }
+            | Node::Residual { name, .. }
+            | Node::Concat { name, .. } => name,
+        }
+    }
+
+    fn children(&self) -> Vec<&Node> {
+        match self {
+            Node::Layer { .. } => vec![],
+            Node::Seq { children, .. } => children.iter().collect(),
+            Node::Residual { body, shortcut, .. } => {
+                let mut v = vec![body.as_ref()];
+                v.extend(shortcut.as_deref());
+                v
+            }
+            Node::Concat { branches, .. } => branches.iter().collect(),
+        }
+    }
+
+    fn collect_sites(&self, out: &mut Vec<String>) {
+        for c in self.children() {
+            c.collect_sites(out);
+        }
+        if !self.name().is_empty() {
+            out.push(self.name().to_string());
+        }
+    }
+
+    /// The child indices from this node down to the node named `site`.
+    fn path_to(&self, site: &str) -> Option<Vec<usize>> {
+        if self.name() == site {
+            return Some(vec![]);
+        }
+        for (i, c) in self.children().into_iter().enumerate() {
+            if let Some(mut p) = c.path_to(site) {
+                p.insert(0, i);
+                return Some(p);
+            }
+        }
+        None
+    }
+
+    fn visit(&self, y: Tensor, hook: &mut dyn Hook) -> Result<Tensor> {
+        if self.name().is_empty() {
+            Ok(y)
+        } else {
+            hook.visit(self.name(), y)
+        }
+    }
+
+    fn forward(&self, x: &Tensor, hook: &mut dyn Hook) -> Result<Tensor> {
+        let y = match self {
+            Node::Layer { module, .. } => module.forward(x)?,
+            Node::Seq { children, .. } => {
+                let mut y = x.clone();
+                for c in children {
+                    y = c.forward(&y, hook)?;
+                }
+                y
+            }
+            Node::Residual {
+                body, shortcut, post, ..
+            } => {
+                let b = body.forward(x, hook)?;
+                let s = match shortcut {
+                    Some(s) => s.forward(x, hook)?,
+                    None => x.clone(),
+                };
+                finish_residual(&b, &s, post.as_deref())?
+            }
+            Node::Concat { branches, .. } => {
+                let ys = branches
+                    .iter()
+                    .map(|b| b.forward(x, hook))
+                    .collect::<Result<Vec<_>>>()?;
+                Tensor::cat(&ys, 1)?
+            }
+        };
+        self.visit(y, hook)
+    }
+
+    /// Runs up to the end of the node at `path`, saving the inputs that the suffix re-reads.
+    fn forward_until(&self, x: &Tensor, path: &[usize], saved: &mut Vec<Tensor>) -> Result<Tensor> {
+        let Some((&i, rest)) = path.split_first() else {
+            let mut none = |_: &str, t: Tensor| -> Result<Tensor> { Ok(t) };
+            return self.forward(x, &mut none);
+        };
+        let mut none = |_: &str, t: Tensor| -> Result<Tensor> { Ok(t) };
+        match self {
+            Node::Layer { .. } => unreachable!("a layer has no children"),
+            Node::Seq { children, .. } => {
+                let mut y = x.clone();
+                for c in &children[..i] {
+                    y = c.forward(&y, &mut none)?;
+                }
+                children[i].forward_until(&y, rest, saved)
+            }
+            Node::Residual { .. } | Node::Concat { .. } => {
+                saved.push(x.detach());
+                self.children()[i].forward_until(x, rest, saved)
+            }
+        }
+    }
+
+    /// Runs from the node at `path`, whose output is `activation`, to the end of this node.
+    fn resume(&self, path: &[usize], saved: &[Tensor], activation: &Tensor, hook: &mut dyn Hook) -> Result<Tensor> {
+        let Some((&i, rest)) = path.split_first() else {
+            return Ok(activation.clone());
+        };
+        let n = activation.dim(0)?;
+        let y = match self {
+            Node::Layer { .. } => unreachable!("a layer has no children"),
+            Node::Seq { children, .. } => {
+                let mut y = children[i].resume(rest, saved, activation, hook)?;
+                for c in &children[i + 1..] {
+                    y = c.forward(&y, hook)?;
+                }
+                y
+            }
+            Node::Residual {
+                body, shortcut, post, ..
+            } => {
+                let x = fit_batch(&saved[0], n)?;
+                let (b, s) = if i == 0 {
+                    let b = body.resume(rest, &saved[1..], activation, hook)?;
+                    let s = match shortcut {
+                        Some(s) => s.forward(&x, hook)?,
+                        None => x,
+                    };
+                    (b, s)
+                } else {
+                    let b = body.forward(&x, hook)?;
+                    let s = shortcut
+                        .as_ref()
+                        .expect("path")
+                        .resume(rest, &saved[1..], activation, hook)?;
+                    (b, s)
+                };
+                finish_residual(&b, &s, post.as_deref())?
+            }
+            Node::Concat { branches, .. } => {
+                let x = fit_batch(&saved[0], n)?;
+                let mut ys = Vec::with_capacity(branches.len());
+                for (j, b) in branches.iter().enumerate() {
+                    ys.push(if j == i {
+                        b.resume(rest, &saved[1..], activation, hook)?
+                    } else {
+                        b.forward(&x, hook)?
+                    });
+                }
+                Tensor::cat(&ys, 1)?
+            }
+        };
+        self.visit(y, hook)
+    }
+}
+
+fn finish_residual(b: &Tensor, s: &Tensor, post: Option<&(dyn Module + Send + Sync)>) -> Result<Tensor> {
+    let y = if b.dims() == s.dims() {
+        b.add(s)?
+    } else {
+        b.broadcast_add(s)?
+    };
+    Ok(match post {
+        Some(p) => p.forward(&y)?,
+        None => y,
+    })
+}
+
+/// Repeats a batch-1 tensor to batch `n` (a prefix computed once for several masks).
+pub(crate) fn fit_batch(t: &Tensor, n: usize) -> Result<Tensor> {
+    let m = t.dim(0)?;
+    if m == n {
+        Ok(t.clone())
+    } else if m == 1 {
+        let mut dims = t.dims().to_vec();
+        dims[0] = n;
+        Ok(t.broadcast_as(dims)?.contiguous()?)
+    } else {
+        Err(Error::Site {
+            site: String::new(),
+            message: format!("cannot run a batch of {n} from a prefix of batch {m}"),
+        })
+    }
+}
+
+/// A network described as a tree of [`Node`]s, with an `input` site before the root.
+pub struct Graph {
+    root: Node,
+    aliases: Vec<(String, String)>,
+}
+
+impl Graph {
+    /// Wraps `root`.
+    pub fn new(root: Node) -> Self {
+        Self {
+            root,
+            aliases: Vec::new(),
+        }
+    }
+
+    /// Adds an alias, e.g. `("layer4", "features.29")`.
+    pub fn with_alias(mut self, alias: &str, native: &str) -> Self {
+        self.aliases.push((alias.to_string(), native.to_string()));
+        self
+    }
+
+    /// The root node.
+    pub fn root(&self) -> &Node {
+        &self.root
+    }
+}
+
+impl Network for Graph {
+    fn sites(&self) -> Vec<String> {
+        let mut out = vec!["input".to_string()];
+        self.root.collect_sites(&mut out);
+        out
+    }
+
+    fn aliases(&self) -> Vec<(String, String)> {
+        self.aliases.clone()
+    }
+
+    fn forward_hooked(&self, x: &Tensor, hook: &mut dyn Hook) -> Result<Tensor> {
+        let x = hook.visit("input", x.clone())?;
+        self.root.forward(&x, hook)
+    }
+
+    fn prefix(&self, x: &Tensor, site: &str) -> Result<Prefix> {
+        let native = self.resolve(site)?;
+        if native == "input" {
+            return Ok(Prefix::new("input", x.detach(), vec![]));
+        }
+        let path = self.root.path_to(&native).expect("resolved sites are in the graph");
+        let mut saved = Vec::new();
+        let activation = self.root.forward_until(x, &path, &mut saved)?;
+        Ok(Prefix::new(&native, activation.detach(), saved))
+    }
+
+    fn suffix(&self, prefix: &Prefix, activation: &Tensor, hook: &mut dyn Hook) -> Result<Tensor> {
+        if prefix.site == "input" {
+            return self.root.forward(activation, hook);
+        }
+        let path = self.root.path_to(&prefix.site).ok_or_else(|| Error::Site {
+            site: prefix.site.clone(),
+            message: "this prefix comes from another network".into(),
+        })?;
+        self.root.resume(&path, &prefix.saved, activation, hook)
+    }
+}

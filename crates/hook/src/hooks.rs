@@ -1,0 +1,166 @@
+use std::collections::HashMap;
+
+use candle_core::backprop::GradStore;
+use candle_core::{Tensor, Var};
+
+use crate::{Error, Result};
+
+/// Something that sees, and may change, the activation at every site a forward pass crosses.
+pub trait Hook {
+    /// Called with the activation at `site`; returns the tensor the network continues with.
+    fn visit(&mut self, site: &str, activation: Tensor) -> Result<Tensor>;
+}
+
+/// Any `FnMut(site, activation) -> Result<activation>` is a hook.
+impl<F: FnMut(&str, Tensor) -> Result<Tensor>> Hook for F {
+    fn visit(&mut self, site: &str, activation: Tensor) -> Result<Tensor> {
+        self(site, activation)
+    }
+}
+
+/// What [`Hooks`] does at one site.
+#[derive(Debug, Clone)]
+pub enum Action {
+    /// Record the activation (see [`Hooks::activation`]).
+    Read,
+    /// Continue with this tensor instead (same shape; a different batch size is allowed).
+    Replace(Tensor),
+    /// Continue with `activation ⊙ mask` (the mask broadcasts, e.g. `(1, C, 1, 1)` per channel).
+    Mask(Tensor),
+    /// Make the gradient with respect to the activation available (see [`Hooks::gradient`]).
+    Grad,
+}
+
+/// The standard hook: a list of [`Action`]s per site, applied in the order they were added.
+///
+/// ```
+/// use candle_core::{Device, Tensor};
+/// use extremal_hook::{Graph, Hooks, Network, Node};
+/// let graph = Graph::new(Node::seq("", vec![Node::layer("square", |x: &Tensor| x.sqr())]));
+/// let x = candle_core::Var::new(&[3f64], &Device::Cpu)?;
+/// let mut hooks = Hooks::new().grad("square");
+/// let y = graph.forward_hooked(&x, &mut hooks)?;
+/// let grads = (y * 5.0)?.sum_all()?.backward()?;
+/// assert_eq!(hooks.gradient(&grads, "square")?.to_vec1::<f64>()?, vec![5.0]);
+/// assert_eq!(grads.get(&x).unwrap().to_vec1::<f64>()?, vec![30.0]);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug, Default)]
+pub struct Hooks {
+    actions: HashMap<String, Vec<Action>>,
+    recorded: HashMap<String, Tensor>,
+    taps: HashMap<String, Var>,
+    visited: Vec<String>,
+}
+
+impl Hooks {
+    /// No actions: the network runs unchanged.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds `action` at `site`.
+    pub fn with(mut self, site: &str, action: Action) -> Self {
+        self.actions.entry(site.to_string()).or_default().push(action);
+        self
+    }
+
+    /// Records the activation at `site`.
+    pub fn read(self, site: &str) -> Self {
+        self.with(site, Action::Read)
+    }
+
+    /// Replaces the activation at `site`.
+    pub fn replace(self, site: &str, value: Tensor) -> Self {
+        self.with(site, Action::Replace(value))
+    }
+
+    /// Multiplies the activation at `site` by `mask` (broadcast).
+    pub fn mask(self, site: &str, mask: Tensor) -> Self {
+        self.with(site, Action::Mask(mask))
+    }
+
+    /// Records the activation at `site` and makes its gradient available after `backward`.
+    pub fn grad(self, site: &str) -> Self {
+        self.with(site, Action::Grad).with(site, Action::Read)
+    }
+
+    /// The sites that have an action.
+    pub fn sites(&self) -> impl Iterator<Item = &str> {
+        self.actions.keys().map(|s| s.as_str())
+    }
+
+    /// The sites the last forward pass crossed, in order.
+    pub fn visited(&self) -> &[String] {
+        &self.visited
+    }
+
+    /// The activation recorded at `site` (by [`Action::Read`] or [`Action::Grad`]), after
+    /// any replacement or mask added before the read.
+    pub fn activation(&self, site: &str) -> Option<&Tensor> {
+        self.recorded.get(site)
+    }
+
+    /// The gradient with respect to the activation at `site` (which needs [`Hooks::grad`]),
+    /// from the gradients of a `backward` call on a scalar computed from the forward pass.
+    ///
+    /// # Shapes
+    /// - returns: the shape of the activation at `site`.
+    pub fn gradient(&self, grads: &GradStore, site: &str) -> Result<Tensor> {
+        let tap = self.taps.get(site).ok_or_else(|| Error::Site {
+            site: site.to_string(),
+            message: "no gradient tap here: add `Hooks::grad` for this site before the forward pass".into(),
+        })?;
+        match grads.get(tap.as_tensor()) {
+            Some(g) => Ok(g.clone()),
+            None => Ok(tap.as_tensor().zeros_like()?),
+        }
+    }
+}
+
+impl Hook for Hooks {
+    fn visit(&mut self, site: &str, mut x: Tensor) -> Result<Tensor> {
+        self.visited.push(site.to_string());
+        let Some(actions) = self.actions.get(site) else {
+            return Ok(x);
+        };
+        for action in actions {
+            match action {
+                Action::Read => {
+                    self.recorded.insert(site.to_string(), x.clone());
+                }
+                Action::Replace(v) => {
+                    if v.dims().get(1..) != x.dims().get(1..) {
+                        return Err(Error::Site {
+                            site: site.to_string(),
+                            message: format!(
+                                "replacement of shape {:?} does not fit the activation {:?}",
+                                v.dims(),
+                                x.dims()
+                            ),
+                        });
+                    }
+                    x = v.to_dtype(x.dtype())?.to_device(x.device())?;
+                }
+                Action::Mask(m) => {
+                    x = x.broadcast_mul(&m.to_dtype(x.dtype())?).map_err(|e| Error::Site {
+                        site: site.to_string(),
+                        message: format!(
+                            "mask of shape {:?} does not broadcast to the activation {:?}: {e}",
+                            m.dims(),
+                            x.dims()
+                        ),
+                    })?;
+                }
+                Action::Grad => {
+                    // x + 0, where the 0 is a variable: its gradient is the gradient at x, and
+                    // gradients still flow on to everything before the site.
+                    let tap = Var::zeros(x.shape(), x.dtype(), x.device())?;
+                    x = x.add(tap.as_tensor())?;
+                    self.taps.insert(site.to_string(), tap);
+                }
+            }
+        }
+        Ok(x)
+    }
+}

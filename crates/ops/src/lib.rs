@@ -1,0 +1,73 @@
+//! Differentiable kernels that candle lacks or gets wrong, as measured in `shared/CANDLE.md`.
+//!
+//! Every function here has a forward and a backward that are correct for f32 and f64 and for
+//! non-square, odd-sized inputs; each is checked against finite differences in `tests/`.
+//!
+//! - [`max_pool2d`]: any kernel, stride, padding and ceil mode, with an argmax backward
+//!   (candle's errors or is silently scaled).
+//! - [`conv2d`]: explicit (possibly asymmetric) padding, stride, dilation and groups, whose
+//!   backward works on non-square inputs; depthwise convolutions use a dedicated kernel.
+//! - [`same_padding`]: TensorFlow's "SAME" padding.
+//! - [`resize_bilinear`] and [`adaptive_avg_pool2d`]: matmul forms, differentiable.
+//! - [`relu`] and [`relu6`]: PyTorch's gradient at the kinks (0 at 0).
+//!
+//! ```
+//! use candle_core::{Device, Tensor, Var};
+//! use extremal_ops::{max_pool2d, Pool2d};
+//!
+//! let x = Var::from_tensor(&Tensor::arange(0f32, 16., &Device::Cpu)?.reshape((1, 1, 4, 4))?)?;
+//! let y = max_pool2d(&x, &Pool2d::new(2, 2))?;
+//! assert_eq!(y.flatten_all()?.to_vec1::<f32>()?, vec![5., 7., 13., 15.]);
+//! let grads = y.sum_all()?.backward()?;
+//! let g = grads.get(&x).unwrap().flatten_all()?.to_vec1::<f32>()?;
+//! assert_eq!(g.iter().sum::<f32>(), 4.0); // one per window, not 1/k² as in candle
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+mod act;
+mod conv;
+mod depthwise;
+pub mod gradcheck;
+mod pool;
+pub mod random;
+mod resize;
+
+pub use act::{relu, relu6};
+pub use conv::{conv2d, same_padding, Conv2dConfig, Padding};
+pub use pool::{adaptive_avg_pool2d, max_pool2d, max_pool2d_primitive, Pool2d};
+pub use resize::{interpolation_matrix, resize_bilinear};
+
+/// Errors of the kernels in this crate.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// An error from candle itself.
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+    /// A shape that the kernel cannot work with, with what was expected.
+    #[error("{op}: {message}")]
+    Shape {
+        /// The operation that refused the input.
+        op: &'static str,
+        /// What was wrong.
+        message: String,
+    },
+}
+
+/// Result alias of this crate.
+pub type Result<T> = std::result::Result<T, Error>;
+
+pub(crate) fn shape_err<T>(op: &'static str, message: impl Into<String>) -> Result<T> {
+    Err(Error::Shape {
+        op,
+        message: message.into(),
+    })
+}
+
+impl From<Error> for candle_core::Error {
+    fn from(e: Error) -> Self {
+        match e {
+            Error::Candle(e) => e,
+            other => candle_core::Error::Msg(other.to_string()),
+        }
+    }
+}

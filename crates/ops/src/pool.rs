@@ -1,0 +1,305 @@
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor, WithDType};
+
+use crate::{shape_err, Result};
+
+/// Configuration of a 2-D max-pool, with PyTorch's `nn.MaxPool2d` semantics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pool2d {
+    /// Window height and width.
+    pub kernel: (usize, usize),
+    /// Vertical and horizontal stride.
+    pub stride: (usize, usize),
+    /// Implicit padding (with −∞) on each side, vertical and horizontal.
+    pub padding: (usize, usize),
+    /// Round the output size up instead of down (windows that start in the padding are dropped).
+    pub ceil_mode: bool,
+}
+
+impl Pool2d {
+    /// A square `kernel` with `stride`, no padding, floor mode.
+    pub fn new(kernel: usize, stride: usize) -> Self {
+        Self {
+            kernel: (kernel, kernel),
+            stride: (stride, stride),
+            padding: (0, 0),
+            ceil_mode: false,
+        }
+    }
+
+    /// The same pool with `padding` on every side.
+    pub fn with_padding(mut self, padding: usize) -> Self {
+        self.padding = (padding, padding);
+        self
+    }
+
+    /// The same pool in ceil mode.
+    pub fn with_ceil_mode(mut self, ceil_mode: bool) -> Self {
+        self.ceil_mode = ceil_mode;
+        self
+    }
+
+    fn out_dim(&self, inp: usize, k: usize, s: usize, p: usize) -> Option<usize> {
+        let span = (inp + 2 * p).checked_sub(k)?;
+        let mut out = if self.ceil_mode { span.div_ceil(s) } else { span / s } + 1;
+        if self.ceil_mode && (out - 1) * s >= inp + p {
+            out -= 1;
+        }
+        Some(out)
+    }
+
+    /// Output height and width for an `h × w` input, or `None` if the window does not fit.
+    pub fn output_size(&self, h: usize, w: usize) -> Option<(usize, usize)> {
+        Some((
+            self.out_dim(h, self.kernel.0, self.stride.0, self.padding.0)?,
+            self.out_dim(w, self.kernel.1, self.stride.1, self.padding.1)?,
+        ))
+    }
+}
+
+/// 2-D max-pool with an argmax backward: the gradient of each output goes, whole, to the first
+/// maximal input of its window (PyTorch's rule). Works for any kernel, stride, padding and ceil
+/// mode; on devices other than the CPU it is built from candle's differentiable primitives.
+///
+/// # Shapes
+/// - `x`: `(N, C, H, W)`.
+/// - returns: `(N, C, H', W')` with `H' = ⌊(H + 2p − k)/s⌋ + 1` (⌈⌉ in ceil mode).
+pub fn max_pool2d(x: &Tensor, cfg: &Pool2d) -> Result<Tensor> {
+    let (_, _, h, w) = x.dims4()?;
+    if cfg.kernel.0 == 0 || cfg.kernel.1 == 0 || cfg.stride.0 == 0 || cfg.stride.1 == 0 {
+        return shape_err("max_pool2d", "kernel and stride must be positive");
+    }
+    if cfg.padding.0 * 2 > cfg.kernel.0 || cfg.padding.1 * 2 > cfg.kernel.1 {
+        return shape_err("max_pool2d", "padding must be at most half the kernel");
+    }
+    if cfg.output_size(h, w).is_none() {
+        return shape_err(
+            "max_pool2d",
+            format!("a {:?} window does not fit a {h}x{w} input", cfg.kernel),
+        );
+    }
+    if x.device().is_cpu() {
+        Ok(x.contiguous()?.apply_op1(MaxPool(*cfg))?)
+    } else {
+        max_pool2d_primitive(x, cfg)
+    }
+}
+
+/// Device-independent max-pool built from candle's differentiable primitives: pad with −∞,
+/// then the elementwise maximum over the `k²` strided window views. [`max_pool2d`] uses it off
+/// the CPU; it is slower than the CPU kernel and splits the gradient between exact ties.
+///
+/// # Shapes
+/// - `x`: `(N, C, H, W)`; returns `(N, C, H', W')` as [`max_pool2d`].
+pub fn max_pool2d_primitive(x: &Tensor, cfg: &Pool2d) -> Result<Tensor> {
+    let (n, c, h, w) = x.dims4()?;
+    let Some((oh, ow)) = cfg.output_size(h, w) else {
+        return shape_err(
+            "max_pool2d",
+            format!("a {:?} window does not fit a {h}x{w} input", cfg.kernel),
+        );
+    };
+    let (kh, kw) = cfg.kernel;
+    let (sh, sw) = cfg.stride;
+    let (ph, pw) = cfg.padding;
+    let need_h = (oh - 1) * sh + kh;
+    let need_w = (ow - 1) * sw + kw;
+    let neg = |rows: usize, cols: usize| -> Result<Tensor> {
+        Ok(Tensor::full(f32::NEG_INFINITY, (n, c, rows, cols), x.device())?.to_dtype(x.dtype())?)
+    };
+    let mut xp = x.clone();
+    let bottom = need_h.saturating_sub(h + ph);
+    if ph + bottom > 0 {
+        xp = Tensor::cat(&[&neg(ph, w)?, &xp, &neg(bottom, w)?], 2)?;
+    }
+    let right = need_w.saturating_sub(w + pw);
+    if pw + right > 0 {
+        let rows = xp.dim(2)?;
+        xp = Tensor::cat(&[&neg(rows, pw)?, &xp, &neg(rows, right)?], 3)?;
+    }
+    let mut out: Option<Tensor> = None;
+    for i in 0..kh {
+        let rows: Vec<u32> = (0..oh).map(|o| (o * sh + i) as u32).collect();
+        let rows = Tensor::new(rows.as_slice(), x.device())?;
+        let xr = xp.index_select(&rows, 2)?;
+        for j in 0..kw {
+            let cols: Vec<u32> = (0..ow).map(|o| (o * sw + j) as u32).collect();
+            let cols = Tensor::new(cols.as_slice(), x.device())?;
+            let v = xr.index_select(&cols, 3)?;
+            out = Some(match out {
+                None => v,
+                Some(m) => m.maximum(&v)?,
+            });
+        }
+    }
+    Ok(out.expect("kernel is not empty"))
+}
+
+struct MaxPool(Pool2d);
+
+/// Calls `f` with the window of every output position: `f(out_index, in_index_of_argmax)`.
+fn for_each_argmax<T: WithDType>(
+    x: &[T],
+    dims: (usize, usize, usize, usize),
+    cfg: &Pool2d,
+    mut f: impl FnMut(usize, usize, T),
+) {
+    let (n, c, h, w) = dims;
+    let (oh, ow) = cfg.output_size(h, w).expect("checked by max_pool2d");
+    let (kh, kw) = cfg.kernel;
+    let (sh, sw) = cfg.stride;
+    let (ph, pw) = (cfg.padding.0 as isize, cfg.padding.1 as isize);
+    for plane in 0..n * c {
+        let base = plane * h * w;
+        let obase = plane * oh * ow;
+        for oy in 0..oh {
+            let y0 = (oy * sh) as isize - ph;
+            let ys = y0.max(0) as usize;
+            let ye = ((y0 + kh as isize).min(h as isize)).max(0) as usize;
+            for ox in 0..ow {
+                let x0 = (ox * sw) as isize - pw;
+                let xs = x0.max(0) as usize;
+                let xe = ((x0 + kw as isize).min(w as isize)).max(0) as usize;
+                let mut best_i = usize::MAX;
+                let mut best = T::from_f64(f64::NEG_INFINITY);
+                for y in ys..ye {
+                    let row = base + y * w;
+                    for xx in xs..xe {
+                        let v = x[row + xx];
+                        // PyTorch: `val > max || isnan(val)`, so the first maximum wins.
+                        if best_i == usize::MAX || v > best || v.to_f64().is_nan() {
+                            best = v;
+                            best_i = row + xx;
+                        }
+                    }
+                }
+                f(obase + oy * ow + ox, best_i, best);
+            }
+        }
+    }
+}
+
+fn contiguous<'a, T: WithDType>(s: &'a CpuStorage, l: &Layout, op: &str) -> candle_core::Result<&'a [T]> {
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&s.as_slice::<T>()?[a..b]),
+        None => candle_core::bail!("{op}: input must be contiguous"),
+    }
+}
+
+impl CustomOp1 for MaxPool {
+    fn name(&self) -> &'static str {
+        "extremal-max-pool2d"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let dims = l.shape().dims4()?;
+        let (oh, ow) = self.0.output_size(dims.2, dims.3).expect("checked");
+        let shape = Shape::from((dims.0, dims.1, oh, ow));
+        fn run<T: WithDType>(x: &[T], dims: (usize, usize, usize, usize), cfg: &Pool2d, n: usize) -> Vec<T> {
+            let mut out = vec![T::zero(); n];
+            for_each_argmax(x, dims, cfg, |o, _, v| out[o] = v);
+            out
+        }
+        let storage = match s {
+            CpuStorage::F32(_) => CpuStorage::F32(run(
+                contiguous::<f32>(s, l, "max_pool2d")?,
+                dims,
+                &self.0,
+                shape.elem_count(),
+            )),
+            CpuStorage::F64(_) => CpuStorage::F64(run(
+                contiguous::<f64>(s, l, "max_pool2d")?,
+                dims,
+                &self.0,
+                shape.elem_count(),
+            )),
+            _ => candle_core::bail!("max_pool2d: only f32 and f64 are supported"),
+        };
+        Ok((storage, shape))
+    }
+
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        let g = arg.apply_op2_no_bwd(&grad_res.contiguous()?, &MaxPoolBackward(self.0))?;
+        Ok(Some(g))
+    }
+}
+
+struct MaxPoolBackward(Pool2d);
+
+impl CustomOp2 for MaxPoolBackward {
+    fn name(&self) -> &'static str {
+        "extremal-max-pool2d-backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let dims = l1.shape().dims4()?;
+        fn run<T: WithDType>(x: &[T], g: &[T], dims: (usize, usize, usize, usize), cfg: &Pool2d) -> Vec<T> {
+            let mut out = vec![T::zero(); x.len()];
+            for_each_argmax(x, dims, cfg, |o, i, _| {
+                if i != usize::MAX {
+                    out[i] += g[o]
+                }
+            });
+            out
+        }
+        let storage = match (s1, s2) {
+            (CpuStorage::F32(_), CpuStorage::F32(_)) => CpuStorage::F32(run(
+                contiguous::<f32>(s1, l1, "max_pool2d")?,
+                contiguous::<f32>(s2, l2, "max_pool2d")?,
+                dims,
+                &self.0,
+            )),
+            (CpuStorage::F64(_), CpuStorage::F64(_)) => CpuStorage::F64(run(
+                contiguous::<f64>(s1, l1, "max_pool2d")?,
+                contiguous::<f64>(s2, l2, "max_pool2d")?,
+                dims,
+                &self.0,
+            )),
+            _ => candle_core::bail!("max_pool2d backward: only f32 and f64 are supported"),
+        };
+        Ok((storage, l1.shape().clone()))
+    }
+}
+
+/// Adaptive average pooling with PyTorch's bins (`⌊i·in/out⌋ … ⌈(i+1)·in/out⌉`), as two
+/// matmuls: correct for any sizes, differentiable.
+///
+/// # Shapes
+/// - `x`: `(N, C, H, W)`.
+/// - returns: `(N, C, out_h, out_w)`.
+pub fn adaptive_avg_pool2d(x: &Tensor, out_h: usize, out_w: usize) -> Result<Tensor> {
+    let (_, _, h, w) = x.dims4()?;
+    if out_h == 0 || out_w == 0 {
+        return shape_err("adaptive_avg_pool2d", "output size must be positive");
+    }
+    if (out_h, out_w) == (1, 1) {
+        return Ok(x.mean_keepdim(3)?.mean_keepdim(2)?);
+    }
+    let bins = |inp: usize, out: usize| -> Result<Tensor> {
+        let mut m = vec![0f64; out * inp];
+        for i in 0..out {
+            let start = i * inp / out;
+            let end = ((i + 1) * inp).div_ceil(out);
+            for j in start..end {
+                m[i * inp + j] = 1.0 / (end - start) as f64;
+            }
+        }
+        Ok(Tensor::from_vec(m, (out, inp), x.device())?.to_dtype(x.dtype())?)
+    };
+    let x = if w == out_w {
+        x.clone()
+    } else {
+        x.broadcast_matmul(&bins(w, out_w)?.t()?)?
+    };
+    let x = if h == out_h {
+        x
+    } else {
+        bins(h, out_h)?.broadcast_matmul(&x)?
+    };
+    Ok(x)
+}

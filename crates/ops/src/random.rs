@@ -1,0 +1,55 @@
+//! A small seeded random number generator whose stream never changes between versions, so
+//! that tensors generated from a seed (random test weights, test inputs) are reproducible
+//! across machines, releases and languages (SplitMix64, then Box–Muller for normals).
+
+use candle_core::{Device, Tensor};
+
+use crate::Result;
+
+/// SplitMix64 generator.
+#[derive(Debug, Clone)]
+pub struct SeededRng {
+    state: u64,
+}
+
+impl SeededRng {
+    /// A generator started from `seed`.
+    pub fn new(seed: u64) -> Self {
+        Self { state: seed }
+    }
+
+    /// The next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
+        self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `[0, 1)` with 53 random bits.
+    pub fn uniform(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    /// Standard normal (Box–Muller, one value per call).
+    pub fn normal(&mut self) -> f64 {
+        let u1 = 1.0 - self.uniform();
+        let u2 = self.uniform();
+        (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
+    }
+
+    /// An f64 tensor of normals with standard deviation `std` (convert with `to_dtype`).
+    pub fn normal_tensor(&mut self, shape: &[usize], std: f64, device: &Device) -> Result<Tensor> {
+        let n: usize = shape.iter().product();
+        let v: Vec<f64> = (0..n).map(|_| self.normal() * std).collect();
+        Ok(Tensor::from_vec(v, shape, device)?)
+    }
+
+    /// An f64 tensor uniform in `[lo, hi)`.
+    pub fn uniform_tensor(&mut self, shape: &[usize], lo: f64, hi: f64, device: &Device) -> Result<Tensor> {
+        let n: usize = shape.iter().product();
+        let v: Vec<f64> = (0..n).map(|_| lo + (hi - lo) * self.uniform()).collect();
+        Ok(Tensor::from_vec(v, shape, device)?)
+    }
+}

@@ -1,0 +1,253 @@
+//! Finite-difference checks (f64) of every kernel, and equality with candle where candle is right.
+
+use candle_core::{DType, Device, Tensor};
+use extremal_ops::gradcheck::max_relative_error;
+use extremal_ops::random::SeededRng;
+use extremal_ops::*;
+
+type R<T> = std::result::Result<T, Box<dyn std::error::Error>>;
+
+fn rand(shape: &[usize], seed: u64) -> Tensor {
+    SeededRng::new(seed).normal_tensor(shape, 1.0, &Device::Cpu).unwrap()
+}
+
+fn weighted(y: &Tensor, seed: u64) -> extremal_ops::Result<Tensor> {
+    // A random linear functional of the output, so that every output element matters.
+    let w = SeededRng::new(seed).normal_tensor(y.dims(), 1.0, y.device())?;
+    Ok((y * w)?.sum_all()?)
+}
+
+fn check(f: &dyn Fn(&Tensor) -> extremal_ops::Result<Tensor>, x: &Tensor, what: &str) {
+    let err = max_relative_error(f, x, 1e-6).unwrap();
+    assert!(err < 1e-6, "{what}: gradient relative error {err}");
+}
+
+#[test]
+fn max_pool_gradients_match_finite_differences() {
+    let cases = [
+        (Pool2d::new(2, 2), (7, 8)),
+        (Pool2d::new(3, 2).with_padding(1), (7, 9)),
+        (Pool2d::new(3, 2).with_ceil_mode(true), (9, 6)),
+        (Pool2d::new(3, 1).with_padding(1).with_ceil_mode(true), (5, 7)),
+        (Pool2d::new(3, 3), (6, 8)),
+    ];
+    for (i, (cfg, (h, w))) in cases.iter().enumerate() {
+        let x = rand(&[2, 3, *h, *w], i as u64);
+        check(
+            &|x| weighted(&max_pool2d(x, cfg)?, 99),
+            &x,
+            &format!("max_pool2d {cfg:?} {h}x{w}"),
+        );
+    }
+}
+
+#[test]
+fn max_pool_matches_candle_forward_and_the_generic_path() -> R<()> {
+    let x = rand(&[2, 3, 8, 10], 1).to_dtype(DType::F32)?;
+    let ours = max_pool2d(&x, &Pool2d::new(2, 2))?;
+    let theirs = x.max_pool2d(2)?;
+    let d = (ours - theirs)?.abs()?.max_all()?.to_scalar::<f32>()?;
+    assert_eq!(d, 0.0);
+    // Output sizes as PyTorch computes them, ceil mode included.
+    let cfg = Pool2d::new(3, 2).with_ceil_mode(true);
+    assert_eq!(cfg.output_size(112, 112), Some((56, 56)));
+    assert_eq!(cfg.output_size(7, 7), Some((3, 3)));
+    assert_eq!(Pool2d::new(3, 2).with_padding(1).output_size(112, 149), Some((56, 75)));
+    // The device-independent path (used off the CPU) gives the same values and gradients.
+    for cfg in [
+        Pool2d::new(3, 2).with_padding(1),
+        Pool2d::new(3, 2).with_ceil_mode(true),
+        Pool2d::new(2, 2),
+    ] {
+        let x = rand(&[2, 3, 9, 8], 5);
+        let a = max_pool2d(&x, &cfg)?;
+        let b = max_pool2d_primitive(&x, &cfg)?;
+        assert_eq!((a - b)?.abs()?.max_all()?.to_scalar::<f64>()?, 0.0, "{cfg:?}");
+        check(
+            &|x| weighted(&max_pool2d_primitive(x, &cfg)?, 3),
+            &x,
+            "primitive max-pool",
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn max_pool_tie_sends_gradient_to_the_first_maximum() -> R<()> {
+    let x = candle_core::Var::from_tensor(&Tensor::zeros((1, 1, 2, 2), DType::F32, &Device::Cpu)?)?;
+    let y = max_pool2d(&x, &Pool2d::new(2, 2))?;
+    let g = y.sum_all()?.backward()?;
+    let g = g.get(&x).unwrap().flatten_all()?.to_vec1::<f32>()?;
+    assert_eq!(g, vec![1.0, 0.0, 0.0, 0.0]);
+    Ok(())
+}
+
+#[test]
+fn conv_gradients_match_finite_differences() {
+    type Case = (Conv2dConfig, (usize, usize, usize, usize), (usize, usize));
+    let cases: Vec<Case> = vec![
+        (Conv2dConfig::default(), (4, 3, 3, 3), (7, 8)),
+        (
+            Conv2dConfig {
+                stride: 2,
+                padding: Padding::uniform(1),
+                ..Default::default()
+            },
+            (4, 3, 3, 3),
+            (7, 8),
+        ),
+        (
+            Conv2dConfig {
+                stride: 2,
+                padding: Padding {
+                    top: 0,
+                    bottom: 1,
+                    left: 1,
+                    right: 2,
+                },
+                ..Default::default()
+            },
+            (2, 3, 3, 3),
+            (9, 6),
+        ),
+        (
+            Conv2dConfig {
+                dilation: 2,
+                padding: Padding::uniform(2),
+                ..Default::default()
+            },
+            (2, 3, 3, 3),
+            (7, 9),
+        ),
+        (
+            Conv2dConfig {
+                groups: 3,
+                stride: 2,
+                padding: Padding::uniform(2),
+                ..Default::default()
+            },
+            (3, 1, 5, 5),
+            (8, 7),
+        ),
+        (
+            Conv2dConfig {
+                groups: 3,
+                stride: 2,
+                dilation: 2,
+                padding: Padding {
+                    top: 1,
+                    bottom: 2,
+                    left: 2,
+                    right: 1,
+                },
+            },
+            (3, 1, 3, 3),
+            (9, 8),
+        ),
+        (
+            Conv2dConfig {
+                stride: 2,
+                ..Default::default()
+            },
+            (4, 3, 7, 7),
+            (13, 16),
+        ),
+    ];
+    for (i, (cfg, wshape, (h, w))) in cases.iter().enumerate() {
+        let x = rand(&[2, 3, *h, *w], 10 + i as u64);
+        let k = rand(&[wshape.0, wshape.1, wshape.2, wshape.3], 20 + i as u64);
+        let b = rand(&[wshape.0], 30 + i as u64);
+        check(
+            &|x| weighted(&conv2d(x, &k, Some(&b), cfg)?, 5),
+            &x,
+            &format!("conv2d input {cfg:?}"),
+        );
+        check(
+            &|k| weighted(&conv2d(&x, k, Some(&b), cfg)?, 5),
+            &k,
+            &format!("conv2d weight {cfg:?}"),
+        );
+    }
+}
+
+#[test]
+fn conv_matches_candle_where_candle_is_right() -> R<()> {
+    let x = rand(&[2, 6, 9, 9], 3);
+    for (groups, cin) in [(1, 6), (6, 1), (2, 3)] {
+        let k = rand(&[6, cin, 3, 3], 4);
+        for stride in [1, 2] {
+            let cfg = Conv2dConfig {
+                stride,
+                groups,
+                padding: Padding::uniform(1),
+                dilation: 1,
+            };
+            let ours = conv2d(&x, &k, None, &cfg)?;
+            let theirs = x.conv2d(&k, 1, stride, 1, groups)?;
+            let d = (ours - theirs)?.abs()?.max_all()?.to_scalar::<f64>()?;
+            assert!(d < 1e-12, "groups {groups} stride {stride}: {d}");
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn same_padding_is_tensorflows() {
+    assert_eq!(same_padding(224, 3, 2, 1), (0, 1));
+    assert_eq!(same_padding(224, 3, 1, 1), (1, 1));
+    assert_eq!(same_padding(112, 5, 2, 1), (1, 2));
+    assert_eq!(same_padding(7, 1, 1, 1), (0, 0));
+    assert_eq!(same_padding(298, 3, 2, 1), (0, 1));
+}
+
+#[test]
+fn resize_and_adaptive_pool_gradients() {
+    let x = rand(&[1, 2, 5, 7], 7);
+    check(&|x| weighted(&resize_bilinear(x, 8, 4)?, 1), &x, "resize up/down");
+    check(&|x| weighted(&resize_bilinear(x, 3, 11)?, 2), &x, "resize down/up");
+    check(
+        &|x| weighted(&adaptive_avg_pool2d(x, 3, 3)?, 3),
+        &x,
+        "adaptive pool 3x3",
+    );
+    check(
+        &|x| weighted(&adaptive_avg_pool2d(x, 1, 1)?, 4),
+        &x,
+        "adaptive pool 1x1",
+    );
+}
+
+#[test]
+fn resize_matches_candle_forward() -> R<()> {
+    let x = rand(&[1, 3, 9, 13], 8).to_dtype(DType::F32)?;
+    for (h, w) in [(18, 26), (5, 7), (224, 224)] {
+        let ours = resize_bilinear(&x, h, w)?;
+        let theirs = x.upsample_bilinear2d(h, w, false)?;
+        let d = (ours - theirs)?.abs()?.max_all()?.to_scalar::<f32>()?;
+        assert!(d < 1e-5, "{h}x{w}: {d}");
+    }
+    Ok(())
+}
+
+#[test]
+fn adaptive_pool_bins_are_pytorchs() -> R<()> {
+    // 5 -> 3 bins: [0,2), [1,4), [3,5).
+    let x = Tensor::new(&[[[[1f64, 2., 3., 4., 5.]]]], &Device::Cpu)?;
+    let y = adaptive_avg_pool2d(&x, 1, 3)?.flatten_all()?.to_vec1::<f64>()?;
+    assert_eq!(y, vec![1.5, 3.0, 4.5]);
+    Ok(())
+}
+
+#[test]
+fn relu_gradients_are_pytorchs_at_the_kinks() -> R<()> {
+    let x = candle_core::Var::new(&[-1f64, 0.0, 0.5, 6.0, 7.0], &Device::Cpu)?;
+    let g = relu(&x)?.sum_all()?.backward()?;
+    assert_eq!(g.get(&x).unwrap().to_vec1::<f64>()?, vec![0., 0., 1., 1., 1.]);
+    let g = relu6(&x)?.sum_all()?.backward()?;
+    assert_eq!(g.get(&x).unwrap().to_vec1::<f64>()?, vec![0., 0., 1., 0., 0.]);
+    assert_eq!(relu6(&x)?.to_vec1::<f64>()?, vec![0., 0., 0.5, 6., 6.]);
+    let x = rand(&[3, 4], 9);
+    check(&|x| weighted(&relu6(&(x * 4.0)?)?, 1), &x, "relu6");
+    check(&|x| weighted(&relu(x)?, 1), &x, "relu");
+    Ok(())
+}
