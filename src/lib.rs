@@ -1,1 +1,24 @@
+//! extremal: what convolutional networks look at, and which of their channels carry a decision.
+//!
+//! This crate re-exports the workspace's libraries:
+//! - [`ops`]: differentiable kernels candle lacks (max-pool, resize, TF-SAME convolution, …);
+//! - [`hook`]: named sites, hooks, prefix/suffix runs and gradients at any site;
+//! - [`models`]: the model zoo with its weights, preprocessing and labels.
+//!
+//! ```
+//! use candle_core::{DType, Device, Tensor};
+//! use extremal::hook::{Hooks, Network};
+//! use extremal::models::{Model, ModelKind};
+//!
+//! let (model, _) = Model::random(ModelKind::Resnet18, 0, DType::F32, &Device::Cpu)?;
+//! let x = Tensor::zeros((1, 3, 64, 64), DType::F32, &Device::Cpu)?;
+//! let mut hooks = Hooks::new().read("layer3");
+//! let logits = model.forward_hooked(&x, &mut hooks)?;
+//! assert_eq!(hooks.activation("layer3").unwrap().dims(), &[1, 256, 4, 4]);
+//! assert_eq!(logits.dims(), &[1, 1000]);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 
+pub use extremal_hook as hook;
+pub use extremal_models as models;
+pub use extremal_ops as ops;

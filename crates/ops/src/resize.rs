@@ -14,13 +14,15 @@ pub fn interpolation_matrix(inp: usize, out: usize, dtype: DType, device: &Devic
             format!("sizes must be positive, got {inp} -> {out}"),
         );
     }
-    let scale = inp as f64 / out as f64;
-    let mut m = vec![0f64; out * inp];
+    // In f32, as PyTorch computes the source index and weights on the CPU (for parity: at
+    // source positions in the hundreds, f32 rounding moves the weights by ~1e-5).
+    let scale = inp as f32 / out as f32;
+    let mut m = vec![0f32; out * inp];
     for i in 0..out {
-        let src = ((i as f64 + 0.5) * scale - 0.5).max(0.0);
-        let i0 = (src.floor() as usize).min(inp - 1);
+        let src = (scale * (i as f32 + 0.5) - 0.5).max(0.0);
+        let i0 = (src as usize).min(inp - 1);
         let i1 = (i0 + 1).min(inp - 1);
-        let lambda = src - i0 as f64;
+        let lambda = (src - i0 as f32).clamp(0.0, 1.0);
         m[i * inp + i0] += 1.0 - lambda;
         m[i * inp + i1] += lambda;
     }
