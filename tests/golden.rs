@@ -17,7 +17,10 @@ fn random_model_matches_pytorch(kind: ModelKind, h: usize, w: usize) {
     let expected = &golden["logits"];
     let (d, scale) = (max_abs_diff(&logits, expected), max_abs(expected));
     println!("{kind}: max |logit| {scale:.1}, max difference {d:.3e}");
-    assert!(d <= 1e-4 * scale, "{kind}: logits differ by {d} (largest logit {scale})");
+    assert!(
+        d <= 1e-4 * scale,
+        "{kind}: logits differ by {d} (largest logit {scale})"
+    );
     if let Some(l4) = golden.get("layer4") {
         let ours = hooks.activation("layer4").unwrap();
         assert_eq!(ours.dims(), l4.dims());
@@ -53,7 +56,14 @@ fn efficientnet_lite0_real_weights_match_pytorch() {
     let model = lite0();
     for (image, class) in [("chelsea", 285usize), ("coffee", 967)] {
         // Our preprocessing (PNG -> bilinear 224² -> [-1, 1]) gives PyTorch's tensor.
-        let x = load_input(&asset(&format!("{image}.png")), model.preprocess(), false, DType::F32, &Device::Cpu).unwrap();
+        let x = load_input(
+            &asset(&format!("{image}.png")),
+            model.preprocess(),
+            false,
+            DType::F32,
+            &Device::Cpu,
+        )
+        .unwrap();
         let d_in = max_abs_diff(&x, &golden[&format!("{image}_input")]);
         assert!(d_in < 1e-5, "{image}: preprocessing differs by {d_in}");
         // Logits on the same input tensor.
@@ -62,7 +72,10 @@ fn efficientnet_lite0_real_weights_match_pytorch() {
         let expected = &golden[&format!("{image}_logits")];
         let d = max_abs_diff(&logits, expected);
         let p_torch = candle_nn_softmax(expected)[class];
-        println!("{image}: class {} p {:.4} (PyTorch {p_torch:.4}), logits differ by {d:.2e}", preds[0][0].class, preds[0][0].prob);
+        println!(
+            "{image}: class {} p {:.4} (PyTorch {p_torch:.4}), logits differ by {d:.2e}",
+            preds[0][0].class, preds[0][0].prob
+        );
         assert!(d < 1e-3, "{image}: logits differ by {d}");
         assert_eq!(preds[0][0].class, class);
         assert!((preds[0][0].prob - p_torch).abs() < 0.02);

@@ -14,7 +14,9 @@ fn default_weights_come_from_the_hf_hub_cache() {
     std::fs::create_dir_all(repo.join("snapshots").join(commit)).unwrap();
     std::fs::write(repo.join("refs").join("main"), commit).unwrap();
     let (_, weights) = Model::random(ModelKind::Resnet18, 5, DType::F32, &Device::Cpu).unwrap();
-    weights.save(&repo.join("snapshots").join(commit).join("model.safetensors")).unwrap();
+    weights
+        .save(&repo.join("snapshots").join(commit).join("model.safetensors"))
+        .unwrap();
 
     std::env::set_var("HF_HOME", &home);
     std::env::set_var("HF_HUB_OFFLINE", "1");

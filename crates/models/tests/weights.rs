@@ -7,7 +7,9 @@ use candle_core::{DType, Device};
 use extremal_models::{Model, ModelKind, Weights};
 
 fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures").join(name)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/fixtures")
+        .join(name)
 }
 
 fn check_tiny(w: &Weights) {
@@ -19,7 +21,10 @@ fn check_tiny(w: &Weights) {
     );
     let d = w.get("double").unwrap();
     assert_eq!(d.dtype(), DType::F64);
-    assert_eq!(d.to_vec2::<f64>().unwrap(), vec![vec![0., 0.25, 0.5], vec![0.75, 1.0, 1.25]]);
+    assert_eq!(
+        d.to_vec2::<f64>().unwrap(),
+        vec![vec![0., 0.25, 0.5], vec![0.75, 1.0, 1.25]]
+    );
     assert_eq!(w.get("long").unwrap().to_vec1::<i64>().unwrap(), vec![1, -2, 3]);
     let h = w.get("half").unwrap().to_dtype(DType::F32).unwrap();
     assert_eq!(h.to_vec1::<f32>().unwrap(), vec![0.5, -1.25, 3.0]);
@@ -47,12 +52,23 @@ fn safetensors_round_trip_and_model_load() {
     use extremal_hook::Network;
     let a = model.forward(&x).unwrap();
     let b = loaded.forward(&x).unwrap();
-    let d = (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+    let d = (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
     assert_eq!(d, 0.0);
 }
 
 fn tempdir() -> PathBuf {
-    let p = std::env::temp_dir().join(format!("extremal-weights-test-{}-{:?}", std::process::id(), std::thread::current().id()));
+    let p = std::env::temp_dir().join(format!(
+        "extremal-weights-test-{}-{:?}",
+        std::process::id(),
+        std::thread::current().id()
+    ));
     std::fs::create_dir_all(&p).unwrap();
     p
 }
