@@ -22,3 +22,8 @@
 pub use extremal_hook as hook;
 pub use extremal_models as models;
 pub use extremal_ops as ops;
+
+/// The README's Rust code, compiled and run as a doctest.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

@@ -46,6 +46,9 @@ struct ModelArgs {
 struct LayersArgs {
     #[command(flatten)]
     model: ModelArgs,
+    /// Show only this site (a native name or an alias such as layer4), resolved.
+    #[arg(long)]
+    layer: Option<String>,
     /// Print one JSON object.
     #[arg(long)]
     json: bool,
@@ -109,6 +112,10 @@ fn layers(args: &LayersArgs) -> Result<()> {
         Ok(t)
     };
     model.forward_hooked(&x, &mut record)?;
+    if let Some(name) = &args.layer {
+        let native = model.resolve(name)?;
+        shapes.retain(|(s, _)| *s == native);
+    }
     let aliases = model.aliases();
     let alias_of = |site: &str| -> Vec<String> {
         aliases
@@ -199,6 +206,12 @@ fn run(cli: Cli) -> Result<()> {
 }
 
 fn main() -> ExitCode {
+    // candle attaches a backtrace to its errors when RUST_BACKTRACE is set; users get short
+    // errors unless they ask for backtraces with EXTREMAL_BACKTRACE=1.
+    if std::env::var_os("EXTREMAL_BACKTRACE").is_none() {
+        std::env::remove_var("RUST_BACKTRACE");
+        std::env::remove_var("RUST_LIB_BACKTRACE");
+    }
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,

