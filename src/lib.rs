@@ -3,7 +3,8 @@
 //! This crate re-exports the workspace's libraries:
 //! - [`ops`]: differentiable kernels candle lacks (max-pool, resize, TF-SAME convolution, …);
 //! - [`hook`]: named sites, hooks, prefix/suffix runs and gradients at any site;
-//! - [`models`]: the model zoo with its weights, preprocessing and labels.
+//! - [`models`]: the model zoo with its weights, preprocessing and labels;
+//! - [`mask`]: the extremal-mask engine (area constraint, games, optimisers, channel masks).
 //!
 //! ```
 //! use candle_core::{DType, Device, Tensor};
@@ -20,6 +21,7 @@
 //! ```
 
 pub use extremal_hook as hook;
+pub use extremal_mask as mask;
 pub use extremal_models as models;
 pub use extremal_ops as ops;
 

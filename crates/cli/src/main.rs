@@ -10,6 +10,9 @@ use extremal_hook::Network;
 use extremal_models::{load_input, Model, ModelKind};
 use serde_json::json;
 
+mod channels;
+mod render;
+
 #[derive(Parser)]
 #[command(
     name = "extremal",
@@ -27,6 +30,50 @@ enum Command {
     Layers(LayersArgs),
     /// Classify an image: the top classes with labels and probabilities.
     Classify(ClassifyArgs),
+    /// Channel-space extremal masks: the fewest channels at a layer that keep the class.
+    Channels(ChannelsArgs),
+}
+
+#[derive(Args)]
+struct ChannelsArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// An image file or a .safetensors file whose tensor `input` is used as is.
+    input: PathBuf,
+    /// The site: a native name (`layer4.2.conv3`, `_blocks.10`) or a stage alias (`layer1`…`layer4`).
+    #[arg(long)]
+    layer: String,
+    /// How many channels to keep (default 25 when no --sweep is given).
+    #[arg(long, conflicts_with = "sweep")]
+    keep: Option<usize>,
+    /// Several keep values, comma separated: reports the kept score of each and the smallest
+    /// keep that reaches the original score.
+    #[arg(long, value_delimiter = ',')]
+    sweep: Option<Vec<usize>>,
+    /// Target class (default: the top-1 class).
+    #[arg(long)]
+    target: Option<usize>,
+    /// preserve, delete or dual.
+    #[arg(long, default_value = "preserve")]
+    game: String,
+    /// Soft-mask iterations (default 300).
+    #[arg(long)]
+    iterations: Option<usize>,
+    /// default (Adam, near-binary ending, swap refinement) or paper (the paper's SGD schedule, no refinement).
+    #[arg(long, default_value = "default")]
+    schedule: String,
+    /// Skip the swap refinement of the hard set.
+    #[arg(long)]
+    no_refine: bool,
+    /// Resize the shorter side to the model's input size instead of the whole image to a square.
+    #[arg(long)]
+    keep_aspect: bool,
+    /// Write channels.json, saliency.png and (with --sweep) sweep.png here.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Print one JSON object.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -76,7 +123,7 @@ fn device(name: &str) -> Result<Device> {
         "cpu" => Ok(Device::Cpu),
         "cuda" => {
             if !candle_core::utils::cuda_is_available() {
-                bail!("--device cuda: this build has no CUDA support; rebuild with `cargo build --release --features cuda`")
+                bail!("--device cuda: this build has no CUDA support; rebuild with `cargo build --release -p extremal-cli --features cuda`")
             }
             Ok(Device::new_cuda(0)?)
         }
@@ -202,6 +249,7 @@ fn run(cli: Cli) -> Result<()> {
     match &cli.command {
         Command::Layers(a) => layers(a),
         Command::Classify(a) => classify(a),
+        Command::Channels(a) => channels::run(a),
     }
 }
 

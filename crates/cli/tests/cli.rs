@@ -135,3 +135,96 @@ fn bad_input_gives_short_errors() {
     );
     fails_with(&["classify", "--device", "tpu", "assets/chelsea.png"], "unknown device");
 }
+
+#[test]
+fn channels_json_at_layer4() {
+    let v = ok_json(&[
+        "channels",
+        "assets/chelsea.png",
+        "--layer",
+        "layer4",
+        "--keep",
+        "10",
+        "--iterations",
+        "60",
+        "--json",
+    ]);
+    assert_eq!(v["site"], "_head_act");
+    assert_eq!(v["layer"], "layer4");
+    assert_eq!(v["channels_total"], 1280);
+    assert_eq!(v["keep"], 10);
+    assert_eq!(v["target"], 285);
+    let channels = v["channels"].as_array().unwrap();
+    assert_eq!(channels.len(), 1280);
+    for (i, c) in channels.iter().enumerate() {
+        assert_eq!(c["rank"], i + 1);
+    }
+    // The suffix of layer4 is linear: activation x gradient is optimal; we must tie it.
+    let kept = v["kept_score"].as_f64().unwrap();
+    let axg = v["baselines"]["activation_x_gradient"].as_f64().unwrap();
+    let act = v["baselines"]["top_activation"].as_f64().unwrap();
+    assert!(
+        kept >= axg.max(act) - 1e-4 * axg.abs(),
+        "kept {kept}, baselines {axg} {act}"
+    );
+    assert!(v["original_score"].as_f64().unwrap() > kept);
+}
+
+#[test]
+fn channels_sweep_writes_its_outputs() {
+    let dir = tmp("sweep-out");
+    let v = ok_json(&[
+        "channels",
+        "assets/coffee.png",
+        "--layer",
+        "layer4",
+        "--sweep",
+        "1,5,1280",
+        "--iterations",
+        "20",
+        "--out",
+        dir.to_str().unwrap(),
+        "--json",
+    ]);
+    let sweep = v["sweep"].as_array().unwrap();
+    assert_eq!(sweep.len(), 3);
+    // Keeping every channel reproduces the original score.
+    assert!(v["extremal_keep"].as_u64().is_some());
+    for f in ["channels.json", "saliency.png", "sweep.png"] {
+        assert!(dir.join(f).exists(), "{f} missing");
+    }
+    let written: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("channels.json")).unwrap()).unwrap();
+    assert_eq!(written, v);
+}
+
+#[test]
+fn channels_errors() {
+    fails_with(
+        &["channels", "assets/chelsea.png", "--layer", "layer4", "--keep", "0"],
+        "it has 1280 channels",
+    );
+    fails_with(
+        &["channels", "assets/chelsea.png", "--layer", "layer4", "--keep", "5000"],
+        "it has 1280 channels",
+    );
+    fails_with(
+        &["channels", "assets/chelsea.png", "--layer", "layer9"],
+        "nearest valid names",
+    );
+    fails_with(
+        &[
+            "channels",
+            "assets/chelsea.png",
+            "--layer",
+            "layer4",
+            "--target",
+            "1000",
+        ],
+        "outside the model's 1000 classes",
+    );
+    fails_with(
+        &["channels", "assets/chelsea.png", "--layer", "layer4", "--game", "win"],
+        "unknown game",
+    );
+}

@@ -100,7 +100,7 @@ type Map = HashMap<String, Tensor>;
 
 fn read_zip_pth(bytes: &[u8]) -> candle_core::Result<Map> {
     let mut zip = zip::ZipArchive::new(Cursor::new(bytes)).map_err(candle_core::Error::wrap)?;
-    let names: Vec<String> = zip.file_names().map(|s| s.to_string()).collect();
+    let names: Vec<String> = zip.file_names().filter_map(|s| s.ok().map(|s| s.to_string())).collect();
     let pkl = names
         .iter()
         .find(|n| n.ends_with("data.pkl"))

@@ -105,7 +105,24 @@ pub fn conv2d(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, cfg: &Conv2dCo
             ),
         );
     }
-    let y = if cfg.groups == c_in && c_out == c_in && c_per_group == 1 {
+    let pointwise = kh == 1 && kw == 1 && cfg.groups == 1 && p == Padding::default();
+    let y = if pointwise {
+        // A 1×1 convolution is a matmul, whose backward is a gemm too (candle's convolution
+        // backward runs a naive transposed convolution and is tens of times slower).
+        let x = if cfg.stride == 1 {
+            x.clone()
+        } else {
+            let rows: Vec<u32> = (0..h).step_by(cfg.stride).map(|i| i as u32).collect();
+            let cols: Vec<u32> = (0..w).step_by(cfg.stride).map(|i| i as u32).collect();
+            let rows = Tensor::new(rows.as_slice(), x.device())?;
+            let cols = Tensor::new(cols.as_slice(), x.device())?;
+            x.index_select(&rows, 2)?.index_select(&cols, 3)?
+        };
+        let (n, _, oh, ow) = x.dims4()?;
+        let w2 = weight.reshape((c_out, c_in))?;
+        let y = w2.broadcast_matmul(&x.reshape((n, c_in, oh * ow))?)?;
+        y.reshape((n, c_out, oh, ow))?
+    } else if cfg.groups == c_in && c_out == c_in && c_per_group == 1 {
         depthwise_conv2d(x, weight, cfg)?
     } else {
         let s = cfg.stride;

@@ -153,6 +153,17 @@ fn conv_gradients_match_finite_differences() {
             (13, 16),
         ),
     ];
+    let mut cases = cases;
+    // 1×1 convolutions (the matmul path), stride 1 and 2.
+    cases.push((Conv2dConfig::default(), (5, 3, 1, 1), (7, 8)));
+    cases.push((
+        Conv2dConfig {
+            stride: 2,
+            ..Default::default()
+        },
+        (5, 3, 1, 1),
+        (7, 8),
+    ));
     for (i, (cfg, wshape, (h, w))) in cases.iter().enumerate() {
         let x = rand(&[2, 3, *h, *w], 10 + i as u64);
         let k = rand(&[wshape.0, wshape.1, wshape.2, wshape.3], 20 + i as u64);
@@ -173,17 +184,18 @@ fn conv_gradients_match_finite_differences() {
 #[test]
 fn conv_matches_candle_where_candle_is_right() -> R<()> {
     let x = rand(&[2, 6, 9, 9], 3);
-    for (groups, cin) in [(1, 6), (6, 1), (2, 3)] {
-        let k = rand(&[6, cin, 3, 3], 4);
+    for (groups, cin, k) in [(1, 6, 3), (6, 1, 3), (2, 3, 3), (1, 6, 1)] {
+        let pad = k / 2;
+        let k = rand(&[6, cin, k, k], 4);
         for stride in [1, 2] {
             let cfg = Conv2dConfig {
                 stride,
                 groups,
-                padding: Padding::uniform(1),
+                padding: Padding::uniform(pad),
                 dilation: 1,
             };
             let ours = conv2d(&x, &k, None, &cfg)?;
-            let theirs = x.conv2d(&k, 1, stride, 1, groups)?;
+            let theirs = x.conv2d(&k, pad, stride, 1, groups)?;
             let d = (ours - theirs)?.abs()?.max_all()?.to_scalar::<f64>()?;
             assert!(d < 1e-12, "groups {groups} stride {stride}: {d}");
         }

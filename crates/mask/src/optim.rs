@@ -1,0 +1,96 @@
+use candle_core::{Tensor, Var};
+
+use crate::Result;
+
+/// Stochastic gradient descent with PyTorch's `torch.optim.SGD` semantics: the first step's
+/// momentum buffer is the raw gradient; later `b ← μ·b + (1 − dampening)·g`; `p ← p − lr·b`.
+#[derive(Debug)]
+pub struct Sgd {
+    /// Learning rate.
+    pub lr: f64,
+    /// Momentum `μ`.
+    pub momentum: f64,
+    /// Dampening.
+    pub dampening: f64,
+    buffer: Option<Tensor>,
+}
+
+impl Sgd {
+    /// An optimiser with the given settings.
+    pub fn new(lr: f64, momentum: f64, dampening: f64) -> Self {
+        Self {
+            lr,
+            momentum,
+            dampening,
+            buffer: None,
+        }
+    }
+
+    /// One descent step on `param` with gradient `grad`.
+    pub fn step(&mut self, param: &Var, grad: &Tensor) -> Result<()> {
+        let direction = if self.momentum == 0.0 {
+            grad.clone()
+        } else {
+            let b = match self.buffer.take() {
+                None => grad.clone(),
+                Some(b) => ((b * self.momentum)? + (grad * (1.0 - self.dampening))?)?,
+            };
+            self.buffer = Some(b.clone());
+            b
+        };
+        param.set(&(param.as_tensor() - (direction * self.lr)?)?)?;
+        Ok(())
+    }
+}
+
+/// Adam (Kingma & Ba) with bias correction, as `torch.optim.Adam` without weight decay.
+#[derive(Debug)]
+pub struct Adam {
+    /// Learning rate.
+    pub lr: f64,
+    /// Decay of the first moment.
+    pub beta1: f64,
+    /// Decay of the second moment.
+    pub beta2: f64,
+    /// Denominator offset.
+    pub eps: f64,
+    m: Option<Tensor>,
+    v: Option<Tensor>,
+    t: i32,
+}
+
+impl Adam {
+    /// Adam with the usual betas (0.9, 0.999) and ε = 1e-8.
+    pub fn new(lr: f64) -> Self {
+        Self {
+            lr,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            m: None,
+            v: None,
+            t: 0,
+        }
+    }
+
+    /// One descent step on `param` with gradient `grad`.
+    pub fn step(&mut self, param: &Var, grad: &Tensor) -> Result<()> {
+        self.t += 1;
+        let m = match self.m.take() {
+            None => (grad * (1.0 - self.beta1))?,
+            Some(m) => ((m * self.beta1)? + (grad * (1.0 - self.beta1))?)?,
+        };
+        let g2 = grad.sqr()?;
+        let v = match self.v.take() {
+            None => (g2 * (1.0 - self.beta2))?,
+            Some(v) => ((v * self.beta2)? + (g2 * (1.0 - self.beta2))?)?,
+        };
+        let mhat = (&m / (1.0 - self.beta1.powi(self.t)))?;
+        let vhat = (&v / (1.0 - self.beta2.powi(self.t)))?;
+        let update = (mhat / (vhat.sqrt()? + self.eps)?)?;
+        param.set(&(param.as_tensor() - (update * self.lr)?)?)?;
+        self.m = Some(m);
+        self.v = Some(v);
+        Ok(())
+    }
+}
