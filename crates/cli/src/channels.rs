@@ -86,7 +86,7 @@ pub fn run(args: &ChannelsArgs) -> Result<()> {
             site.channels
         );
     }
-    let iterations = args.iterations.unwrap_or(300);
+    let iterations = args.iterations.unwrap_or(schedule.iterations());
     let bar = ProgressBar::new((iterations * keeps.len()) as u64);
     bar.set_style(
         ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} {elapsed_precise}")

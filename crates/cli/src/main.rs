@@ -56,7 +56,7 @@ struct ChannelsArgs {
     /// preserve, delete or dual.
     #[arg(long, default_value = "preserve")]
     game: String,
-    /// Soft-mask iterations (default 300).
+    /// Soft-mask iterations (default: 100 for the default schedule, 300 for the paper's).
     #[arg(long)]
     iterations: Option<usize>,
     /// default (Adam, near-binary ending, swap refinement) or paper (the paper's SGD schedule, no refinement).

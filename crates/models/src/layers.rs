@@ -288,7 +288,7 @@ impl Linear {
 impl Module for Linear {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let x = if x.rank() > 2 { x.flatten_from(1)? } else { x.clone() };
-        x.matmul(&self.weight_t)?.broadcast_add(&self.bias)
+        Ok(extremal_ops::linear(&x, &self.weight_t, Some(&self.bias))?)
     }
 }
 

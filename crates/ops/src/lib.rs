@@ -10,6 +10,7 @@
 //! - [`same_padding`]: TensorFlow's "SAME" padding.
 //! - [`resize_bilinear`] and [`adaptive_avg_pool2d`]: matmul forms, differentiable.
 //! - [`relu`] and [`relu6`]: PyTorch's gradient at the kinks (0 at 0).
+//! - [`linear`]: a fully connected layer that skips the weight gradient of constant weights.
 //!
 //! ```
 //! use candle_core::{Device, Tensor, Var};
@@ -28,12 +29,14 @@ mod act;
 mod conv;
 mod depthwise;
 pub mod gradcheck;
+mod linear;
 mod pool;
 pub mod random;
 mod resize;
 
 pub use act::{relu, relu6};
 pub use conv::{conv2d, same_padding, Conv2dConfig, Padding};
+pub use linear::linear;
 pub use pool::{adaptive_avg_pool2d, max_pool2d, max_pool2d_primitive, Pool2d};
 pub use resize::{interpolation_matrix, resize_bilinear};
 

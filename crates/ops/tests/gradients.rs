@@ -263,3 +263,22 @@ fn relu_gradients_are_pytorchs_at_the_kinks() -> R<()> {
     check(&|x| weighted(&relu(x)?, 1), &x, "relu");
     Ok(())
 }
+
+#[test]
+fn linear_gradients_and_values() -> R<()> {
+    let x = rand(&[3, 7], 1);
+    let w = rand(&[7, 5], 2);
+    let b = rand(&[5], 3);
+    check(&|x| weighted(&linear(x, &w, Some(&b))?, 4), &x, "linear input");
+    check(
+        &|w| weighted(&linear(&x, w, Some(&b))?, 4),
+        &w,
+        "linear weight (tracked: plain matmul)",
+    );
+    let d = (linear(&x, &w, Some(&b))? - x.matmul(&w)?.broadcast_add(&b)?)?
+        .abs()?
+        .max_all()?
+        .to_scalar::<f64>()?;
+    assert!(d < 1e-12);
+    Ok(())
+}
