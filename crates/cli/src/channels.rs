@@ -1,11 +1,10 @@
 //! `extremal channels`.
 
 use anyhow::{bail, Context, Result};
-use candle_core::{DType, Tensor};
+use candle_core::Tensor;
 use extremal_hook::Network;
 use extremal_mask::channels::{channel_masks_at, ChannelSite};
 use extremal_mask::{ChannelConfig, ChannelReport, Schedule};
-use extremal_models::load_input;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{json, Value};
 
@@ -43,21 +42,7 @@ fn report_json(model: &str, layer: &str, r: &ChannelReport) -> Value {
 }
 
 pub fn run(args: &ChannelsArgs) -> Result<()> {
-    let model = args.model.load()?;
-    let x = load_input(
-        &args.input,
-        model.preprocess(),
-        args.keep_aspect,
-        DType::F32,
-        model.device(),
-    )?;
-    if x.dim(0)? != 1 {
-        bail!(
-            "{}: channels takes one image, the tensor holds {}",
-            args.input.display(),
-            x.dim(0)?
-        );
-    }
+    let (model, x) = args.model.load_with_image(&args.input, args.keep_aspect, "channels")?;
     let schedule: Schedule = args.schedule.parse()?;
     let base = ChannelConfig {
         keep: 25,

@@ -200,22 +200,24 @@ fn layers(args: &LayersArgs) -> Result<()> {
     Ok(())
 }
 
-fn classify(args: &ClassifyArgs) -> Result<()> {
-    let model = args.model.load()?;
-    let x = load_input(
-        &args.input,
-        model.preprocess(),
-        args.keep_aspect,
-        DType::F32,
-        model.device(),
-    )?;
-    if x.dim(0)? != 1 {
-        bail!(
-            "{}: classify takes one image, the tensor holds {}",
-            args.input.display(),
-            x.dim(0)?
-        );
+impl ModelArgs {
+    /// Loads the model and one input image (or tensor) for `command`.
+    fn load_with_image(&self, input: &std::path::Path, keep_aspect: bool, command: &str) -> Result<(Model, Tensor)> {
+        let model = self.load()?;
+        let x = load_input(input, model.preprocess(), keep_aspect, DType::F32, model.device())?;
+        if x.dim(0)? != 1 {
+            bail!(
+                "{}: {command} takes one image, the tensor holds {}",
+                input.display(),
+                x.dim(0)?
+            );
+        }
+        Ok((model, x))
     }
+}
+
+fn classify(args: &ClassifyArgs) -> Result<()> {
+    let (model, x) = args.model.load_with_image(&args.input, args.keep_aspect, "classify")?;
     let (preds, logits) = model.classify(&x, args.top.max(1))?;
     let preds = &preds[0];
     if args.json {

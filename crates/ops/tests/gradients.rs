@@ -282,3 +282,28 @@ fn linear_gradients_and_values() -> R<()> {
     assert!(d < 1e-12);
     Ok(())
 }
+
+#[test]
+fn grouped_conv_input_gradient_with_constant_weights() {
+    // Grouped but not depthwise (the const-weight path transposes the kernel per group).
+    let x = rand(&[2, 4, 9, 7], 70);
+    let k = rand(&[6, 2, 3, 3], 71);
+    for stride in [1, 2] {
+        let cfg = Conv2dConfig {
+            stride,
+            groups: 2,
+            padding: Padding {
+                top: 1,
+                bottom: 0,
+                left: 2,
+                right: 1,
+            },
+            dilation: 1,
+        };
+        check(
+            &|x| weighted(&conv2d(x, &k, None, &cfg)?, 8),
+            &x,
+            &format!("grouped conv stride {stride}"),
+        );
+    }
+}
