@@ -2,7 +2,6 @@
 
 use anyhow::{bail, Context, Result};
 use candle_core::Tensor;
-use extremal_hook::Network;
 use extremal_mask::channels::{channel_masks_at, ChannelSite};
 use extremal_mask::{ChannelConfig, ChannelReport, Schedule};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -161,6 +160,5 @@ pub fn run(args: &ChannelsArgs) -> Result<()> {
         }
         crate::out(&text);
     }
-    let _ = model.sites();
     Ok(())
 }

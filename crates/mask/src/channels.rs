@@ -125,6 +125,8 @@ pub struct ChannelSite<'a> {
     /// Number of channels.
     pub channels: usize,
     target: usize,
+    /// The target logit of the unmasked suffix.
+    original: f64,
 }
 
 impl<'a> ChannelSite<'a> {
@@ -163,16 +165,18 @@ impl<'a> ChannelSite<'a> {
                 let o = if out.rank() > 2 {
                     out.flatten_from(2)?.mean(2)?
                 } else {
-                    out
+                    out.clone()
                 };
                 o.argmax(1)?.flatten_all()?.to_vec1::<u32>()?[0] as usize
             }
         };
+        let original = scalar(&reward(&out, target, Reward::Simple)?)?;
         Ok(Self {
             net,
             prefix,
             channels,
             target,
+            original,
         })
     }
 
@@ -209,6 +213,24 @@ impl<'a> ChannelSite<'a> {
             .net
             .suffix(&self.prefix, &a.broadcast_mul(&m)?, &mut Hooks::new())?;
         reward(&out, self.target, Reward::Simple)
+    }
+
+    /// The game's reward for a batch of soft channel masks: the target logit with the masked
+    /// activation (preserve), its negative with the complement (delete), or their difference
+    /// (dual, both halves in one suffix pass).
+    ///
+    /// # Shapes
+    /// - `masks`: `(B, C)`; returns `(B,)`.
+    pub fn game_scores(&self, masks: &Tensor, game: Game) -> Result<Tensor> {
+        match game {
+            Game::Preserve => self.scores(masks),
+            Game::Delete => Ok(self.scores(&(1.0 - masks)?)?.neg()?),
+            Game::Dual => {
+                let b = masks.dim(0)?;
+                let s = self.scores(&Tensor::cat(&[masks.clone(), (1.0 - masks)?], 0)?)?;
+                Ok((s.narrow(0, 0, b)? - s.narrow(0, b, b)?)?)
+            }
+        }
     }
 
     /// Target logits with hard masks: for each set, exactly its channels kept (`keep_only`)
@@ -284,8 +306,7 @@ pub fn channel_masks_at(
             cs.site()
         )));
     }
-    let all: Vec<usize> = (0..c).collect();
-    let original = cs.hard_scores(&[all], true, 1)?[0];
+    let original = cs.original;
 
     // Baselines.
     let by_activation = top_k(&cs.mean_activation()?, cfg.keep);
@@ -400,15 +421,7 @@ fn optimise_soft(
             Schedule::Paper => 1500.0 * (t as f64 / 150.0).min(1.0),
         };
         let mt = m.as_tensor();
-        let r = match cfg.game {
-            Game::Preserve => cs.scores(mt)?,
-            Game::Delete => cs.scores(&(1.0 - mt)?)?.neg()?,
-            Game::Dual => {
-                let both = Tensor::cat(&[mt.clone(), (1.0 - mt)?], 0)?;
-                let s = cs.scores(&both)?;
-                (s.narrow(0, 0, 1)? - s.narrow(0, 1, 1)?)?
-            }
-        };
+        let r = cs.game_scores(mt, cfg.game)?;
         let penalty = area_penalty(mt, &[area])?;
         let loss = ((penalty.clone() * lambda)? - (r.clone() * scale)?)?.sum_all()?;
         history.push((scalar(&r)?, scalar(&penalty)?));
@@ -444,11 +457,7 @@ fn refine(
         let mut hard = vec![0f32; c];
         set.iter().for_each(|&i| hard[i] = 1.0);
         let m = Var::from_tensor(&Tensor::from_vec(hard, (1, c), cs.activation().device())?)?;
-        let s = match cfg.game {
-            Game::Preserve => cs.scores(m.as_tensor())?,
-            Game::Delete => cs.scores(&(1.0 - m.as_tensor())?)?.neg()?,
-            Game::Dual => (cs.scores(m.as_tensor())? - cs.scores(&(1.0 - m.as_tensor())?)?)?,
-        };
+        let s = cs.game_scores(m.as_tensor(), cfg.game)?;
         let g = s
             .sum_all()?
             .backward()?

@@ -44,12 +44,7 @@ impl Preprocess {
     /// # Shapes
     /// - `rgb`: `(N, 3, H, W)`; returns the same shape.
     pub fn normalize(&self, rgb: &Tensor) -> Result<Tensor> {
-        let mean = Tensor::new(&self.mean, rgb.device())?
-            .reshape((1, 3, 1, 1))?
-            .to_dtype(rgb.dtype())?;
-        let std = Tensor::new(&self.std, rgb.device())?
-            .reshape((1, 3, 1, 1))?
-            .to_dtype(rgb.dtype())?;
+        let (mean, std) = self.stats(rgb)?;
         Ok(rgb.broadcast_sub(&mean)?.broadcast_div(&std)?)
     }
 
@@ -58,13 +53,18 @@ impl Preprocess {
     /// # Shapes
     /// - `x`: `(N, 3, H, W)`; returns the same shape.
     pub fn denormalize(&self, x: &Tensor) -> Result<Tensor> {
-        let mean = Tensor::new(&self.mean, x.device())?
-            .reshape((1, 3, 1, 1))?
-            .to_dtype(x.dtype())?;
-        let std = Tensor::new(&self.std, x.device())?
-            .reshape((1, 3, 1, 1))?
-            .to_dtype(x.dtype())?;
+        let (mean, std) = self.stats(x)?;
         Ok(x.broadcast_mul(&std)?.broadcast_add(&mean)?)
+    }
+
+    /// Mean and standard deviation as `(1, 3, 1, 1)` tensors in `like`'s dtype and device.
+    fn stats(&self, like: &Tensor) -> Result<(Tensor, Tensor)> {
+        let t = |v: &[f32; 3]| -> Result<Tensor> {
+            Ok(Tensor::new(v, like.device())?
+                .reshape((1, 3, 1, 1))?
+                .to_dtype(like.dtype())?)
+        };
+        Ok((t(&self.mean)?, t(&self.std)?))
     }
 
     /// The size an `h × w` image is resized to: the square input, or with `keep_aspect` the

@@ -321,18 +321,17 @@ fn rebuild_tensor(
     let esize = stored_size(sclass);
     let numel: usize = size.iter().product();
     // Gather with the strides, in f64/i64, then convert.
-    let read = |i: usize| -> f64 {
-        let b = &raw[i * esize..(i + 1) * esize];
-        match sclass.as_str() {
-            "FloatStorage" => f32::from_le_bytes(b.try_into().unwrap()) as f64,
-            "DoubleStorage" => f64::from_le_bytes(b.try_into().unwrap()),
-            "HalfStorage" => half_to_f64(u16::from_le_bytes(b.try_into().unwrap())),
-            "BFloat16Storage" => f32::from_bits((u16::from_le_bytes(b.try_into().unwrap()) as u32) << 16) as f64,
-            "LongStorage" => i64::from_le_bytes(b.try_into().unwrap()) as f64,
-            "IntStorage" => i32::from_le_bytes(b.try_into().unwrap()) as f64,
-            _ => b[0] as f64,
-        }
+    // The element decoder, chosen once per tensor rather than per element.
+    let decode: fn(&[u8]) -> f64 = match sclass.as_str() {
+        "FloatStorage" => |b| f32::from_le_bytes(b.try_into().unwrap()) as f64,
+        "DoubleStorage" => |b| f64::from_le_bytes(b.try_into().unwrap()),
+        "HalfStorage" => |b| half_to_f64(u16::from_le_bytes(b.try_into().unwrap())),
+        "BFloat16Storage" => |b| f32::from_bits((u16::from_le_bytes(b.try_into().unwrap()) as u32) << 16) as f64,
+        "LongStorage" => |b| i64::from_le_bytes(b.try_into().unwrap()) as f64,
+        "IntStorage" => |b| i32::from_le_bytes(b.try_into().unwrap()) as f64,
+        _ => |b| b[0] as f64,
     };
+    let read = |i: usize| -> f64 { decode(&raw[i * esize..(i + 1) * esize]) };
     let max_index = offset
         + size
             .iter()

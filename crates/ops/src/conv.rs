@@ -122,7 +122,7 @@ pub fn conv2d(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, cfg: &Conv2dCo
         let w2 = weight.reshape((c_out, c_in))?;
         let y = w2.broadcast_matmul(&x.reshape((n, c_in, oh * ow))?)?;
         y.reshape((n, c_out, oh, ow))?
-    } else if cfg.groups == c_in && c_out == c_in && c_per_group == 1 {
+    } else if cfg.groups == c_in && c_out == c_in && c_per_group == 1 && x.device().is_cpu() {
         depthwise_conv2d(x, weight, cfg)?
     } else {
         let s = cfg.stride;

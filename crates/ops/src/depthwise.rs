@@ -91,17 +91,6 @@ fn geometry(x: (usize, usize, usize, usize), k: (usize, usize), cfg: &Conv2dConf
 pub(crate) fn depthwise_conv2d(x: &Tensor, weight: &Tensor, cfg: &Conv2dConfig) -> Result<Tensor> {
     let (_, _, kh, kw) = weight.dims4()?;
     let g = geometry(x.dims4()?, (kh, kw), cfg);
-    if !x.device().is_cpu() {
-        // candle's grouped convolution, through the explicit-padding path of `conv2d`.
-        let p = cfg.padding;
-        let xp = x
-            .pad_with_zeros(2, p.top, p.bottom)?
-            .pad_with_zeros(3, p.left, p.right)?;
-        let used_h = (g.oh - 1) * cfg.stride + (kh - 1) * cfg.dilation + 1;
-        let used_w = (g.ow - 1) * cfg.stride + (kw - 1) * cfg.dilation + 1;
-        let xp = xp.narrow(2, 0, used_h)?.narrow(3, 0, used_w)?;
-        return Ok(xp.conv2d(weight, 0, cfg.stride, cfg.dilation, cfg.groups)?);
-    }
     Ok(x.contiguous()?
         .apply_op2(&weight.contiguous()?, Depthwise { g, part: Part::Forward })?)
 }
