@@ -29,6 +29,16 @@ pub enum Node {
         /// Applied after the sum (e.g. ReLU), if any; not a site.
         post: Option<Box<dyn Module + Send + Sync>>,
     },
+    /// A chain of layers (e.g. convolution, batch norm, ReLU) that `fused` computes in one
+    /// go. The chain's sites stay addressable: the chain runs layer by layer when a hook wants
+    /// a site inside it ([`Hook::wants`]), and `fused` runs otherwise, its output visiting the
+    /// chain's last site. `fused` must compute the same function as the chain.
+    Fused {
+        /// The layers one by one.
+        chain: Vec<Node>,
+        /// The same computation in one module.
+        fused: Box<dyn Module + Send + Sync>,
+    },
     /// The branches all read the input; their outputs are concatenated along channels.
     Concat {
         /// Site name of the output, or empty.
@@ -80,6 +90,14 @@ impl Node {
         }
     }
 
+    /// A fused chain of layers (see [`Node::Fused`]).
+    pub fn fused(chain: Vec<Node>, fused: impl Module + Send + Sync + 'static) -> Self {
+        Node::Fused {
+            chain,
+            fused: Box::new(fused),
+        }
+    }
+
     /// A concatenation node.
     pub fn concat(name: &str, branches: Vec<Node>) -> Self {
         Node::Concat {
@@ -95,13 +113,14 @@ impl Node {
             | Node::Seq { name, .. }
             | Node::Residual { name, .. }
             | Node::Concat { name, .. } => name,
+            Node::Fused { .. } => "",
         }
     }
 
     fn children(&self) -> Vec<&Node> {
         match self {
             Node::Layer { .. } => vec![],
-            Node::Seq { children, .. } => children.iter().collect(),
+            Node::Seq { children, .. } | Node::Fused { chain: children, .. } => children.iter().collect(),
             Node::Residual { body, shortcut, .. } => {
                 let mut v = vec![body.as_ref()];
                 v.extend(shortcut.as_deref());
@@ -152,6 +171,18 @@ impl Node {
                 }
                 y
             }
+            Node::Fused { chain, fused } => {
+                let (last, inner) = chain.split_last().expect("a fused chain is not empty");
+                if inner.iter().any(|c| !c.name().is_empty() && hook.wants(c.name())) {
+                    let mut y = x.clone();
+                    for c in chain {
+                        y = c.forward(&y, hook)?;
+                    }
+                    y
+                } else {
+                    last.visit(fused.forward(x)?, hook)?
+                }
+            }
             Node::Residual {
                 body, shortcut, post, ..
             } => {
@@ -176,16 +207,14 @@ impl Node {
     /// Runs up to the end of the node at `path`, saving the inputs that the suffix re-reads.
     fn forward_until(&self, x: &Tensor, path: &[usize], saved: &mut Vec<Tensor>) -> Result<Tensor> {
         let Some((&i, rest)) = path.split_first() else {
-            let mut none = |_: &str, t: Tensor| -> Result<Tensor> { Ok(t) };
-            return self.forward(x, &mut none);
+            return self.forward(x, &mut Silent);
         };
-        let mut none = |_: &str, t: Tensor| -> Result<Tensor> { Ok(t) };
         match self {
             Node::Layer { .. } => unreachable!("a layer has no children"),
-            Node::Seq { children, .. } => {
+            Node::Seq { children, .. } | Node::Fused { chain: children, .. } => {
                 let mut y = x.clone();
                 for c in &children[..i] {
-                    y = c.forward(&y, &mut none)?;
+                    y = c.forward(&y, &mut Silent)?;
                 }
                 children[i].forward_until(&y, rest, saved)
             }
@@ -204,7 +233,7 @@ impl Node {
         let n = activation.dim(0)?;
         let y = match self {
             Node::Layer { .. } => unreachable!("a layer has no children"),
-            Node::Seq { children, .. } => {
+            Node::Seq { children, .. } | Node::Fused { chain: children, .. } => {
                 let mut y = children[i].resume(rest, saved, activation, hook)?;
                 for c in &children[i + 1..] {
                     y = c.forward(&y, hook)?;
@@ -246,6 +275,19 @@ impl Node {
             }
         };
         self.visit(y, hook)
+    }
+}
+
+/// A hook that wants no site: the fastest forward pass.
+struct Silent;
+
+impl Hook for Silent {
+    fn visit(&mut self, _site: &str, activation: Tensor) -> Result<Tensor> {
+        Ok(activation)
+    }
+
+    fn wants(&self, _site: &str) -> bool {
+        false
     }
 }
 

@@ -9,6 +9,15 @@ use crate::{Error, Result};
 pub trait Hook {
     /// Called with the activation at `site`; returns the tensor the network continues with.
     fn visit(&mut self, site: &str, activation: Tensor) -> Result<Tensor>;
+
+    /// Whether this hook needs the activation at `site`. A network may skip computing the
+    /// activations at sites no hook wants, for example by running a convolution, its batch
+    /// normalisation and its activation as one fused kernel ([`Node::Fused`](crate::Node::Fused)).
+    /// The default, `true`, sees every site.
+    fn wants(&self, site: &str) -> bool {
+        let _ = site;
+        true
+    }
 }
 
 /// Any `FnMut(site, activation) -> Result<activation>` is a hook.
@@ -91,6 +100,9 @@ impl Hooks {
     }
 
     /// The sites the last forward pass crossed, in order.
+    ///
+    /// Sites inside a fused group of layers ([`Node::Fused`](crate::Node::Fused)) that no action
+    /// of these hooks names are not computed, and so not listed.
     pub fn visited(&self) -> &[String] {
         &self.visited
     }
@@ -119,6 +131,10 @@ impl Hooks {
 }
 
 impl Hook for Hooks {
+    fn wants(&self, site: &str) -> bool {
+        self.actions.contains_key(site)
+    }
+
     fn visit(&mut self, site: &str, mut x: Tensor) -> Result<Tensor> {
         self.visited.push(site.to_string());
         let Some(actions) = self.actions.get(site) else {

@@ -4,7 +4,11 @@
 
 use extremal_hook::{Graph, Node};
 
-use crate::layers::{AdaptiveAvgPool, BatchNorm, Conv, ConvPadding, Flatten, Identity, Linear, ParamSource, Relu6};
+use extremal_ops::Activation;
+
+use crate::layers::{
+    conv_chain, AdaptiveAvgPool, BatchNorm, Conv, ConvPadding, Flatten, Identity, Linear, ParamSource,
+};
 use crate::Result;
 
 const EPS: f64 = 1e-3;
@@ -20,32 +24,26 @@ const STAGES: [(usize, usize, usize, usize, usize, usize); 7] = [
     (1, 3, 1, 6, 192, 320),
 ];
 
-fn conv(
+/// Convolution `conv`, batch norm `bn` and (with `act`) ReLU6 at site `act`, as one fused chain.
+#[allow(clippy::too_many_arguments)]
+fn conv_bn(
     p: &mut dyn ParamSource,
-    name: &str,
+    (conv, bn): (&str, &str),
+    act: Option<&str>,
     c_in: usize,
     c_out: usize,
     k: usize,
     s: usize,
     groups: usize,
 ) -> Result<Node> {
-    Ok(Node::layer(
-        name,
-        Conv::load(p, name, c_in, c_out, k, s, ConvPadding::Same, groups, false)?,
-    ))
-}
-
-fn bn(p: &mut dyn ParamSource, name: &str, c: usize) -> Result<Node> {
-    Ok(Node::layer(name, BatchNorm::load(p, name, c, EPS)?))
+    let c = Conv::load(p, conv, c_in, c_out, k, s, ConvPadding::Same, groups, false)?;
+    let b = BatchNorm::load(p, bn, c_out, EPS)?;
+    conv_chain((conv, c), Some((bn, b)), act.map(|a| (a, Activation::Relu6)))
 }
 
 /// Builds EfficientNet-Lite0 with `classes` outputs.
 pub fn efficientnet_lite0(p: &mut dyn ParamSource, classes: usize) -> Result<Graph> {
-    let mut nodes = vec![
-        conv(p, "_conv_stem", 3, 32, 3, 2, 1)?,
-        bn(p, "_bn0", 32)?,
-        Node::layer("_stem_act", Relu6),
-    ];
+    let mut nodes = vec![conv_bn(p, ("_conv_stem", "_bn0"), Some("_stem_act"), 3, 32, 3, 2, 1)?];
     let mut blocks = Vec::new();
     for &(repeats, k, stride, expand, c_in0, c_out) in STAGES.iter() {
         for r in 0..repeats {
@@ -54,16 +52,15 @@ pub fn efficientnet_lite0(p: &mut dyn ParamSource, classes: usize) -> Result<Gra
             let (c_in, s) = if r == 0 { (c_in0, stride) } else { (c_out, 1) };
             let mid = c_in * expand;
             let mut body = Vec::new();
+            let part = |a: &str| format!("{name}.{a}");
             if expand != 1 {
-                body.push(conv(p, &format!("{name}._expand_conv"), c_in, mid, 1, 1, 1)?);
-                body.push(bn(p, &format!("{name}._bn0"), mid)?);
-                body.push(Node::layer("", Relu6));
+                let names = (&*part("_expand_conv"), &*part("_bn0"));
+                body.push(conv_bn(p, names, Some(""), c_in, mid, 1, 1, 1)?);
             }
-            body.push(conv(p, &format!("{name}._depthwise_conv"), mid, mid, k, s, mid)?);
-            body.push(bn(p, &format!("{name}._bn1"), mid)?);
-            body.push(Node::layer("", Relu6));
-            body.push(conv(p, &format!("{name}._project_conv"), mid, c_out, 1, 1, 1)?);
-            body.push(bn(p, &format!("{name}._bn2"), c_out)?);
+            let names = (&*part("_depthwise_conv"), &*part("_bn1"));
+            body.push(conv_bn(p, names, Some(""), mid, mid, k, s, mid)?);
+            let names = (&*part("_project_conv"), &*part("_bn2"));
+            body.push(conv_bn(p, names, None, mid, c_out, 1, 1, 1)?);
             blocks.push(if s == 1 && c_in == c_out {
                 Node::residual(&name, Node::seq("", body), None)
             } else {
@@ -72,9 +69,16 @@ pub fn efficientnet_lite0(p: &mut dyn ParamSource, classes: usize) -> Result<Gra
         }
     }
     nodes.push(Node::seq("_blocks", blocks));
-    nodes.push(conv(p, "_conv_head", 320, 1280, 1, 1, 1)?);
-    nodes.push(bn(p, "_bn1", 1280)?);
-    nodes.push(Node::layer("_head_act", Relu6));
+    nodes.push(conv_bn(
+        p,
+        ("_conv_head", "_bn1"),
+        Some("_head_act"),
+        320,
+        1280,
+        1,
+        1,
+        1,
+    )?);
     nodes.push(Node::layer("_avg_pooling", AdaptiveAvgPool(1, 1)));
     nodes.push(Node::layer("", Flatten));
     nodes.push(Node::layer("_dropout", Identity));

@@ -3,10 +3,10 @@
 
 use candle_core::{Module, Tensor};
 use extremal_hook::{Graph, Node};
-use extremal_ops::Pool2d;
+use extremal_ops::{Activation, Pool2d};
 
 use crate::layers::{
-    AdaptiveAvgPool, BatchNorm, Conv, ConvPadding, Flatten, Identity, Linear, MaxPool, ParamSource, Relu,
+    conv_chain, AdaptiveAvgPool, BatchNorm, Conv, ConvPadding, Flatten, Identity, Linear, MaxPool, ParamSource,
 };
 use crate::Result;
 
@@ -31,14 +31,12 @@ fn basic(
         false,
     )?;
     let bn = BatchNorm::load(p, &format!("{name}.bn"), c_out, 1e-3)?;
-    Ok(Node::seq(
-        name,
-        vec![
-            Node::layer(&format!("{name}.conv"), conv),
-            Node::layer(&format!("{name}.bn"), bn),
-            Node::layer("", Relu),
-        ],
-    ))
+    let chain = conv_chain(
+        (&format!("{name}.conv"), conv),
+        Some((&format!("{name}.bn"), bn)),
+        Some(("", Activation::Relu)),
+    )?;
+    Ok(Node::seq(name, vec![chain]))
 }
 
 #[allow(clippy::too_many_arguments)]

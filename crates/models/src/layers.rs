@@ -4,8 +4,9 @@
 use std::collections::HashSet;
 
 use candle_core::{DType, Device, Module, Tensor};
+use extremal_hook::Node;
 use extremal_ops::random::SeededRng;
-use extremal_ops::{conv2d, same_padding, Conv2dConfig, Padding, Pool2d};
+use extremal_ops::{conv2d, conv2d_fused, same_padding, Activation, Conv2dConfig, Padding, Pool2d};
 
 use crate::{Error, Result, Weights};
 
@@ -204,9 +205,9 @@ impl Conv {
     }
 }
 
-impl Module for Conv {
-    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let (_, _, h, w) = x.dims4()?;
+impl Conv {
+    /// The convolution's configuration for an `h × w` input (TF "SAME" padding depends on it).
+    fn config(&self, h: usize, w: usize) -> candle_core::Result<Conv2dConfig> {
         let (_, _, kh, kw) = self.weight.dims4()?;
         let padding = match self.padding {
             ConvPadding::Fixed(p) => Padding::uniform(p),
@@ -221,14 +222,84 @@ impl Module for Conv {
                 }
             }
         };
-        let cfg = Conv2dConfig {
+        Ok(Conv2dConfig {
             padding,
             stride: self.stride,
             dilation: 1,
             groups: self.groups,
-        };
-        Ok(conv2d(x, &self.weight, self.bias.as_ref(), &cfg)?)
+        })
     }
+
+    /// This convolution with `bn` folded into its weights and bias and `act` applied: one
+    /// kernel for a convolution–batch-norm–activation chain. The folding is done in f64.
+    pub fn fuse(&self, bn: Option<&BatchNorm>, act: Activation) -> Result<FusedConv> {
+        let dtype = self.weight.dtype();
+        let c_out = self.weight.dim(0)?;
+        let w = self.weight.to_dtype(DType::F64)?;
+        let b = match &self.bias {
+            Some(b) => b.to_dtype(DType::F64)?,
+            None => Tensor::zeros(c_out, DType::F64, w.device())?,
+        };
+        let (w, b) = match bn {
+            Some(bn) => {
+                let scale = bn.scale.to_dtype(DType::F64)?.reshape(c_out)?;
+                let shift = bn.shift.to_dtype(DType::F64)?.reshape(c_out)?;
+                (
+                    w.broadcast_mul(&scale.reshape((c_out, 1, 1, 1))?)?,
+                    ((b * &scale)? + shift)?,
+                )
+            }
+            None => (w, b),
+        };
+        let conv = Conv {
+            weight: w.to_dtype(dtype)?.contiguous()?,
+            bias: Some(b.to_dtype(dtype)?),
+            stride: self.stride,
+            groups: self.groups,
+            padding: self.padding,
+        };
+        Ok(FusedConv { conv, act })
+    }
+}
+
+impl Module for Conv {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let (_, _, h, w) = x.dims4()?;
+        Ok(conv2d(x, &self.weight, self.bias.as_ref(), &self.config(h, w)?)?)
+    }
+}
+
+/// A convolution with a batch norm folded in and an activation, as one kernel
+/// ([`extremal_ops::conv2d_fused`]); made by [`Conv::fuse`].
+pub struct FusedConv {
+    conv: Conv,
+    act: Activation,
+}
+
+impl Module for FusedConv {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let (_, _, h, w) = x.dims4()?;
+        let c = &self.conv;
+        Ok(conv2d_fused(x, &c.weight, c.bias.as_ref(), &c.config(h, w)?, self.act)?)
+    }
+}
+
+/// A convolution, its batch norm (if any) and its activation (if any) as a
+/// [`Node::Fused`](extremal_hook::Node::Fused): each keeps its site (`name` of each part; an
+/// empty name is no site), and the chain runs as one kernel when no hook needs the inner sites.
+pub fn conv_chain(conv: (&str, Conv), bn: Option<(&str, BatchNorm)>, act: Option<(&str, Activation)>) -> Result<Node> {
+    let activation = act.map_or(Activation::None, |(_, a)| a);
+    let fused = conv.1.fuse(bn.as_ref().map(|(_, b)| b), activation)?;
+    let mut chain = vec![Node::layer(conv.0, conv.1)];
+    if let Some((name, bn)) = bn {
+        chain.push(Node::layer(name, bn));
+    }
+    match act {
+        Some((name, Activation::Relu)) => chain.push(Node::layer(name, Relu)),
+        Some((name, Activation::Relu6)) => chain.push(Node::layer(name, Relu6)),
+        _ => {}
+    }
+    Ok(Node::fused(chain, fused))
 }
 
 /// Batch normalisation in evaluation mode, folded into a per-channel scale and shift.

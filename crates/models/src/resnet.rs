@@ -1,9 +1,11 @@
 //! ResNet-18/34/50/101/152 with torchvision's structure and weight names.
 
 use extremal_hook::{Graph, Node};
-use extremal_ops::Pool2d;
+use extremal_ops::{Activation, Pool2d};
 
-use crate::layers::{AdaptiveAvgPool, BatchNorm, Conv, ConvPadding, Flatten, Linear, MaxPool, ParamSource, Relu};
+use crate::layers::{
+    conv_chain, AdaptiveAvgPool, BatchNorm, Conv, ConvPadding, Flatten, Linear, MaxPool, ParamSource, Relu,
+};
 use crate::Result;
 
 const EPS: f64 = 1e-5;
@@ -20,13 +22,15 @@ pub(crate) fn config(depth: usize) -> Option<([usize; 4], bool)> {
     })
 }
 
+/// `{prefix}{conv}` then `{prefix}{bn}` then, with `relu`, the ReLU site `relu` (empty: no
+/// site), as one fused chain.
 fn conv_bn(
     p: &mut dyn ParamSource,
     prefix: &str,
-    conv: &str,
-    bn: &str,
+    (conv, bn): (&str, &str),
+    relu: Option<&str>,
     (c_in, c_out, k, s, pad): (usize, usize, usize, usize, usize),
-) -> Result<Vec<Node>> {
+) -> Result<Node> {
     let c = Conv::load(
         p,
         &format!("{prefix}{conv}"),
@@ -39,10 +43,11 @@ fn conv_bn(
         false,
     )?;
     let b = BatchNorm::load(p, &format!("{prefix}{bn}"), c_out, EPS)?;
-    Ok(vec![
-        Node::layer(&format!("{prefix}{conv}"), c),
-        Node::layer(&format!("{prefix}{bn}"), b),
-    ])
+    conv_chain(
+        (&format!("{prefix}{conv}"), c),
+        Some((&format!("{prefix}{bn}"), b)),
+        relu.map(|name| (name, Activation::Relu)),
+    )
 }
 
 fn block(
@@ -56,21 +61,36 @@ fn block(
     let pre = format!("{name}.");
     let mut body = Vec::new();
     let c_out = if bottleneck {
-        body.extend(conv_bn(p, &pre, "conv1", "bn1", (c_in, width, 1, 1, 0))?);
-        body.push(Node::layer("", Relu));
-        body.extend(conv_bn(p, &pre, "conv2", "bn2", (width, width, 3, stride, 1))?);
-        body.push(Node::layer("", Relu));
-        body.extend(conv_bn(p, &pre, "conv3", "bn3", (width, width * 4, 1, 1, 0))?);
+        body.push(conv_bn(p, &pre, ("conv1", "bn1"), Some(""), (c_in, width, 1, 1, 0))?);
+        body.push(conv_bn(
+            p,
+            &pre,
+            ("conv2", "bn2"),
+            Some(""),
+            (width, width, 3, stride, 1),
+        )?);
+        body.push(conv_bn(p, &pre, ("conv3", "bn3"), None, (width, width * 4, 1, 1, 0))?);
         width * 4
     } else {
-        body.extend(conv_bn(p, &pre, "conv1", "bn1", (c_in, width, 3, stride, 1))?);
-        body.push(Node::layer("", Relu));
-        body.extend(conv_bn(p, &pre, "conv2", "bn2", (width, width, 3, 1, 1))?);
+        body.push(conv_bn(
+            p,
+            &pre,
+            ("conv1", "bn1"),
+            Some(""),
+            (c_in, width, 3, stride, 1),
+        )?);
+        body.push(conv_bn(p, &pre, ("conv2", "bn2"), None, (width, width, 3, 1, 1))?);
         width
     };
     let shortcut = if stride != 1 || c_in != c_out {
-        let mut ds = conv_bn(p, &pre, "downsample.0", "downsample.1", (c_in, c_out, 1, stride, 0))?;
-        Some(Node::seq(&format!("{name}.downsample"), std::mem::take(&mut ds)))
+        let ds = conv_bn(
+            p,
+            &pre,
+            ("downsample.0", "downsample.1"),
+            None,
+            (c_in, c_out, 1, stride, 0),
+        )?;
+        Some(Node::seq(&format!("{name}.downsample"), vec![ds]))
     } else {
         None
     };
@@ -82,8 +102,7 @@ pub fn resnet(p: &mut dyn ParamSource, depth: usize, classes: usize) -> Result<G
     let (blocks, bottleneck) =
         config(depth).ok_or_else(|| crate::Error::Model(format!("no ResNet of depth {depth}")))?;
     let mut nodes = Vec::new();
-    nodes.extend(conv_bn(p, "", "conv1", "bn1", (3, 64, 7, 2, 3))?);
-    nodes.push(Node::layer("relu", Relu));
+    nodes.push(conv_bn(p, "", ("conv1", "bn1"), Some("relu"), (3, 64, 7, 2, 3))?);
     nodes.push(Node::layer("maxpool", MaxPool(Pool2d::new(3, 2).with_padding(1))));
     let mut c_in = 64;
     for (stage, &n) in blocks.iter().enumerate() {

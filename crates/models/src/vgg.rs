@@ -1,9 +1,11 @@
 //! VGG16 with torchvision's structure and names (`features.N`, `classifier.N`).
 
 use extremal_hook::{Graph, Node};
-use extremal_ops::Pool2d;
+use extremal_ops::{Activation, Pool2d};
 
-use crate::layers::{AdaptiveAvgPool, Conv, ConvPadding, Flatten, Identity, Linear, MaxPool, ParamSource, Relu};
+use crate::layers::{
+    conv_chain, AdaptiveAvgPool, Conv, ConvPadding, Flatten, Identity, Linear, MaxPool, ParamSource, Relu,
+};
 use crate::{Result, Weights};
 
 const CFG: [usize; 18] = [
@@ -14,18 +16,19 @@ const CFG: [usize; 18] = [
 pub fn vgg16(p: &mut dyn ParamSource, classes: usize) -> Result<Graph> {
     let mut features = Vec::new();
     let mut c_in = 3;
+    // torchvision's index of the next module in `features`.
+    let mut i = 0;
     for &c in CFG.iter() {
-        let i = features.len();
         if c == 0 {
             features.push(Node::layer(&format!("features.{i}"), MaxPool(Pool2d::new(2, 2))));
+            i += 1;
         } else {
             let name = format!("features.{i}");
-            features.push(Node::layer(
-                &name,
-                Conv::load(p, &name, c_in, c, 3, 1, ConvPadding::Fixed(1), 1, true)?,
-            ));
-            features.push(Node::layer(&format!("features.{}", i + 1), Relu));
+            let conv = Conv::load(p, &name, c_in, c, 3, 1, ConvPadding::Fixed(1), 1, true)?;
+            let relu = format!("features.{}", i + 1);
+            features.push(conv_chain((&name, conv), None, Some((&relu, Activation::Relu)))?);
             c_in = c;
+            i += 2;
         }
     }
     let classifier = vec![

@@ -1,5 +1,7 @@
-use candle_core::Tensor;
+use candle_core::{DType, Tensor};
 
+use crate::act::Activation;
+use crate::dense::{DenseConv, Geometry};
 use crate::depthwise::depthwise_conv2d;
 use crate::{shape_err, Result};
 
@@ -67,9 +69,7 @@ impl Default for Conv2dConfig {
 }
 
 /// 2-D convolution (cross-correlation, as PyTorch's) with a backward that is correct for any
-/// input size. candle's own backward errors when the two spatial sizes leave different
-/// remainders under the stride; here the input is padded explicitly and cropped to the rows and
-/// columns the output reads, so that the remainders are both zero.
+/// input size; see [`conv2d_fused`].
 ///
 /// # Shapes
 /// - `x`: `(N, C_in, H, W)`.
@@ -77,7 +77,34 @@ impl Default for Conv2dConfig {
 /// - `bias`: `(C_out,)`.
 /// - returns: `(N, C_out, H', W')`, `H' = ⌊(H + top + bottom − d·(kh − 1) − 1)/s⌋ + 1`.
 pub fn conv2d(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, cfg: &Conv2dConfig) -> Result<Tensor> {
-    let (_, c_in, h, w) = x.dims4()?;
+    conv2d_fused(x, weight, bias, cfg, Activation::None)
+}
+
+/// `act(conv2d(x, weight) + bias)` in one op.
+///
+/// On the CPU with constant weights (not variables, no gradient history) in f32 or f64, this
+/// is one custom op: im2col + gemm forward (1×1 convolutions skip the im2col), and a backward
+/// that computes only the input gradient, as a gemm with the transposed weight + col2im;
+/// depthwise convolutions use a direct kernel. Both use all of rayon's threads.
+///
+/// Otherwise (weights that need a gradient, CUDA, other dtypes), candle's convolution is used:
+/// the input is padded explicitly and cropped to the rows and columns the output reads, so that
+/// candle's backward, which errors when the two spatial sizes leave different remainders under
+/// the stride, works for any input size.
+///
+/// # Shapes
+/// - `x`: `(N, C_in, H, W)`.
+/// - `weight`: `(C_out, C_in / groups, kh, kw)`.
+/// - `bias`: `(C_out,)`.
+/// - returns: `(N, C_out, H', W')`, `H' = ⌊(H + top + bottom − d·(kh − 1) − 1)/s⌋ + 1`.
+pub fn conv2d_fused(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    cfg: &Conv2dConfig,
+    act: Activation,
+) -> Result<Tensor> {
+    let (n, c_in, h, w) = x.dims4()?;
     let (c_out, c_per_group, kh, kw) = weight.dims4()?;
     if cfg.stride == 0 || cfg.dilation == 0 || cfg.groups == 0 {
         return shape_err("conv2d", "stride, dilation and groups must be positive");
@@ -105,6 +132,47 @@ pub fn conv2d(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, cfg: &Conv2dCo
             ),
         );
     }
+    if let Some(b) = bias {
+        if b.dims() != [c_out] {
+            return shape_err(
+                "conv2d",
+                format!("bias of shape {:?} for {c_out} output channels", b.dims()),
+            );
+        }
+    }
+    let depthwise = cfg.groups == c_in && c_out == c_in && c_per_group == 1;
+    let constant = !weight.track_op() && bias.is_none_or(|b| !b.track_op());
+    let fast_dtype = matches!(x.dtype(), DType::F32 | DType::F64) && weight.dtype() == x.dtype();
+    if x.device().is_cpu() && fast_dtype {
+        if depthwise {
+            return depthwise_conv2d(x, weight, bias, act, cfg);
+        }
+        if constant {
+            let g = Geometry {
+                n,
+                c_in,
+                h,
+                w,
+                c_out,
+                groups: cfg.groups,
+                kh,
+                kw,
+                oh: (hp - ekh) / cfg.stride + 1,
+                ow: (wp - ekw) / cfg.stride + 1,
+                stride: cfg.stride,
+                dilation: cfg.dilation,
+                top: p.top,
+                left: p.left,
+            };
+            let op = DenseConv {
+                g,
+                weight: weight.contiguous()?,
+                bias: bias.map(|b| b.contiguous()).transpose()?,
+                act,
+            };
+            return Ok(x.contiguous()?.apply_op1(op)?);
+        }
+    }
     let pointwise = kh == 1 && kw == 1 && cfg.groups == 1 && p == Padding::default();
     let y = if pointwise {
         // A 1×1 convolution is a matmul, whose backward is a gemm too (candle's convolution
@@ -122,8 +190,6 @@ pub fn conv2d(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, cfg: &Conv2dCo
         let w2 = weight.reshape((c_out, c_in))?;
         let y = w2.broadcast_matmul(&x.reshape((n, c_in, oh * ow))?)?;
         y.reshape((n, c_out, oh, ow))?
-    } else if cfg.groups == c_in && c_out == c_in && c_per_group == 1 && x.device().is_cpu() {
-        depthwise_conv2d(x, weight, cfg)?
     } else {
         let s = cfg.stride;
         let same_remainder = (hp - ekh) % s == (wp - ekw) % s;
@@ -139,8 +205,9 @@ pub fn conv2d(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, cfg: &Conv2dCo
             xp.conv2d(weight, 0, s, cfg.dilation, cfg.groups)?
         }
     };
-    match bias {
-        None => Ok(y),
-        Some(b) => Ok(y.broadcast_add(&b.reshape((1, c_out, 1, 1))?)?),
-    }
+    let y = match bias {
+        None => y,
+        Some(b) => y.broadcast_add(&b.reshape((1, c_out, 1, 1))?)?,
+    };
+    act.apply(&y)
 }

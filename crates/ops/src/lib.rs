@@ -27,6 +27,7 @@
 
 mod act;
 mod conv;
+mod dense;
 mod depthwise;
 pub mod gradcheck;
 mod linear;
@@ -34,8 +35,8 @@ mod pool;
 pub mod random;
 mod resize;
 
-pub use act::{relu, relu6};
-pub use conv::{conv2d, same_padding, Conv2dConfig, Padding};
+pub use act::{relu, relu6, Activation};
+pub use conv::{conv2d, conv2d_fused, same_padding, Conv2dConfig, Padding};
 pub use linear::linear;
 pub use pool::{adaptive_avg_pool2d, max_pool2d, max_pool2d_primitive, Pool2d};
 pub use resize::{interpolation_matrix, resize_bilinear};

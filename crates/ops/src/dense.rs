@@ -1,0 +1,373 @@
+//! Dense and grouped convolution on the CPU: the forward pass is im2col + gemm, and the input
+//! gradient is a gemm with the transposed weight + col2im. The weights are constants of the op,
+//! so no weight gradient is computed (candle's backward computes it always, and runs the input
+//! gradient as a naive transposed convolution). Bias and activation are fused into the op.
+
+use std::cell::RefCell;
+
+use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Storage, Tensor, WithDType};
+use rayon::prelude::*;
+
+use crate::act::{activate, activation_gradient, Activation};
+
+/// The sizes of one convolution.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Geometry {
+    pub n: usize,
+    pub c_in: usize,
+    pub h: usize,
+    pub w: usize,
+    pub c_out: usize,
+    pub groups: usize,
+    pub kh: usize,
+    pub kw: usize,
+    pub oh: usize,
+    pub ow: usize,
+    pub stride: usize,
+    pub dilation: usize,
+    pub top: usize,
+    pub left: usize,
+}
+
+impl Geometry {
+    /// Rows of the column matrix of one group: `C_in / groups · kh · kw`.
+    fn k_group(&self) -> usize {
+        self.c_in / self.groups * self.kh * self.kw
+    }
+
+    /// Output positions per image.
+    fn positions(&self) -> usize {
+        self.oh * self.ow
+    }
+
+    /// A 1×1, stride-1, unpadded convolution: the column matrix is the input itself.
+    fn is_pointwise(&self) -> bool {
+        self.kh == 1 && self.kw == 1 && self.stride == 1 && self.oh == self.h && self.ow == self.w
+    }
+
+    /// For kernel offset `k` (in input pixels, before padding), the output positions
+    /// `lo..hi` along an axis of `len` input pixels and `out` outputs that read inside the input.
+    fn inside(&self, offset: usize, pad: usize, len: usize, out: usize) -> (usize, usize) {
+        // input index = o·stride + offset − pad must lie in [0, len).
+        let s = self.stride;
+        let lo = pad.saturating_sub(offset).div_ceil(s);
+        let hi = if len + pad > offset {
+            (len + pad - offset).div_ceil(s).min(out)
+        } else {
+            0
+        };
+        (lo.min(hi), hi)
+    }
+
+    /// Fills `col` (`C_in·kh·kw` rows of `OH·OW`) from one image `x` (`C_in·H·W`).
+    fn im2col<T: WithDType>(&self, x: &[T], col: &mut [T]) {
+        let g = *self;
+        let p = g.positions();
+        col.par_chunks_mut(p).with_min_len(8).enumerate().for_each(|(r, row)| {
+            let (c, ky, kx) = (r / (g.kh * g.kw), (r / g.kw) % g.kh, r % g.kw);
+            let plane = &x[c * g.h * g.w..(c + 1) * g.h * g.w];
+            let (oy_lo, oy_hi) = g.inside(ky * g.dilation, g.top, g.h, g.oh);
+            let (ox_lo, ox_hi) = g.inside(kx * g.dilation, g.left, g.w, g.ow);
+            for oy in 0..g.oh {
+                let out = &mut row[oy * g.ow..(oy + 1) * g.ow];
+                if oy < oy_lo || oy >= oy_hi {
+                    out.fill(T::zero());
+                    continue;
+                }
+                let iy = oy * g.stride + ky * g.dilation - g.top;
+                let src = &plane[iy * g.w..(iy + 1) * g.w];
+                out[..ox_lo].fill(T::zero());
+                out[ox_hi..].fill(T::zero());
+                let ix0 = ox_lo * g.stride + kx * g.dilation - g.left;
+                if g.stride == 1 {
+                    out[ox_lo..ox_hi].copy_from_slice(&src[ix0..ix0 + ox_hi - ox_lo]);
+                } else {
+                    for (o, v) in out[ox_lo..ox_hi].iter_mut().enumerate() {
+                        *v = src[ix0 + o * g.stride];
+                    }
+                }
+            }
+        });
+    }
+
+    /// Adds the column matrix `col` back onto the image gradient `gx` (`C_in·H·W`, zeroed).
+    fn col2im<T: WithDType>(&self, col: &[T], gx: &mut [T]) {
+        let g = *self;
+        let p = g.positions();
+        gx.par_chunks_mut(g.h * g.w).enumerate().for_each(|(c, plane)| {
+            for ky in 0..g.kh {
+                let (oy_lo, oy_hi) = g.inside(ky * g.dilation, g.top, g.h, g.oh);
+                for kx in 0..g.kw {
+                    let (ox_lo, ox_hi) = g.inside(kx * g.dilation, g.left, g.w, g.ow);
+                    let row = &col[((c * g.kh + ky) * g.kw + kx) * p..][..p];
+                    let ix0 = (ox_lo * g.stride + kx * g.dilation).wrapping_sub(g.left);
+                    for oy in oy_lo..oy_hi {
+                        let iy = oy * g.stride + ky * g.dilation - g.top;
+                        let dst = &mut plane[iy * g.w..(iy + 1) * g.w];
+                        let src = &row[oy * g.ow + ox_lo..oy * g.ow + ox_hi];
+                        if g.stride == 1 {
+                            for (d, s) in dst[ix0..ix0 + src.len()].iter_mut().zip(src) {
+                                *d += *s;
+                            }
+                        } else {
+                            for (o, s) in src.iter().enumerate() {
+                                dst[ix0 + o * g.stride] += *s;
+                            }
+                        }
+                    }
+                }
+            }
+        });
+    }
+}
+
+thread_local! {
+    /// Reused column buffers (f64 words, enough for either dtype): allocating and faulting in
+    /// megabytes on every call costs as much as a small convolution.
+    static SCRATCH: RefCell<[Vec<f64>; 2]> = const { RefCell::new([Vec::new(), Vec::new()]) };
+}
+
+/// Runs `f` with two scratch slices of `a` and `b` elements of `T` (contents unspecified).
+fn with_scratch<T: WithDType, R>(a: usize, b: usize, f: impl FnOnce(&mut [T], &mut [T]) -> R) -> R {
+    SCRATCH.with(|s| {
+        let mut s = s.borrow_mut();
+        let [sa, sb] = &mut *s;
+        let words = |n: usize| (n * std::mem::size_of::<T>()).div_ceil(8);
+        for (v, n) in [(&mut *sa, a), (&mut *sb, b)] {
+            if v.len() < words(n) {
+                *v = vec![0.0; words(n)];
+            }
+        }
+        // SAFETY: the buffers hold at least `a` / `b` values of T (f32 or f64: any bit
+        // pattern is a valid value, and f64 alignment covers both), and do not overlap.
+        let (ta, tb) = unsafe {
+            (
+                std::slice::from_raw_parts_mut(sa.as_mut_ptr() as *mut T, a),
+                std::slice::from_raw_parts_mut(sb.as_mut_ptr() as *mut T, b),
+            )
+        };
+        f(ta, tb)
+    })
+}
+
+/// `dst (m×n, row-major) [+]= lhs (m×k, strides lhs_rs/lhs_cs) · rhs (k×n, row-major)`.
+///
+/// # Safety
+/// The pointers must address matrices of these sizes and strides, `dst` not overlapping.
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm<T: WithDType>(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: *mut T,
+    accumulate: bool,
+    lhs: *const T,
+    lhs_rs: isize,
+    lhs_cs: isize,
+    rhs: *const T,
+) {
+    let threads = rayon::current_num_threads();
+    let parallelism = if threads > 1 {
+        gemm::Parallelism::Rayon(threads)
+    } else {
+        gemm::Parallelism::None
+    };
+    gemm::gemm(
+        m,
+        n,
+        k,
+        dst,
+        1,
+        n as isize,
+        accumulate,
+        lhs,
+        lhs_cs,
+        lhs_rs,
+        rhs,
+        1,
+        n as isize,
+        T::one(),
+        T::one(),
+        false,
+        false,
+        false,
+        parallelism,
+    )
+}
+
+/// The contiguous values of a CPU tensor.
+fn values<T: WithDType>(
+    t: &Tensor,
+    f: impl FnOnce(&[T]) -> candle_core::Result<Vec<T>>,
+) -> candle_core::Result<Vec<T>> {
+    let (storage, layout) = t.storage_and_layout();
+    let Storage::Cpu(s) = &*storage else {
+        candle_core::bail!("conv2d: the weights must be on the CPU")
+    };
+    let Some((a, b)) = layout.contiguous_offsets() else {
+        candle_core::bail!("conv2d: the weights must be contiguous")
+    };
+    f(&s.as_slice::<T>()?[a..b])
+}
+
+/// The forward op: `(N, C_in, H, W) -> act(conv(x, weight) + bias)`.
+pub(crate) struct DenseConv {
+    pub g: Geometry,
+    pub weight: Tensor,
+    pub bias: Option<Tensor>,
+    pub act: Activation,
+}
+
+impl DenseConv {
+    fn forward<T: WithDType>(&self, x: &[T], w: &[T]) -> candle_core::Result<Vec<T>> {
+        let g = self.g;
+        let (p, kg, cg) = (g.positions(), g.k_group(), g.c_out / g.groups);
+        let bias: Option<Vec<T>> = match &self.bias {
+            Some(b) => Some(values::<T>(b, |v| Ok(v.to_vec()))?),
+            None => None,
+        };
+        let mut y = vec![T::zero(); g.n * g.c_out * p];
+        let col_len = if g.is_pointwise() { 0 } else { g.c_in * g.kh * g.kw * p };
+        with_scratch::<T, _>(col_len, 0, |col, _| {
+            for (img, out) in x.chunks(g.c_in * g.h * g.w).zip(y.chunks_mut(g.c_out * p)) {
+                let col: &[T] = if g.is_pointwise() {
+                    img
+                } else {
+                    g.im2col(img, col);
+                    col
+                };
+                if let Some(b) = &bias {
+                    for (row, &v) in out.chunks_mut(p).zip(b) {
+                        row.fill(v);
+                    }
+                }
+                for gi in 0..g.groups {
+                    // SAFETY: group `gi`'s weight rows (cg × kg), column rows (kg × p) and
+                    // output rows (cg × p) lie inside their buffers.
+                    unsafe {
+                        gemm(
+                            cg,
+                            p,
+                            kg,
+                            out.as_mut_ptr().add(gi * cg * p),
+                            bias.is_some(),
+                            w.as_ptr().add(gi * cg * kg),
+                            kg as isize,
+                            1,
+                            col.as_ptr().add(gi * kg * p),
+                        )
+                    }
+                }
+            }
+        });
+        activate(&mut y, self.act);
+        Ok(y)
+    }
+}
+
+fn cpu_values<'a, T: WithDType>(s: &'a CpuStorage, l: &Layout, op: &str) -> candle_core::Result<&'a [T]> {
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&s.as_slice::<T>()?[a..b]),
+        None => candle_core::bail!("{op}: the input must be contiguous"),
+    }
+}
+
+impl CustomOp1 for DenseConv {
+    fn name(&self) -> &'static str {
+        "extremal-conv2d"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let g = self.g;
+        let out = match s {
+            CpuStorage::F32(_) => CpuStorage::F32(values::<f32>(&self.weight, |w| {
+                self.forward(cpu_values(s, l, "conv2d")?, w)
+            })?),
+            CpuStorage::F64(_) => CpuStorage::F64(values::<f64>(&self.weight, |w| {
+                self.forward(cpu_values(s, l, "conv2d")?, w)
+            })?),
+            _ => candle_core::bail!("conv2d: only f32 and f64 are supported on the CPU"),
+        };
+        Ok((out, Shape::from((g.n, g.c_out, g.oh, g.ow))))
+    }
+
+    fn bwd(&self, _x: &Tensor, res: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        let op = DenseConvInputGrad {
+            g: self.g,
+            weight: self.weight.clone(),
+            output: (self.act != Activation::None).then(|| res.clone()),
+            act: self.act,
+        };
+        Ok(Some(grad.contiguous()?.apply_op1_no_bwd(&op)?))
+    }
+}
+
+/// The input gradient: `(N, C_out, OH, OW) -> (N, C_in, H, W)`, gemm with the transposed
+/// weight then col2im; the activation's gradient is taken from the forward's output.
+struct DenseConvInputGrad {
+    g: Geometry,
+    weight: Tensor,
+    output: Option<Tensor>,
+    act: Activation,
+}
+
+impl DenseConvInputGrad {
+    fn backward<T: WithDType>(&self, grad_y: &[T], w: &[T]) -> candle_core::Result<Vec<T>> {
+        let g = self.g;
+        let (p, kg, cg) = (g.positions(), g.k_group(), g.c_out / g.groups);
+        let masked: Option<Vec<T>> = match &self.output {
+            Some(y) => Some(values::<T>(y, |y| Ok(activation_gradient(grad_y, y, self.act)))?),
+            None => None,
+        };
+        let grad_y = masked.as_deref().unwrap_or(grad_y);
+        let mut gx = vec![T::zero(); g.n * g.c_in * g.h * g.w];
+        let pointwise = g.is_pointwise();
+        let col_len = if pointwise { 0 } else { g.c_in * g.kh * g.kw * p };
+        with_scratch::<T, _>(col_len, 0, |col, _| {
+            for (gy, gxi) in grad_y.chunks(g.c_out * p).zip(gx.chunks_mut(g.c_in * g.h * g.w)) {
+                let dst: *mut T = if pointwise { gxi.as_mut_ptr() } else { col.as_mut_ptr() };
+                for gi in 0..g.groups {
+                    // SAFETY: group `gi`'s transposed weight (kg × cg, read through strides),
+                    // gradient rows (cg × p) and column rows (kg × p) lie inside their buffers.
+                    unsafe {
+                        gemm(
+                            kg,
+                            p,
+                            cg,
+                            dst.add(gi * kg * p),
+                            false,
+                            w.as_ptr().add(gi * cg * kg),
+                            1,
+                            kg as isize,
+                            gy.as_ptr().add(gi * cg * p),
+                        )
+                    }
+                }
+                if !pointwise {
+                    g.col2im(col, gxi);
+                }
+            }
+        });
+        Ok(gx)
+    }
+}
+
+impl CustomOp1 for DenseConvInputGrad {
+    fn name(&self) -> &'static str {
+        "extremal-conv2d-input-grad"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let g = self.g;
+        let out = match s {
+            CpuStorage::F32(_) => CpuStorage::F32(values::<f32>(&self.weight, |w| {
+                self.backward(cpu_values(s, l, "conv2d backward")?, w)
+            })?),
+            CpuStorage::F64(_) => CpuStorage::F64(values::<f64>(&self.weight, |w| {
+                self.backward(cpu_values(s, l, "conv2d backward")?, w)
+            })?),
+            _ => candle_core::bail!("conv2d: only f32 and f64 are supported on the CPU"),
+        };
+        Ok((out, Shape::from((g.n, g.c_in, g.h, g.w))))
+    }
+}

@@ -1,0 +1,127 @@
+"""Side-by-side timing of forward and forward+backward-to-the-input passes: PyTorch and extremal.
+
+Development-time only (needs torch and torchvision). Runs `extremal bench --json` for each model
+and batch, then the same passes in PyTorch (same threads, same warm-up, median of the same number
+of passes), and prints both and their ratio (extremal / PyTorch: below 1 is faster).
+
+    cargo build --release -p extremal-cli
+    python3 scripts/bench.py [--models resnet50,efficientnet-lite0] [--batches 1,3] [--passes 5]
+
+The PyTorch EfficientNet-Lite0 is the functional one of scripts/golden.py (TF SAME padding).
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+import torch
+import torchvision
+
+sys.path.insert(0, os.path.dirname(__file__))
+from golden import STAGES, lite0  # noqa: E402
+
+torch.set_grad_enabled(True)  # golden.py turns gradients off at import
+
+
+def lite0_random_state():
+    """A state dict of EfficientNet-Lite0's shapes, random values."""
+    g = torch.Generator().manual_seed(0)
+    sd = {}
+
+    def conv(name, cout, cin, k):
+        sd[name] = torch.randn(cout, cin, k, k, generator=g) * (2.0 / (cin * k * k)) ** 0.5
+
+    def bn(name, c):
+        sd[name + ".weight"] = torch.ones(c)
+        sd[name + ".bias"] = torch.zeros(c)
+        sd[name + ".running_mean"] = torch.zeros(c)
+        sd[name + ".running_var"] = torch.ones(c)
+
+    conv("_conv_stem.weight", 32, 3, 3)
+    bn("_bn0", 32)
+    i = 0
+    for reps, k, s, e, cin0, cout in STAGES:
+        for r in range(reps):
+            p = f"_blocks.{i}."
+            cin = cin0 if r == 0 else cout
+            mid = cin * e
+            if e != 1:
+                conv(p + "_expand_conv.weight", mid, cin, 1)
+                bn(p + "_bn0", mid)
+            conv(p + "_depthwise_conv.weight", mid, 1, k)
+            bn(p + "_bn1", mid)
+            conv(p + "_project_conv.weight", cout, mid, 1)
+            bn(p + "_bn2", cout)
+            i += 1
+    conv("_conv_head.weight", 1280, 320, 1)
+    bn("_bn1", 1280)
+    sd["_fc.weight"] = torch.randn(1000, 1280, generator=g) * 0.01
+    sd["_fc.bias"] = torch.zeros(1000)
+    return sd
+
+
+def torch_model(name):
+    if name == "efficientnet-lite0":
+        sd = lite0_random_state()
+        return lambda x: lite0(sd, x)
+    net = getattr(torchvision.models, name)(weights=None).eval()
+    for p in net.parameters():
+        p.requires_grad_(False)
+    return net
+
+
+def median_time(passes, f):
+    f()
+    times = []
+    for _ in range(passes):
+        t = time.perf_counter()
+        f()
+        times.append(time.perf_counter() - t)
+    return sorted(times)[len(times) // 2]
+
+
+def torch_bench(name, batch, passes, size):
+    net = torch_model(name)
+    x = torch.randn(batch, 3, size, size)
+
+    def fwd():
+        with torch.no_grad():
+            net(x).sum().item()
+
+    def fwd_bwd():
+        xv = x.clone().requires_grad_(True)
+        y = net(xv)
+        (g,) = torch.autograd.grad(y[:, 0].sum(), xv)
+        g.sum().item()
+
+    return median_time(passes, fwd), median_time(passes, fwd_bwd)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--models", default="resnet50,efficientnet-lite0,resnet18,vgg16,googlenet")
+    ap.add_argument("--batches", default="1,3")
+    ap.add_argument("--passes", type=int, default=5)
+    ap.add_argument("--binary", default="target/release/extremal")
+    args = ap.parse_args()
+    threads = os.cpu_count()
+    torch.set_num_threads(threads)
+    print(f"{threads} threads, PyTorch {torch.__version__}, median of {args.passes} passes after one warm-up, 224x224")
+    print("| model | batch | forward: extremal | PyTorch | ratio | fwd+bwd: extremal | PyTorch | ratio |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name in args.models.split(","):
+        for batch in [int(b) for b in args.batches.split(",")]:
+            out = subprocess.run([args.binary, "bench", "--model", name, "--batch", str(batch),
+                                  "--passes", str(args.passes), "--json"],
+                                 check=True, capture_output=True, text=True).stdout
+            ours = json.loads(out)
+            tf, tb = torch_bench(name, batch, args.passes, 224)
+            of, ob = ours["forward_s"], ours["forward_backward_s"]
+            print(f"| {name} | {batch} | {of:.3f} s | {tf:.3f} s | {of / tf:.2f}x "
+                  f"| {ob:.3f} s | {tb:.3f} s | {ob / tb:.2f}x |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
