@@ -33,49 +33,59 @@ impl Activation {
 /// Chunk length of the element-wise loops run in parallel.
 const CHUNK: usize = 1 << 14;
 
-/// Applies `act` in place.
-pub(crate) fn activate<T: WithDType>(y: &mut [T], act: Activation) {
-    let six = T::from_f64(6.0);
+/// Applies `act` in place, on this thread.
+#[inline]
+pub(crate) fn activate_serial<T: WithDType>(y: &mut [T], act: Activation) {
+    let (zero, six) = (T::zero(), T::from_f64(6.0));
     match act {
         Activation::None => {}
-        Activation::Relu => y.par_chunks_mut(CHUNK).for_each(|c| {
-            for v in c {
-                if *v < T::zero() {
-                    *v = T::zero();
-                }
-            }
+        Activation::Relu => y.iter_mut().for_each(|v| *v = if *v < zero { zero } else { *v }),
+        Activation::Relu6 => y.iter_mut().for_each(|v| {
+            let x = if *v < zero { zero } else { *v };
+            *v = if x > six { six } else { x };
         }),
-        Activation::Relu6 => y.par_chunks_mut(CHUNK).for_each(|c| {
-            for v in c {
-                *v = if *v < T::zero() {
-                    T::zero()
-                } else if *v > six {
-                    six
-                } else {
-                    *v
-                };
+    }
+}
+
+/// `out = grad ⊙ act′(y)` for one row, on this thread.
+#[inline(always)]
+pub(crate) fn mask_row<T: WithDType>(grad: &[T], y: &[T], act: Activation, out: &mut [T]) {
+    let (zero, six) = (T::zero(), T::from_f64(6.0));
+    match act {
+        Activation::None => out.copy_from_slice(grad),
+        Activation::Relu => {
+            for ((o, &g), &y) in out.iter_mut().zip(grad).zip(y) {
+                *o = if y > zero { g } else { zero };
             }
-        }),
+        }
+        Activation::Relu6 => {
+            for ((o, &g), &y) in out.iter_mut().zip(grad).zip(y) {
+                *o = if y > zero && y < six { g } else { zero };
+            }
+        }
+    }
+}
+
+/// `out = grad ⊙ act′(y)`, in parallel.
+pub(crate) fn mask<T: WithDType>(grad: &[T], y: &[T], act: Activation, out: &mut [T]) {
+    out.par_chunks_mut(CHUNK)
+        .zip(grad.par_chunks(CHUNK).zip(y.par_chunks(CHUNK)))
+        .for_each(|(o, (g, y))| mask_row(g, y, act, o));
+}
+
+/// Applies `act` in place, in parallel.
+pub(crate) fn activate<T: WithDType>(y: &mut [T], act: Activation) {
+    if act != Activation::None {
+        y.par_chunks_mut(CHUNK).for_each(|c| activate_serial(c, act));
     }
 }
 
 /// `grad ⊙ act′`, with the derivative read from the activation's output `y`: `y > 0` for ReLU
 /// (the same as `x > 0`), `0 < y < 6` for ReLU6.
 pub(crate) fn activation_gradient<T: WithDType>(grad: &[T], y: &[T], act: Activation) -> Vec<T> {
-    let six = T::from_f64(6.0);
-    let mut out = vec![T::zero(); grad.len()];
-    out.par_chunks_mut(CHUNK)
-        .zip(grad.par_chunks(CHUNK).zip(y.par_chunks(CHUNK)))
-        .for_each(|(o, (g, y))| {
-            for ((o, &g), &y) in o.iter_mut().zip(g).zip(y) {
-                let pass = match act {
-                    Activation::None => true,
-                    Activation::Relu => y > T::zero(),
-                    Activation::Relu6 => y > T::zero() && y < six,
-                };
-                *o = if pass { g } else { T::zero() };
-            }
-        });
+    // Every element is written below.
+    let mut out: Vec<T> = crate::output_vec(grad.len());
+    mask(grad, y, act, &mut out);
     out
 }
 

@@ -8,7 +8,7 @@ use std::cell::RefCell;
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Storage, Tensor, WithDType};
 use rayon::prelude::*;
 
-use crate::act::{activate, activation_gradient, Activation};
+use crate::act::{activate, mask, Activation};
 
 /// The sizes of one convolution.
 #[derive(Clone, Copy, Debug)]
@@ -226,7 +226,8 @@ impl DenseConv {
             Some(b) => Some(values::<T>(b, |v| Ok(v.to_vec()))?),
             None => None,
         };
-        let mut y = vec![T::zero(); g.n * g.c_out * p];
+        // Every element is written by the bias fill or by a gemm that does not read it.
+        let mut y = crate::output_vec(g.n * g.c_out * p);
         let col_len = if g.is_pointwise() { 0 } else { g.c_in * g.kh * g.kw * p };
         with_scratch::<T, _>(col_len, 0, |col, _| {
             for (img, out) in x.chunks(g.c_in * g.h * g.w).zip(y.chunks_mut(g.c_out * p)) {
@@ -258,9 +259,10 @@ impl DenseConv {
                         )
                     }
                 }
+                // While this image's output is still in cache.
+                activate(out, self.act);
             }
         });
-        activate(&mut y, self.act);
         Ok(y)
     }
 }
@@ -312,19 +314,40 @@ struct DenseConvInputGrad {
 }
 
 impl DenseConvInputGrad {
+    /// The gradient, given the weights and (with an activation) the forward's output.
     fn backward<T: WithDType>(&self, grad_y: &[T], w: &[T]) -> candle_core::Result<Vec<T>> {
+        match &self.output {
+            Some(y) => values::<T>(y, |y| self.backward_with(grad_y, w, Some(y))),
+            None => self.backward_with(grad_y, w, None),
+        }
+    }
+
+    fn backward_with<T: WithDType>(&self, grad_y: &[T], w: &[T], output: Option<&[T]>) -> candle_core::Result<Vec<T>> {
         let g = self.g;
         let (p, kg, cg) = (g.positions(), g.k_group(), g.c_out / g.groups);
-        let masked: Option<Vec<T>> = match &self.output {
-            Some(y) => Some(values::<T>(y, |y| Ok(activation_gradient(grad_y, y, self.act)))?),
-            None => None,
-        };
-        let grad_y = masked.as_deref().unwrap_or(grad_y);
-        let mut gx = vec![T::zero(); g.n * g.c_in * g.h * g.w];
         let pointwise = g.is_pointwise();
+        // A pointwise gradient is written whole by the gemm; col2im accumulates into zeros.
+        let mut gx = if pointwise {
+            crate::output_vec(g.n * g.c_in * g.h * g.w)
+        } else {
+            vec![T::zero(); g.n * g.c_in * g.h * g.w]
+        };
         let col_len = if pointwise { 0 } else { g.c_in * g.kh * g.kw * p };
-        with_scratch::<T, _>(col_len, 0, |col, _| {
-            for (gy, gxi) in grad_y.chunks(g.c_out * p).zip(gx.chunks_mut(g.c_in * g.h * g.w)) {
+        let mask_len = if output.is_some() { g.c_out * p } else { 0 };
+        with_scratch::<T, _>(col_len, mask_len, |col, masked| {
+            for (i, (gy, gxi)) in grad_y
+                .chunks(g.c_out * p)
+                .zip(gx.chunks_mut(g.c_in * g.h * g.w))
+                .enumerate()
+            {
+                // The activation's derivative, one image at a time.
+                let gy: &[T] = match output {
+                    Some(y) => {
+                        mask(gy, &y[i * g.c_out * p..][..g.c_out * p], self.act, masked);
+                        masked
+                    }
+                    None => gy,
+                };
                 let dst: *mut T = if pointwise { gxi.as_mut_ptr() } else { col.as_mut_ptr() };
                 for gi in 0..g.groups {
                     // SAFETY: group `gi`'s transposed weight (kg × cg, read through strides),

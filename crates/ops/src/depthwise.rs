@@ -5,7 +5,7 @@ use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor, WithDType};
 
 use rayon::prelude::*;
 
-use crate::act::{act_grad, activate, Activation};
+use crate::act::{act_grad, activate_serial, mask_row, Activation};
 use crate::{Conv2dConfig, Result};
 
 #[derive(Clone, Copy)]
@@ -25,42 +25,62 @@ struct Geometry {
 }
 
 impl Geometry {
-    /// Calls `f(x_start, w_index, y_start, len)` for every run of one output row that one
-    /// filter tap reads inside the image: outputs `y_start..y_start + len` of the plane read the
-    /// inputs `x_start + o·stride` (indices relative to the plane and the channel's filter).
+    /// Rows and columns of the zero-padded plane that the outputs read.
+    fn padded(&self) -> (usize, usize) {
+        (
+            (self.oh - 1) * self.stride + (self.kh - 1) * self.dilation + 1,
+            (self.ow - 1) * self.stride + (self.kw - 1) * self.dilation + 1,
+        )
+    }
+
+    /// Length of the scratch of one padded plane split into `stride` column phases.
+    fn phased_len(&self) -> usize {
+        let (ph, pw) = self.padded();
+        self.stride * ph * pw.div_ceil(self.stride)
+    }
+
+    /// Where padded pixel `(i, j)` lives in the phased scratch: column phase `j % stride`,
+    /// so that the `stride`-spaced columns an output row reads are contiguous.
     #[inline(always)]
-    fn visit_runs(&self, mut f: impl FnMut(usize, usize, usize, usize)) {
-        let g = *self;
-        for ky in 0..g.kh {
-            for kx in 0..g.kw {
-                let wi = ky * g.kw + kx;
-                let dy = (ky * g.dilation) as isize - g.top;
-                let dx = (kx * g.dilation) as isize - g.left;
-                // Output columns whose input column lies inside the image.
-                let ox_lo = if dx >= 0 {
-                    0
-                } else {
-                    ((-dx) as usize).div_ceil(g.stride)
-                };
-                let ox_hi = {
-                    let lim = g.w as isize - dx; // need ox*stride < lim
-                    if lim <= 0 {
-                        0
-                    } else {
-                        ((lim as usize).div_ceil(g.stride)).min(g.ow)
-                    }
-                };
-                if ox_lo >= ox_hi {
+    fn phased(&self, i: usize, j: usize) -> usize {
+        let (ph, pw) = self.padded();
+        let (s, pws) = (self.stride, pw.div_ceil(self.stride));
+        ((j % s) * ph + i) * pws + j / s
+    }
+
+    /// For each input row inside the padded window, calls `f(src, dst)` for every run of
+    /// pixels: `src + t` (in the plane) lives at `dst + t` of the phased scratch, `t` up to
+    /// the run's length (the third argument). One run per row and column phase.
+    #[inline(always)]
+    fn runs(&self, mut f: impl FnMut(usize, usize, usize)) {
+        let (ph, pw) = self.padded();
+        let (s, pws) = (self.stride, pw.div_ceil(self.stride));
+        let (top, left) = (self.top as usize, self.left as usize);
+        // Columns x of the input with x + left < pw.
+        let cols = pw.saturating_sub(left).min(self.w);
+        for y in 0..self.h.min(ph.saturating_sub(top)) {
+            let i = y + top;
+            for r in 0..s {
+                // Input columns x with (x + left) % s == r, x < cols.
+                let x0 = (r + s - left % s) % s;
+                if x0 >= cols {
                     continue;
                 }
-                for oy in 0..g.oh {
-                    let iy = (oy * g.stride) as isize + dy;
-                    if iy < 0 || iy >= g.h as isize {
-                        continue;
-                    }
-                    let ix = (ox_lo * g.stride) as isize + dx;
-                    f(iy as usize * g.w + ix as usize, wi, oy * g.ow + ox_lo, ox_hi - ox_lo);
-                }
+                let len = (cols - x0).div_ceil(s);
+                let j0 = x0 + left;
+                f(y * self.w + x0, (r * ph + i) * pws + j0 / s, len);
+            }
+        }
+    }
+
+    /// Calls `f(w_index, offset)` for each filter tap and output row `oy`: the row's outputs
+    /// read the phased scratch at `offset..offset + OW`.
+    #[inline(always)]
+    fn taps(&self, oy: usize, mut f: impl FnMut(usize, usize)) {
+        for ky in 0..self.kh {
+            let i = oy * self.stride + ky * self.dilation;
+            for kx in 0..self.kw {
+                f(ky * self.kw + kx, self.phased(i, kx * self.dilation));
             }
         }
     }
@@ -107,6 +127,7 @@ pub(crate) fn depthwise_conv2d(
             None
         },
         act: if fuse { act } else { Activation::None },
+        output: None,
     };
     let y = x.contiguous()?.apply_op2(&weight.contiguous()?, op)?;
     if fuse {
@@ -134,8 +155,11 @@ struct Depthwise {
     part: Part,
     /// Fused bias (forward only).
     bias: Option<Tensor>,
-    /// Fused activation (forward only; the backward reads its gradient from the output).
+    /// Fused activation: applied by the forward; the input-gradient part reads its derivative
+    /// from `output`.
     act: Activation,
+    /// The forward's output (input-gradient part with an activation only).
+    output: Option<Tensor>,
 }
 
 fn slice<'a, T: WithDType>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [T]> {
@@ -145,81 +169,189 @@ fn slice<'a, T: WithDType>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result
     }
 }
 
+/// The plane `x` copied into the (zeroed) phased scratch `buf`.
+#[inline(always)]
+fn fill<T: WithDType>(g: &Geometry, buf: &mut [T], x: &[T]) {
+    let s = g.stride;
+    buf.fill(T::zero());
+    g.runs(|src, dst, len| {
+        for (d, &v) in buf[dst..dst + len].iter_mut().zip(x[src..].iter().step_by(s)) {
+            *d = v;
+        }
+    });
+}
+
+/// One output plane: `y = act(bias + Σ_taps w · x_shifted)`, row by row (each row stays in L1).
+#[inline(always)]
+fn forward_plane<T: WithDType>(g: &Geometry, x: &[T], w: &[T], bias: T, act: Activation, buf: &mut [T], y: &mut [T]) {
+    let ow = g.ow;
+    fill(g, buf, x);
+    for (oy, row) in y.chunks_mut(ow).enumerate() {
+        row.fill(bias);
+        g.taps(oy, |wi, off| {
+            let wv = w[wi];
+            for (y, &x) in row.iter_mut().zip(&buf[off..off + ow]) {
+                *y += x * wv;
+            }
+        });
+        activate_serial(row, act);
+    }
+}
+
+/// One input-gradient plane: the transposed sweep into the phased scratch, then cropped. With
+/// an activation, `gy` is first masked by its derivative, read from the forward output `y`
+/// (one row at a time, into `row_buf`).
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn grad_input_plane<T: WithDType>(
+    g: &Geometry,
+    gy: &[T],
+    y: Option<&[T]>,
+    act: Activation,
+    w: &[T],
+    buf: &mut [T],
+    row_buf: &mut [T],
+    gx: &mut [T],
+) {
+    let (s, ow) = (g.stride, g.ow);
+    buf.fill(T::zero());
+    for (oy, row) in gy.chunks(ow).enumerate() {
+        let row: &[T] = match y {
+            Some(y) => {
+                mask_row(row, &y[oy * ow..(oy + 1) * ow], act, &mut row_buf[..ow]);
+                &row_buf[..ow]
+            }
+            None => row,
+        };
+        g.taps(oy, |wi, off| {
+            let wv = w[wi];
+            for (d, &gy) in buf[off..off + ow].iter_mut().zip(row) {
+                *d += gy * wv;
+            }
+        });
+    }
+    g.runs(|src, dst, len| {
+        for (d, &v) in gx[src..].iter_mut().step_by(s).zip(&buf[dst..dst + len]) {
+            *d = v;
+        }
+    });
+}
+
+/// The same kernels compiled for AVX2 + FMA (chosen at run time; FMA instructions are not
+/// generated from separate multiplies and adds, so results equal the baseline build's).
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use super::*;
+
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) fn forward_plane<T: WithDType>(
+        g: &Geometry,
+        x: &[T],
+        w: &[T],
+        bias: T,
+        act: Activation,
+        buf: &mut [T],
+        y: &mut [T],
+    ) {
+        super::forward_plane(g, x, w, bias, act, buf, y)
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn grad_input_plane<T: WithDType>(
+        g: &Geometry,
+        gy: &[T],
+        y: Option<&[T]>,
+        act: Activation,
+        w: &[T],
+        buf: &mut [T],
+        row_buf: &mut [T],
+        gx: &mut [T],
+    ) {
+        super::grad_input_plane(g, gy, y, act, w, buf, row_buf, gx)
+    }
+}
+
+/// Whether this CPU runs the AVX2 + FMA kernels.
+pub(crate) fn has_avx2() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        static AVX2: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *AVX2.get_or_init(|| is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"))
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
 impl Depthwise {
     fn run<T: WithDType>(&self, a: &[T], b: &[T]) -> candle_core::Result<Vec<T>> {
-        let g = &self.g;
-        let (xs, ys, ks) = (g.h * g.w, g.oh * g.ow, g.kh * g.kw);
+        let g = self.g;
+        let (xs, ys, ks, ow) = (g.h * g.w, g.oh * g.ow, g.kh * g.kw, g.ow);
+        let scratch = || vec![T::zero(); g.phased_len()];
+        let avx2 = has_avx2();
         Ok(match self.part {
             Part::Forward => {
                 let bias: Option<Vec<T>> = match &self.bias {
                     Some(t) => Some(t.flatten_all()?.to_vec1::<T>()?),
                     None => None,
                 };
-                let mut y = vec![T::zero(); g.n * g.c * ys];
-                y.par_chunks_mut(ys).enumerate().for_each(|(nc, y)| {
+                // Every row is filled with the bias before it accumulates.
+                let mut y = crate::output_vec(g.n * g.c * ys);
+                y.par_chunks_mut(ys).enumerate().for_each_init(scratch, |buf, (nc, y)| {
                     let (x, w) = (&a[nc * xs..][..xs], &b[(nc % g.c) * ks..][..ks]);
-                    if let Some(bias) = &bias {
-                        y.fill(bias[nc % g.c]);
+                    let b0 = bias.as_ref().map_or(T::zero(), |b| b[nc % g.c]);
+                    #[cfg(target_arch = "x86_64")]
+                    if avx2 {
+                        // SAFETY: the CPU has AVX2 and FMA (checked at run time).
+                        unsafe { avx2::forward_plane(&g, x, w, b0, self.act, buf, y) };
+                        return;
                     }
-                    let s = g.stride;
-                    g.visit_runs(|xi, wi, yi, len| {
-                        let (wv, y) = (w[wi], &mut y[yi..yi + len]);
-                        if s == 1 {
-                            for (y, &x) in y.iter_mut().zip(&x[xi..xi + len]) {
-                                *y += x * wv;
-                            }
-                        } else {
-                            for (y, &x) in y.iter_mut().zip(x[xi..].iter().step_by(s)) {
-                                *y += x * wv;
-                            }
-                        }
-                    });
+                    let _ = avx2;
+                    forward_plane(&g, x, w, b0, self.act, buf, y);
                 });
-                activate(&mut y, self.act);
                 y
             }
             Part::GradInput => {
+                let output = match &self.output {
+                    Some(t) => Some(t.flatten_all()?.to_vec1::<T>()?),
+                    None => None,
+                };
+                let act = self.act;
                 let mut gx = vec![T::zero(); g.n * g.c * xs];
-                gx.par_chunks_mut(xs).enumerate().for_each(|(nc, gx)| {
-                    let (gy, w) = (&a[nc * ys..][..ys], &b[(nc % g.c) * ks..][..ks]);
-                    let s = g.stride;
-                    g.visit_runs(|xi, wi, yi, len| {
-                        let (wv, gy) = (w[wi], &gy[yi..yi + len]);
-                        if s == 1 {
-                            for (gx, &gy) in gx[xi..xi + len].iter_mut().zip(gy) {
-                                *gx += gy * wv;
-                            }
-                        } else {
-                            for (gx, &gy) in gx[xi..].iter_mut().step_by(s).zip(gy) {
-                                *gx += gy * wv;
-                            }
+                let scratch = || (scratch(), vec![T::zero(); ow]);
+                gx.par_chunks_mut(xs)
+                    .enumerate()
+                    .for_each_init(scratch, |(buf, row_buf), (nc, gx)| {
+                        let (gy, w) = (&a[nc * ys..][..ys], &b[(nc % g.c) * ks..][..ks]);
+                        let y = output.as_ref().map(|y| &y[nc * ys..][..ys]);
+                        #[cfg(target_arch = "x86_64")]
+                        if avx2 {
+                            // SAFETY: the CPU has AVX2 and FMA (checked at run time).
+                            unsafe { avx2::grad_input_plane(&g, gy, y, act, w, buf, row_buf, gx) };
+                            return;
                         }
+                        grad_input_plane(&g, gy, y, act, w, buf, row_buf, gx);
                     });
-                });
                 gx
             }
             Part::GradWeight => {
                 let mut gw = vec![T::zero(); g.c * ks];
-                gw.par_chunks_mut(ks).enumerate().for_each(|(c, gw)| {
-                    for n in 0..g.n {
-                        let nc = n * g.c + c;
-                        let (x, gy) = (&a[nc * xs..][..xs], &b[nc * ys..][..ys]);
-                        let s = g.stride;
-                        g.visit_runs(|xi, wi, yi, len| {
-                            let gy = &gy[yi..yi + len];
-                            let dot = if s == 1 {
-                                x[xi..xi + len].iter().zip(gy).fold(T::zero(), |a, (&x, &g)| a + x * g)
-                            } else {
-                                x[xi..]
-                                    .iter()
-                                    .step_by(s)
-                                    .zip(gy)
-                                    .fold(T::zero(), |a, (&x, &g)| a + x * g)
-                            };
-                            gw[wi] += dot;
-                        });
-                    }
-                });
+                gw.par_chunks_mut(ks)
+                    .enumerate()
+                    .for_each_init(scratch, |buf, (c, gw)| {
+                        for n in 0..g.n {
+                            let nc = n * g.c + c;
+                            fill(&g, buf, &a[nc * xs..][..xs]);
+                            for (oy, row) in b[nc * ys..][..ys].chunks(ow).enumerate() {
+                                g.taps(oy, |wi, off| {
+                                    gw[wi] += buf[off..off + ow]
+                                        .iter()
+                                        .zip(row)
+                                        .fold(T::zero(), |acc, (&x, &gy)| acc + x * gy);
+                                });
+                            }
+                        }
+                    });
                 gw
             }
         })
@@ -263,20 +395,30 @@ impl CustomOp2 for Depthwise {
         res: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
-        let grad = act_grad(&grad.contiguous()?, res, self.act)?;
-        let part = |part| Depthwise {
-            g: self.g,
-            part,
-            bias: None,
-            act: Activation::None,
-        };
+        let grad = grad.contiguous()?;
+        let with_act = self.act != Activation::None;
         let gx = if x.track_op() {
-            Some(grad.apply_op2_no_bwd(w, &part(Part::GradInput))?)
+            // The activation's derivative is applied inside the kernel, row by row.
+            let op = Depthwise {
+                g: self.g,
+                part: Part::GradInput,
+                bias: None,
+                act: self.act,
+                output: with_act.then(|| res.clone()),
+            };
+            Some(grad.apply_op2_no_bwd(w, &op)?)
         } else {
             None
         };
         let gw = if w.track_op() {
-            Some(x.apply_op2_no_bwd(&grad, &part(Part::GradWeight))?)
+            let op = Depthwise {
+                g: self.g,
+                part: Part::GradWeight,
+                bias: None,
+                act: Activation::None,
+                output: None,
+            };
+            Some(x.apply_op2_no_bwd(&act_grad(&grad, res, self.act)?, &op)?)
         } else {
             None
         };

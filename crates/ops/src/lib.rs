@@ -5,10 +5,13 @@
 //!
 //! - [`max_pool2d`]: any kernel, stride, padding and ceil mode, with an argmax backward
 //!   (candle's errors or is silently scaled).
-//! - [`conv2d`]: explicit (possibly asymmetric) padding, stride, dilation and groups, whose
-//!   backward works on non-square inputs; depthwise convolutions use a dedicated kernel.
+//! - [`conv2d`] and [`conv2d_fused`] (bias and ReLU/ReLU6 in the same kernel): explicit
+//!   (possibly asymmetric) padding, stride, dilation and groups, any input size. On the CPU with
+//!   constant weights: im2col + gemm forward, gemm + col2im input gradient and no weight
+//!   gradient; depthwise convolutions use a direct kernel.
 //! - [`same_padding`]: TensorFlow's "SAME" padding.
-//! - [`resize_bilinear`] and [`adaptive_avg_pool2d`]: matmul forms, differentiable.
+//! - [`resize_bilinear`], [`adaptive_avg_pool2d`], [`avg_pool2d`] and [`gaussian_blur`]
+//!   (zero, reflect and replicate borders): separable matrix products, differentiable.
 //! - [`relu`] and [`relu6`]: PyTorch's gradient at the kinks (0 at 0).
 //! - [`linear`]: a fully connected layer that skips the weight gradient of constant weights.
 //!
@@ -34,12 +37,14 @@ mod linear;
 mod pool;
 pub mod random;
 mod resize;
+mod separable;
 
 pub use act::{relu, relu6, Activation};
 pub use conv::{conv2d, conv2d_fused, same_padding, Conv2dConfig, Padding};
 pub use linear::linear;
 pub use pool::{adaptive_avg_pool2d, max_pool2d, max_pool2d_primitive, Pool2d};
 pub use resize::{interpolation_matrix, resize_bilinear};
+pub use separable::{avg_pool2d, gaussian_blur, gaussian_kernel, Border};
 
 /// Errors of the kernels in this crate.
 #[derive(Debug, thiserror::Error)]
@@ -59,6 +64,18 @@ pub enum Error {
 
 /// Result alias of this crate.
 pub type Result<T> = std::result::Result<T, Error>;
+
+/// A vector of `n` values whose contents are unspecified, for outputs whose every element the
+/// kernel writes before anything reads it (zeroing megabytes that are overwritten at once costs
+/// as much as a small convolution). candle's `alloc_uninit` does the same.
+#[allow(clippy::uninit_vec)]
+pub(crate) fn output_vec<T: candle_core::WithDType>(n: usize) -> Vec<T> {
+    let mut v = Vec::with_capacity(n);
+    // SAFETY: T is one of candle's plain numeric types (Copy, no Drop, every bit pattern a
+    // valid value), and callers write all n elements before reading any.
+    unsafe { v.set_len(n) };
+    v
+}
 
 pub(crate) fn shape_err<T>(op: &'static str, message: impl Into<String>) -> Result<T> {
     Err(Error::Shape {

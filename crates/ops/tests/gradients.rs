@@ -393,3 +393,77 @@ fn fast_conv_equals_candles_forward_and_input_gradient_in_f32() -> R<()> {
     }
     Ok(())
 }
+
+#[test]
+fn avg_pool_gradients_and_pytorch_divisors() -> R<()> {
+    let x = rand(&[2, 3, 9, 7], 120);
+    for (k, s, p, ceil) in [
+        (2, 2, 0, false),
+        (3, 2, 1, false),
+        (3, 2, 1, true),
+        (2, 2, 0, true),
+        (3, 1, 1, false),
+    ] {
+        let pool = Pool2d::new(k, s).with_padding(p).with_ceil_mode(ceil);
+        for include in [true, false] {
+            check(
+                &|x| weighted(&avg_pool2d(x, &pool, include)?, 11),
+                &x,
+                &format!("avg_pool2d k{k} s{s} p{p} ceil {ceil} include_pad {include}"),
+            );
+        }
+    }
+    // PyTorch: F.avg_pool2d(arange(25).view(1,1,5,5), 2, 2, 0, ceil_mode=True) =
+    // [[3, 5, 6.5], [13, 15, 16.5], [20.5, 22.5, 24]] (the last window is clipped to 1 pixel
+    // wide and divides by 2·1).
+    let x = Tensor::arange(0f64, 25., &Device::Cpu)?.reshape((1, 1, 5, 5))?;
+    let y = avg_pool2d(&x, &Pool2d::new(2, 2).with_ceil_mode(true), true)?;
+    let y: Vec<f64> = y.flatten_all()?.to_vec1()?;
+    assert_eq!(y, vec![3., 5., 6.5, 13., 15., 16.5, 20.5, 22.5, 24.]);
+    // count_include_pad=True with padding 1: the corner window [0, 1; 5, 6] is divided by 9.
+    let y = avg_pool2d(&x, &Pool2d::new(3, 2).with_padding(1), true)?;
+    let corner = y.flatten_all()?.to_vec1::<f64>()?[0];
+    assert!((corner - 12.0 / 9.0).abs() < 1e-12);
+    let y = avg_pool2d(&x, &Pool2d::new(3, 2).with_padding(1), false)?;
+    assert!((y.flatten_all()?.to_vec1::<f64>()?[0] - 3.0).abs() < 1e-12);
+    Ok(())
+}
+
+#[test]
+fn gaussian_blur_gradients_and_borders() -> R<()> {
+    let x = rand(&[1, 2, 11, 8], 130);
+    for border in [Border::Zero, Border::Reflect, Border::Replicate] {
+        for sigma in [0.7, 2.0, 3.0] {
+            check(
+                &|x| weighted(&gaussian_blur(x, sigma, border)?, 12),
+                &x,
+                &format!("gaussian_blur sigma {sigma} {border:?}"),
+            );
+        }
+        // A constant image stays constant under reflect and replicate, and loses mass at the
+        // border under zero padding.
+        let ones = Tensor::ones((1, 1, 6, 9), DType::F64, &Device::Cpu)?;
+        let y = gaussian_blur(&ones, 1.5, border)?;
+        let (lo, hi) = (y.min_all()?.to_scalar::<f64>()?, y.max_all()?.to_scalar::<f64>()?);
+        match border {
+            Border::Zero => assert!(lo < 0.9 && hi <= 1.0 + 1e-12),
+            // (TorchRay's taps are normalised in f32.)
+            _ => assert!((lo - 1.0).abs() < 1e-6 && (hi - 1.0).abs() < 1e-6, "{border:?}"),
+        }
+    }
+    // TorchRay's kernel: 2⌈4σ⌉ + 1 taps, normalised.
+    let k = gaussian_kernel(1.2);
+    assert_eq!(k.len(), 11);
+    assert!((k.iter().sum::<f64>() - 1.0).abs() < 1e-6);
+    // An impulse next to the edge: reflect mirrors it around pixel 0 (… x1 x0 | x1 …), so
+    // pixel 0 receives it from both sides.
+    let mut v = vec![0f64; 5];
+    v[1] = 1.0;
+    let x = Tensor::from_vec(v, (1, 1, 1, 5), &Device::Cpu)?;
+    let y = gaussian_blur(&x, 0.5, Border::Reflect)?
+        .flatten_all()?
+        .to_vec1::<f64>()?;
+    let k = gaussian_kernel(0.5); // 5 taps, centre 2
+    assert!((y[0] - 2.0 * k[3]).abs() < 1e-6, "{y:?}");
+    Ok(())
+}
