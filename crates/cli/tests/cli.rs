@@ -228,3 +228,21 @@ fn channels_errors() {
         "unknown game",
     );
 }
+
+#[test]
+fn bench_json_reports_both_passes() {
+    let v = ok_json(&[
+        "bench", "--model", "resnet18", "--batch", "2", "--passes", "1", "--size", "64", "--json",
+    ]);
+    assert_eq!(v["model"], "resnet18");
+    assert_eq!(v["batch"], 2);
+    let (f, fb) = (
+        v["forward_s"].as_f64().unwrap(),
+        v["forward_backward_s"].as_f64().unwrap(),
+    );
+    assert!(f > 0.0 && fb > 0.0, "{v}");
+    fails_with(
+        &["bench", "--model", "resnet18", "--batch", "0"],
+        "--batch and --passes must be at least 1",
+    );
+}
