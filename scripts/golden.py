@@ -93,6 +93,14 @@ def lite0(sd, x):
     return F.linear(x, sd["_fc.weight"], sd["_fc.bias"])
 
 
+def lite0_input(img):
+    """The Lite0 input tensor of assets/{img}.png: 224x224 bilinear, scaled to [-1, 1]."""
+    rgb = np.asarray(Image.open(f"assets/{img}.png").convert("RGB"), dtype=np.float32) / 255.0
+    t = torch.from_numpy(rgb).permute(2, 0, 1)[None]
+    t = F.interpolate(t, size=(224, 224), mode="bilinear", align_corners=False)
+    return (t - 0.5) / 0.5
+
+
 def lite0_fixture():
     import glob
     cands = glob.glob(os.path.expanduser("~/.cache/extremal/efficientnet-lite0/*.pth")) + \
@@ -103,10 +111,7 @@ def lite0_fixture():
     sd = torch.load(cands[0], map_location="cpu")
     out = {}
     for img in ["chelsea", "coffee"]:
-        rgb = np.asarray(Image.open(f"assets/{img}.png").convert("RGB"), dtype=np.float32) / 255.0
-        t = torch.from_numpy(rgb).permute(2, 0, 1)[None]
-        t = F.interpolate(t, size=(224, 224), mode="bilinear", align_corners=False)
-        x = (t - 0.5) / 0.5
+        x = lite0_input(img)
         logits = lite0(sd, x)
         p = logits.softmax(-1)
         out[f"{img}_input"] = x.contiguous()

@@ -4,6 +4,8 @@
 //! - [`area_penalty`]: the sorted-mask area constraint `R_a(m) = mean((sort(m) − r_a)²)`.
 //! - [`Game`], [`Reward`]: preserve / delete / dual; simple or contrastive class evidence.
 //! - [`Sgd`] (PyTorch semantics: momentum, dampening) and [`Adam`] on mask parameters.
+//! - [`spatial`]: image-space extremal perturbation (TorchRay's method): perturbation
+//!   pyramid, smooth-mask generator and the optimisation loop.
 //! - [`channels`]: channel-space extremal masks — the smallest set of channels at a site that
 //!   keeps the class, with the prefix computed once and only the suffix re-run.
 //!
@@ -20,9 +22,11 @@
 
 pub mod channels;
 mod optim;
+pub mod spatial;
 
 pub use channels::{channel_masks, ChannelConfig, ChannelReport, Schedule};
 pub use optim::{Adam, Sgd};
+pub use spatial::{extremal_perturbation, ExtremalConfig, ExtremalResult, MaskGenerator, Perturbation, Pyramid};
 
 use candle_core::{DType, Tensor, D};
 
@@ -35,6 +39,9 @@ pub enum Error {
     /// A site error.
     #[error(transparent)]
     Hook(#[from] extremal_hook::Error),
+    /// A kernel error.
+    #[error(transparent)]
+    Ops(#[from] extremal_ops::Error),
     /// A request that cannot be met, with what to do instead.
     #[error("{0}")]
     Invalid(String),
@@ -75,7 +82,7 @@ pub enum Reward {
     /// The target logit `y_c`.
     #[default]
     Simple,
-    /// `y_c − max_{c' ≠ c} y_{c'}`.
+    /// `y_c − max(max_{c' ≠ c} y_{c'}, −100)` (TorchRay's floor of −100).
     Contrastive,
 }
 
@@ -117,7 +124,11 @@ pub fn reward(output: &Tensor, target: usize, kind: Reward) -> Result<Tensor> {
             let mut penalty = vec![0f32; classes];
             penalty[target] = f32::INFINITY;
             let penalty = Tensor::new(penalty.as_slice(), out.device())?.to_dtype(out.dtype())?;
-            let others = out.broadcast_sub(&penalty.unsqueeze(0)?)?.max(D::Minus1)?;
+            // TorchRay's floor: the best other class scores at least -100.
+            let others = out
+                .broadcast_sub(&penalty.unsqueeze(0)?)?
+                .max(D::Minus1)?
+                .maximum(-100f64)?;
             Ok((y - others)?)
         }
     }
