@@ -10,6 +10,7 @@ use extremal_hook::Network;
 use extremal_models::{load_input, Model, ModelKind};
 use serde_json::json;
 
+mod attribute;
 mod bench;
 mod channels;
 mod render;
@@ -33,6 +34,8 @@ enum Command {
     Classify(ClassifyArgs),
     /// Channel-space extremal masks: the fewest channels at a layer that keep the class.
     Channels(ChannelsArgs),
+    /// Image-space extremal perturbation: the smallest smooth region that keeps the class.
+    Attribute(attribute::AttributeArgs),
     /// Time forward and forward + backward-to-input passes of a model.
     Bench(bench::BenchArgs),
 }
@@ -255,6 +258,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Layers(a) => layers(a),
         Command::Classify(a) => classify(a),
         Command::Channels(a) => channels::run(a),
+        Command::Attribute(a) => attribute::run(a),
         Command::Bench(a) => bench::run(a),
     }
 }

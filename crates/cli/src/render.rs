@@ -116,3 +116,24 @@ pub fn save_png(img: &RgbImage, path: &Path) -> Result<()> {
     img.write_to(&mut buf, image::ImageFormat::Png)?;
     write_atomic(path, &buf.into_inner())
 }
+
+/// Saves one tensor as a safetensors file (f32, under `name`), atomically.
+pub fn save_tensor(t: &Tensor, name: &str, path: &Path) -> Result<()> {
+    let tmp = path.with_file_name(format!(
+        ".{}.partial",
+        path.file_name().and_then(|n| n.to_str()).unwrap_or("out")
+    ));
+    let t = t.to_dtype(DType::F32)?.contiguous()?;
+    candle_core::safetensors::save(&std::collections::HashMap::from([(name.to_string(), t)]), &tmp)?;
+    std::fs::rename(&tmp, path)?;
+    Ok(())
+}
+
+/// An RGB image `(3, H, W)` in [0, 1] as a PNG image.
+pub fn rgb_image(rgb: &Tensor) -> Result<RgbImage> {
+    let (_, h, w) = rgb.dims3()?;
+    let v = rgb.to_dtype(DType::F32)?.clamp(0.0, 1.0)?.to_vec3::<f32>()?;
+    Ok(RgbImage::from_fn(w as u32, h as u32, |x, y| {
+        image::Rgb([0, 1, 2].map(|c| (v[c][y as usize][x as usize] * 255.0).round() as u8))
+    }))
+}

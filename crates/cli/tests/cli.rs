@@ -246,3 +246,50 @@ fn bench_json_reports_both_passes() {
         "--batch and --passes must be at least 1",
     );
 }
+
+#[test]
+fn attribute_writes_masks_saliency_pictures_and_report() {
+    let dir = tmp("attribute");
+    let out = dir.to_str().unwrap();
+    let v = ok_json(&[
+        "attribute",
+        "assets/chelsea.png",
+        "--areas",
+        "0.05,0.2",
+        "--iterations",
+        "2",
+        "--out",
+        out,
+        "--json",
+    ]);
+    assert_eq!(v["model"], "efficientnet-lite0");
+    assert_eq!(v["target"], 285);
+    assert!(v["unperturbed_reward"].as_f64().unwrap() > 10.0, "{v}");
+    let areas = v["areas"].as_array().unwrap();
+    assert_eq!(areas.len(), 2);
+    assert_eq!(areas[0]["area"], 0.05);
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("report.json")).unwrap()).unwrap();
+    assert_eq!(report, v, "report.json is what --json prints");
+    let t = candle_core::safetensors::load(dir.join("masks.safetensors"), &candle_core::Device::Cpu).unwrap();
+    assert_eq!(t["masks"].dims(), [2, 1, 224, 224]);
+    assert_eq!(t["masks"].dtype(), candle_core::DType::F32);
+    let s = candle_core::safetensors::load(dir.join("saliency.safetensors"), &candle_core::Device::Cpu).unwrap();
+    assert_eq!(s["saliency"].dims(), [1, 1, 224, 224]);
+    for a in ["0.05", "0.2"] {
+        assert!(dir.join(format!("masked-{a}.png")).exists());
+        assert!(dir.join(format!("overlay-{a}.png")).exists());
+    }
+    fails_with(
+        &["attribute", "assets/chelsea.png", "--areas", "1.5"],
+        "--areas: 1.5 is not a fraction",
+    );
+    fails_with(
+        &["attribute", "assets/chelsea.png", "--target", "1000"],
+        "--target 1000 is outside",
+    );
+    fails_with(
+        &["attribute", "assets/chelsea.png", "--game", "keep"],
+        "unknown game `keep`",
+    );
+}

@@ -246,11 +246,11 @@ pub struct MaskGenerator {
     shape_in: (usize, usize),
     shape_out: (usize, usize),
     margin: usize,
-    /// Kernel weights, `[uy][ux][tap]`, `(2r+1)²` taps per pixel.
+    /// Kernel weights, `[uy][tap][ux]`, `(2r+1)²` taps per pixel.
     weight: Vec<f32>,
 }
 
-const COLDNESS: f64 = 20.0;
+const COLDNESS: f32 = 20.0;
 
 impl MaskGenerator {
     /// The generator for masks of `shape = (H, W)` with parameter `step` (pixels) and kernel
@@ -270,6 +270,15 @@ impl MaskGenerator {
         let shape_mid = (mid(shape_in.0), mid(shape_in.1));
         let shape_up = (step * shape_mid.0, step * shape_mid.1);
         let shape_out = (shape_up.0 - step + 1, shape_up.1 - step + 1);
+        let m = margin.round() as usize;
+        if shape_out.0 < m + shape.0 || shape_out.1 < m + shape.1 {
+            return Err(Error::Invalid(format!(
+                "mask generator: step {step} and sigma {sigma} leave a {}x{} mask, too small for a \
+                 {}x{} image with a margin of {m}; use a larger sigma relative to the step (TorchRay's \
+                 default is step 7, sigma 21)",
+                shape_out.0, shape_out.1, shape.0, shape.1
+            )));
+        }
         // In f32, as TorchRay computes it.
         let step_inv = (
             shape_mid.0 as f32 / shape_up.0 as f32,
@@ -292,7 +301,7 @@ impl MaskGenerator {
                             let dx = uxf - (marginf + stepf * ix);
                             let delta = (dy * dy + dx * dx).sqrt();
                             let z = (delta / sigmaf - 0.5).max(0.0);
-                            row[(ux * taps + ky) * taps + kx] = (-2.0 * z * z).exp();
+                            row[(ky * taps + kx) * shape_out.1 + ux] = (-2.0 * z * z).exp();
                         }
                     }
                 }
@@ -345,9 +354,8 @@ impl MaskGenerator {
                 self.shape_in.1
             )));
         }
-        // Computed in f64 (the kernel weights are TorchRay's f32 values) and returned in the
-        // parameters' dtype.
-        let p = params.to_device(&candle_core::Device::Cpu)?.to_dtype(DType::F64)?;
+        // Computed in f32 as TorchRay does, and returned in the parameters' dtype.
+        let p = params.to_device(&candle_core::Device::Cpu)?.to_dtype(DType::F32)?;
         let full = p.contiguous()?.apply_op1(Generate { g: self.clone() })?;
         Ok(full.to_device(params.device())?.to_dtype(params.dtype())?)
     }
@@ -362,37 +370,195 @@ impl MaskGenerator {
             .narrow(3, self.margin, self.shape.1)?)
     }
 
-    /// Pools one output pixel: returns the unclamped value and fills `m` (the weighted
-    /// parameters of the taps) and `e` (their soft-max weights, unnormalised), and the sum.
-    #[inline(always)]
-    fn pool(&self, p: &[f64], uy: usize, ux: usize, m: &mut [f64], e: &mut [f64]) -> (f64, f64) {
-        let taps = 2 * self.radius + 1;
+    /// The parameters of each mask zero-padded by `padding` on every side, so that every tap
+    /// of every pixel reads inside: `(K, h + 2p, w + 2p)`, row-major.
+    fn padded(&self, params: &[f32], k: usize) -> (Vec<f32>, usize) {
         let (h, w) = self.shape_in;
-        let (a, b) = (uy / self.step, ux / self.step);
-        let wt = &self.weight[(uy * self.shape_out.1 + ux) * taps * taps..][..taps * taps];
-        let mut max = f64::NEG_INFINITY;
-        for ky in 0..taps {
-            let iy = (a + ky) as isize - self.padding as isize;
-            for kx in 0..taps {
-                let ix = (b + kx) as isize - self.padding as isize;
-                let t = ky * taps + kx;
-                let v = if iy >= 0 && ix >= 0 && (iy as usize) < h && (ix as usize) < w {
-                    p[iy as usize * w + ix as usize]
-                } else {
-                    0.0
-                };
-                m[t] = wt[t] as f64 * v;
-                max = max.max(m[t]);
+        let pad = self.padding;
+        let (hp, wp) = (h + 2 * pad, w + 2 * pad);
+        let mut out = vec![0f32; k * hp * wp];
+        for ki in 0..k {
+            for y in 0..h {
+                let dst = (ki * hp + y + pad) * wp + pad;
+                out[dst..dst + w].copy_from_slice(&params[(ki * h + y) * w..][..w]);
             }
         }
-        let (mut sum, mut dot) = (0f64, 0f64);
-        for t in 0..taps * taps {
-            e[t] = (COLDNESS * (m[t] - max)).exp();
-            sum += e[t];
-            dot += m[t] * e[t];
-        }
-        (dot / sum, sum)
+        (out, wp)
     }
+}
+
+/// `exp(x)` for `x ≤ 0` in f32 (Cephes' `expf`: range reduction by ln 2 and a degree-6
+/// polynomial, within 2 ulp), written without branches so that a loop of it vectorises.
+#[inline(always)]
+#[allow(clippy::excessive_precision)] // Cephes' coefficients, as published
+fn exp_neg(x: f32) -> f32 {
+    let x = x.max(-87.0);
+    let n = (x * std::f32::consts::LOG2_E + 0.5).floor();
+    let r = x - n * 0.693_359_4 - n * -2.121_944_4e-4;
+    let z = r * r;
+    let y = ((((1.987_569_1e-4 * r + 1.398_2e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r + 1.666_666_5e-1) * r
+        + 5.000_000_1e-1;
+    let y = y * z + r + 1.0;
+    y * f32::from_bits(((n as i32 + 127) as u32) << 23)
+}
+
+/// Scratch of one output row: per tap and pixel the weighted parameter `m`, then per pixel
+/// the running max, Σe and Σm·e, and the nearest-upsampled parameter rows.
+struct RowScratch {
+    m: Vec<f32>,
+    max: Vec<f32>,
+    sum: Vec<f32>,
+    dot: Vec<f32>,
+    up: Vec<f32>,
+    coef: Vec<f32>,
+}
+
+impl RowScratch {
+    fn new(g: &MaskGenerator) -> Self {
+        let taps = 2 * g.radius + 1;
+        let wo = g.shape_out.1;
+        let wp = g.shape_in.1 + 2 * g.padding;
+        Self {
+            m: vec![0.0; taps * taps * wo],
+            max: vec![0.0; wo],
+            sum: vec![0.0; wo],
+            dot: vec![0.0; wo],
+            up: vec![0.0; taps * wp * g.step],
+            coef: vec![0.0; wo],
+        }
+    }
+}
+
+/// Pools output row `uy` of one mask from its padded parameters `pp` (row length `wp`):
+/// leaves `m`, `max`, `sum` (Σe) and `dot` (Σm·e) for every pixel of the row. Pixels are the
+/// inner loop, so each step is a contiguous vector operation; the taps are summed in order.
+#[inline(always)]
+fn pool_row(g: &MaskGenerator, pp: &[f32], wp: usize, uy: usize, s: &mut RowScratch) {
+    let taps = 2 * g.radius + 1;
+    let (wo, step) = (g.shape_out.1, g.step);
+    let a = uy / step;
+    let upw = wp * step;
+    // up[ky][j] = parameter (a + ky, j / step): the nearest-upsampled grid rows.
+    for ky in 0..taps {
+        let src = &pp[(a + ky) * wp..(a + ky + 1) * wp];
+        for (cell, chunk) in s.up[ky * upw..(ky + 1) * upw].chunks_mut(step).enumerate() {
+            chunk.fill(src[cell]);
+        }
+    }
+    let wt = &g.weight[uy * taps * taps * wo..(uy + 1) * taps * taps * wo];
+    s.max.fill(f32::NEG_INFINITY);
+    for ky in 0..taps {
+        for kx in 0..taps {
+            let t = ky * taps + kx;
+            let up = &s.up[ky * upw + kx * step..][..wo];
+            let (m, w) = (&mut s.m[t * wo..(t + 1) * wo], &wt[t * wo..(t + 1) * wo]);
+            for (((m, &w), &p), mx) in m.iter_mut().zip(w).zip(up).zip(s.max.iter_mut()) {
+                *m = w * p;
+                *mx = mx.max(*m);
+            }
+        }
+    }
+    s.sum.fill(0.0);
+    s.dot.fill(0.0);
+    for t in 0..taps * taps {
+        let m = &s.m[t * wo..(t + 1) * wo];
+        for (((&m, &mx), sum), dot) in m.iter().zip(&s.max).zip(s.sum.iter_mut()).zip(s.dot.iter_mut()) {
+            let e = exp_neg(COLDNESS * (m - mx));
+            *sum += e;
+            *dot += m * e;
+        }
+    }
+}
+
+/// One output row of full masks.
+#[inline(always)]
+fn generate_row(g: &MaskGenerator, pp: &[f32], wp: usize, uy: usize, out: &mut [f32], s: &mut RowScratch) {
+    pool_row(g, pp, wp, uy, s);
+    for ((o, &d), &sum) in out.iter_mut().zip(&s.dot).zip(&s.sum) {
+        *o = (d / sum).clamp(0.0, 1.0);
+    }
+}
+
+/// The gradient of one output row with respect to the padded parameters, added to `acc`.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn generate_row_grad(
+    g: &MaskGenerator,
+    pp: &[f32],
+    wp: usize,
+    uy: usize,
+    grad: &[f32],
+    acc: &mut [f32],
+    s: &mut RowScratch,
+) {
+    let taps = 2 * g.radius + 1;
+    let (wo, step) = (g.shape_out.1, g.step);
+    let a = uy / step;
+    pool_row(g, pp, wp, uy, s);
+    // Per pixel: go / Σe where the clamp passes the gradient (0 ≤ v ≤ 1, PyTorch's rule at
+    // the bounds), else 0; `dot` becomes v.
+    for (((d, &sum), &go), c) in s.dot.iter_mut().zip(&s.sum).zip(grad).zip(s.coef.iter_mut()) {
+        let v = *d / sum;
+        *d = v;
+        *c = if (0.0..=1.0).contains(&v) { go / sum } else { 0.0 };
+    }
+    let wt = &g.weight[uy * taps * taps * wo..(uy + 1) * taps * taps * wo];
+    for ky in 0..taps {
+        for kx in 0..taps {
+            let t = ky * taps + kx;
+            let (m, w) = (&mut s.m[t * wo..(t + 1) * wo], &wt[t * wo..(t + 1) * wo]);
+            // d v / d m_t = s_t (1 + c (m_t − v)) with s_t = e_t / Σe; d m_t / d p = weight.
+            for ((((m, &w), &mx), &v), &c) in m.iter_mut().zip(w).zip(&s.max).zip(&s.dot).zip(&s.coef) {
+                let e = exp_neg(COLDNESS * (*m - mx));
+                *m = c * e * (1.0 + COLDNESS * (*m - v)) * w;
+            }
+            // Pixels of one grid cell share the parameter: sum them into it.
+            let row = &mut acc[(a + ky) * wp + kx..];
+            for (cell, chunk) in m.chunks(step).enumerate() {
+                row[cell] += chunk.iter().sum::<f32>();
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use super::*;
+
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) fn generate_row(
+        g: &MaskGenerator,
+        pp: &[f32],
+        wp: usize,
+        uy: usize,
+        out: &mut [f32],
+        s: &mut RowScratch,
+    ) {
+        super::generate_row(g, pp, wp, uy, out, s)
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) fn generate_row_grad(
+        g: &MaskGenerator,
+        pp: &[f32],
+        wp: usize,
+        uy: usize,
+        grad: &[f32],
+        acc: &mut [f32],
+        s: &mut RowScratch,
+    ) {
+        super::generate_row_grad(g, pp, wp, uy, grad, acc, s)
+    }
+}
+
+fn has_avx2() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        static AVX2: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *AVX2.get_or_init(|| is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"))
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    false
 }
 
 struct Generate {
@@ -408,82 +574,84 @@ impl CustomOp1 for Generate {
         let g = &self.g;
         let k = l.dims()[0];
         let (a, b) = l.contiguous_offsets().expect("contiguous parameters");
-        let params = &s.as_slice::<f64>()?[a..b];
+        let (pp, wp) = g.padded(&s.as_slice::<f32>()?[a..b], k);
         let (ho, wo) = g.shape_out;
-        let n_in = g.shape_in.0 * g.shape_in.1;
-        let taps = (2 * g.radius + 1).pow(2);
-        let mut out = vec![0f64; k * ho * wo];
-        out.par_chunks_mut(wo).enumerate().for_each_init(
-            || (vec![0f64; taps], vec![0f64; taps]),
-            |(m, e), (row, o)| {
-                let (ki, uy) = (row / ho, row % ho);
-                let p = &params[ki * n_in..(ki + 1) * n_in];
-                for (ux, o) in o.iter_mut().enumerate() {
-                    *o = g.pool(p, uy, ux, m, e).0.clamp(0.0, 1.0);
+        let hp = g.shape_in.0 + 2 * g.padding;
+        let avx2 = has_avx2();
+        // Rows in (uy, mask) order, so that the masks of one row reuse its kernel weights
+        // from cache; transposed to (mask, uy) at the end.
+        let mut rows = vec![0f32; ho * k * wo];
+        rows.par_chunks_mut(k * wo).enumerate().for_each_init(
+            || RowScratch::new(g),
+            |s, (uy, rs)| {
+                for (ki, o) in rs.chunks_mut(wo).enumerate() {
+                    let pp = &pp[ki * hp * wp..(ki + 1) * hp * wp];
+                    #[cfg(target_arch = "x86_64")]
+                    if avx2 {
+                        // SAFETY: the CPU has AVX2 and FMA (checked at run time).
+                        unsafe { avx2::generate_row(g, pp, wp, uy, o, s) };
+                        continue;
+                    }
+                    generate_row(g, pp, wp, uy, o, s);
                 }
             },
         );
-        Ok((CpuStorage::F64(out), Shape::from((k, 1, ho, wo))))
+        let mut out = vec![0f32; k * ho * wo];
+        for (uy, rs) in rows.chunks(k * wo).enumerate() {
+            for (ki, r) in rs.chunks(wo).enumerate() {
+                out[(ki * ho + uy) * wo..][..wo].copy_from_slice(r);
+            }
+        }
+        Ok((CpuStorage::F32(out), Shape::from((k, 1, ho, wo))))
     }
 
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
         let g = &self.g;
         let k = arg.dim(0)?;
-        let params = arg.flatten_all()?.to_vec1::<f64>()?;
-        let grad = grad.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?;
+        let (pp, wp) = g.padded(&f32_values(arg)?, k);
+        let grad = f32_values(&grad.to_dtype(DType::F32)?)?;
         let (ho, wo) = g.shape_out;
         let (h, w) = g.shape_in;
-        let n_in = h * w;
-        let taps = 2 * g.radius + 1;
-        let gp = (0..k * ho)
+        let hp = h + 2 * g.padding;
+        let avx2 = has_avx2();
+        let gp = (0..ho)
             .into_par_iter()
             .fold(
-                || (vec![0f64; k * n_in], vec![0f64; taps * taps], vec![0f64; taps * taps]),
-                |(mut acc, mut m, mut e), row| {
-                    let (ki, uy) = (row / ho, row % ho);
-                    let p = &params[ki * n_in..(ki + 1) * n_in];
-                    for ux in 0..wo {
-                        let go = grad[(ki * ho + uy) * wo + ux];
-                        if go == 0.0 {
+                || (vec![0f32; k * hp * wp], RowScratch::new(g)),
+                |(mut acc, mut s), uy| {
+                    // All masks of one row together: its kernel weights stay in cache.
+                    for ki in 0..k {
+                        let pp = &pp[ki * hp * wp..(ki + 1) * hp * wp];
+                        let acc_k = &mut acc[ki * hp * wp..(ki + 1) * hp * wp];
+                        let gr = &grad[(ki * ho + uy) * wo..][..wo];
+                        #[cfg(target_arch = "x86_64")]
+                        if avx2 {
+                            // SAFETY: the CPU has AVX2 and FMA (checked at run time).
+                            unsafe { avx2::generate_row_grad(g, pp, wp, uy, gr, acc_k, &mut s) };
                             continue;
                         }
-                        let (v, sum) = g.pool(p, uy, ux, &mut m, &mut e);
-                        // clamp: PyTorch passes the gradient where min ≤ v ≤ max.
-                        if !(0.0..=1.0).contains(&v) {
-                            continue;
-                        }
-                        let wt = &g.weight[(uy * wo + ux) * taps * taps..][..taps * taps];
-                        let (a, b) = (uy / g.step, ux / g.step);
-                        for ky in 0..taps {
-                            let iy = (a + ky) as isize - g.padding as isize;
-                            if iy < 0 || iy as usize >= h {
-                                continue;
-                            }
-                            for kx in 0..taps {
-                                let ix = (b + kx) as isize - g.padding as isize;
-                                if ix < 0 || ix as usize >= w {
-                                    continue;
-                                }
-                                let t = ky * taps + kx;
-                                // d v / d m_t = s_t (1 + c (m_t − v)), d m_t / d p = weight.
-                                let s = e[t] / sum;
-                                let dm = s * (1.0 + COLDNESS * (m[t] - v));
-                                acc[ki * n_in + iy as usize * w + ix as usize] += go * dm * wt[t] as f64;
-                            }
-                        }
+                        generate_row_grad(g, pp, wp, uy, gr, acc_k, &mut s);
                     }
-                    (acc, m, e)
+                    (acc, s)
                 },
             )
-            .map(|(acc, _, _)| acc)
+            .map(|(acc, _)| acc)
             .reduce(
-                || vec![0f64; k * n_in],
+                || vec![0f32; k * hp * wp],
                 |mut a, b| {
                     a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
                     a
                 },
             );
-        Ok(Some(Tensor::from_vec(gp, (k, 1, h, w), arg.device())?))
+        // Crop the padding off.
+        let mut out = vec![0f32; k * h * w];
+        for ki in 0..k {
+            for y in 0..h {
+                let src = (ki * hp + y + g.padding) * wp + g.padding;
+                out[(ki * h + y) * w..][..w].copy_from_slice(&gp[src..src + w]);
+            }
+        }
+        Ok(Some(Tensor::from_vec(out, (k, 1, h, w), arg.device())?))
     }
 }
 

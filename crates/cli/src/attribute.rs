@@ -1,0 +1,153 @@
+//! `extremal attribute`: image-space extremal perturbation (TorchRay's method).
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use candle_core::DType;
+use extremal_hook::Network;
+use extremal_mask::{extremal_perturbation, reward, ExtremalConfig};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::json;
+
+use crate::{render, ModelArgs};
+
+#[derive(clap::Args)]
+pub(crate) struct AttributeArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// An image file or a .safetensors file whose tensor `input` is used as is.
+    input: PathBuf,
+    /// Target class (default: the top-1 class).
+    #[arg(long)]
+    target: Option<usize>,
+    /// Target areas, fractions of the image, comma separated: one mask each, in one batch.
+    #[arg(long, value_delimiter = ',', default_value = "0.1")]
+    areas: Vec<f64>,
+    /// Iterations.
+    #[arg(long, default_value_t = 800)]
+    iterations: usize,
+    /// preserve, delete or dual.
+    #[arg(long, default_value = "preserve")]
+    game: String,
+    /// simple or contrastive.
+    #[arg(long, default_value = "simple")]
+    reward: String,
+    /// blur or fade.
+    #[arg(long, default_value = "blur")]
+    perturbation: String,
+    /// Blur the final masks with σ = S·min(H, W) (0: off).
+    #[arg(long, default_value_t = 0.0)]
+    smooth: f64,
+    /// Resize the shorter side to the model's input size instead of the whole image to a square.
+    #[arg(long)]
+    keep_aspect: bool,
+    /// Write masks.safetensors, saliency.safetensors, masked-<area>.png, overlay-<area>.png and
+    /// report.json here.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Print the report as one JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
+pub(crate) fn run(args: &AttributeArgs) -> Result<()> {
+    let (model, x) = args.model.load_with_image(&args.input, args.keep_aspect, "attribute")?;
+    let cfg = ExtremalConfig {
+        areas: args.areas.clone(),
+        iterations: args.iterations,
+        game: args.game.parse()?,
+        reward: args.reward.parse()?,
+        perturbation: args.perturbation.parse()?,
+        smooth: args.smooth,
+        ..Default::default()
+    };
+    if let Some(bad) = cfg.areas.iter().find(|a| !(**a > 0.0 && **a <= 1.0)) {
+        bail!("--areas: {bad} is not a fraction of the image; use values in (0, 1], e.g. --areas 0.05,0.1,0.2");
+    }
+    let logits = model.forward(&x)?;
+    let classes = logits.dim(1)?;
+    let target = match args.target {
+        Some(t) if t >= classes => bail!(
+            "--target {t} is outside the model's {classes} classes (0…{})",
+            classes - 1
+        ),
+        Some(t) => t,
+        None => logits.squeeze(0)?.argmax(0)?.to_scalar::<u32>()? as usize,
+    };
+    let unperturbed = reward(&logits, target, cfg.reward)?
+        .to_dtype(DType::F64)?
+        .to_vec1::<f64>()?[0];
+
+    let bar = ProgressBar::new(cfg.iterations as u64);
+    bar.set_style(
+        ProgressStyle::with_template("extremal perturbation [{bar:30}] {pos}/{len} {elapsed_precise} (eta {eta})")
+            .unwrap()
+            .progress_chars("=> "),
+    );
+    let result = extremal_perturbation(&model, &x, target, &cfg, &mut |t| bar.set_position(t as u64 + 1))?;
+    bar.finish_and_clear();
+
+    let masks = result.masks.to_dtype(DType::F32)?;
+    let areas: Vec<serde_json::Value> = cfg
+        .areas
+        .iter()
+        .enumerate()
+        .map(|(i, &a)| -> Result<serde_json::Value> {
+            let visible = masks.get(i)?.mean_all()?.to_scalar::<f32>()? as f64;
+            Ok(json!({"area": a, "visible_area": visible, "reward": result.rewards[i]}))
+        })
+        .collect::<Result<_>>()?;
+    let report = json!({
+        "model": model.kind().name(),
+        "target": target,
+        "label": model.labels().get(target).cloned().unwrap_or_default(),
+        "game": args.game,
+        "reward_kind": args.reward,
+        "iterations": cfg.iterations,
+        "unperturbed_reward": unperturbed,
+        "areas": areas,
+    });
+
+    if let Some(dir) = &args.out {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        render::save_tensor(&masks, "masks", &dir.join("masks.safetensors"))?;
+        render::save_tensor(&masks.sum_keepdim(0)?, "saliency", &dir.join("saliency.safetensors"))?;
+        let rgb = model.preprocess().denormalize(&x)?.squeeze(0)?;
+        for (i, a) in cfg.areas.iter().enumerate() {
+            let m = masks.get(i)?; // (1, H, W)
+            let seen = rgb.broadcast_mul(&m.to_dtype(rgb.dtype())?)?;
+            render::save_png(&render::rgb_image(&seen)?, &dir.join(format!("masked-{a}.png")))?;
+            let heat = m.squeeze(0)?;
+            render::save_png(
+                &render::heat_overlay(&rgb, &heat)?,
+                &dir.join(format!("overlay-{a}.png")),
+            )?;
+        }
+        render::write_atomic(
+            &dir.join("report.json"),
+            serde_json::to_string_pretty(&report)?.as_bytes(),
+        )?;
+    }
+    if args.json {
+        crate::out(&format!("{report}\n"));
+    } else {
+        let mut text = format!(
+            "{} class {} ({}), {} game, {} reward; unperturbed reward {:.4}\n",
+            model.kind().name(),
+            target,
+            model.labels().get(target).cloned().unwrap_or_default(),
+            args.game,
+            args.reward,
+            unperturbed
+        );
+        for (i, a) in cfg.areas.iter().enumerate() {
+            text.push_str(&format!(
+                "  area {a:<5} visible area {:.4}  reward {:.4}\n",
+                report["areas"][i]["visible_area"].as_f64().unwrap_or(0.0),
+                result.rewards[i]
+            ));
+        }
+        crate::out(&text);
+    }
+    Ok(())
+}

@@ -1,0 +1,109 @@
+//! The image-space loop end to end on a network whose evidence sits in a known square.
+
+use candle_core::{DType, Device, Module, Tensor};
+use extremal_hook::{Graph, Node};
+use extremal_mask::{extremal_perturbation, ExtremalConfig, Game, Perturbation};
+
+/// Class 0's logit is the mean of channel 0 over the square rows 8..24, columns 30..46, times
+/// 10; class 1's is 0.
+struct SquareEvidence(Tensor);
+
+impl Module for SquareEvidence {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let c0 = x.narrow(1, 0, 1)?.flatten_from(1)?; // (N, H·W)
+        let score = c0.broadcast_mul(&self.0)?.sum_keepdim(1)?;
+        let zeros = score.zeros_like()?;
+        Tensor::cat(&[score, zeros], 1)
+    }
+}
+
+#[test]
+fn preserve_mask_finds_the_evidence() -> Result<(), Box<dyn std::error::Error>> {
+    let (h, w) = (56, 56);
+    let mut weights = vec![0f32; h * w];
+    for y in 8..24 {
+        for x in 30..46 {
+            weights[y * w + x] = 10.0 / 256.0;
+        }
+    }
+    let net = Graph::new(Node::layer(
+        "logits",
+        SquareEvidence(Tensor::from_vec(weights, (1, h * w), &Device::Cpu)?),
+    ));
+    let input = Tensor::ones((1, 3, h, w), DType::F32, &Device::Cpu)?;
+    let cfg = ExtremalConfig {
+        areas: vec![0.1, 0.3],
+        iterations: 300,
+        perturbation: Perturbation::Fade,
+        jitter: false,
+        step: 4,
+        sigma: 4.0,
+        ..Default::default()
+    };
+    let mut seen = 0;
+    let r = extremal_perturbation(&net, &input, 0, &cfg, &mut |_| seen += 1)?;
+    assert_eq!(seen, 300);
+    assert_eq!(r.masks.dims(), [2, 1, h, w]);
+    assert_eq!(r.history.len(), 300);
+    for (i, &a) in cfg.areas.iter().enumerate() {
+        let m = r.masks.get(i)?.squeeze(0)?;
+        let inside = m.narrow(0, 8, 16)?.narrow(1, 30, 16)?.mean_all()?.to_scalar::<f32>()?;
+        let total = m.mean_all()?.to_scalar::<f32>()?;
+        println!(
+            "area {a}: mask mean {total:.3}, inside the square {inside:.3}, reward {:.3}",
+            r.rewards[i]
+        );
+        assert!(inside > 0.8, "area {a}: the square is kept ({inside})");
+        assert!(
+            (total as f64) < a + 0.1,
+            "area {a}: the mask keeps about its area ({total})"
+        );
+        // The reward of a mask that keeps the square is close to the unperturbed 10.
+        assert!(r.rewards[i] > 8.0, "area {a}: reward {}", r.rewards[i]);
+    }
+
+    // The delete game removes the square: its reward (minus the logit) ends near 0.
+    let cfg = ExtremalConfig {
+        game: Game::Delete,
+        areas: vec![0.1],
+        ..cfg
+    };
+    let r = extremal_perturbation(&net, &input, 0, &cfg, &mut |_| {})?;
+    assert!(r.rewards[0] > -2.0, "delete reward {}", r.rewards[0]);
+    Ok(())
+}
+
+#[test]
+fn bad_settings_are_refused() {
+    let net = Graph::new(Node::layer("id", |x: &Tensor| x.flatten_from(1)));
+    let x = Tensor::ones((1, 3, 8, 8), DType::F32, &Device::Cpu).unwrap();
+    for (cfg, needle) in [
+        (
+            ExtremalConfig {
+                areas: vec![1.5],
+                ..Default::default()
+            },
+            "areas must be in (0, 1]",
+        ),
+        (
+            ExtremalConfig {
+                iterations: 0,
+                ..Default::default()
+            },
+            "at least one iteration",
+        ),
+        (
+            ExtremalConfig {
+                step: 4,
+                sigma: 6.0,
+                ..Default::default()
+            },
+            "mask generator: step 4 and sigma 6 leave",
+        ),
+    ] {
+        let e = extremal_perturbation(&net, &x, 0, &cfg, &mut |_| {})
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(needle), "{e}");
+    }
+}
