@@ -46,6 +46,34 @@ fn pearson(a: &Tensor, b: &Tensor) -> f64 {
     cov / (va * vb).sqrt()
 }
 
+/// One step of TorchRay's loop at t = 0 (jitter flips): returns the reward, the area term
+/// (−300 × penalty) and the gradient of −energy with respect to `params`.
+fn full_step(
+    net: &dyn Fn(&Tensor) -> Tensor,
+    pyramid: &Pyramid,
+    params: &Tensor,
+    (target, kind): (usize, Reward),
+) -> (Tensor, Tensor, Tensor) {
+    let areas = [0.05, 0.1, 0.2];
+    let gen = MaskGenerator::new((224, 224), 7, 21.0).unwrap();
+    let (ho, wo) = gen.shape_out();
+    let p = Var::from_tensor(params).unwrap();
+    let full = gen.generate_full(p.as_tensor()).unwrap();
+    let y = net(&pyramid.apply(&gen.crop(&full).unwrap()).unwrap().flip(&[3]).unwrap());
+    let r = reward(&y, target, kind).unwrap();
+    let regul = (area_penalty(&full.reshape((3, ho * wo)).unwrap(), &areas).unwrap() * -300.0).unwrap();
+    let grads = (&r + &regul)
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .neg()
+        .unwrap()
+        .backward()
+        .unwrap();
+    let g = grads.get(p.as_tensor()).unwrap().clone();
+    (r, regul, g)
+}
+
 #[test]
 fn pyramids_match_torchray() {
     let g = load_fixture("torchray.safetensors");
@@ -132,30 +160,11 @@ fn one_full_step_gradient_matches_torchray_on_a_smooth_network() {
         extremal::ops::linear(&f, &w, Some(b)).unwrap()
     };
     let x = &g["step_input"].to_dtype(DType::F32).unwrap();
-    let areas = [0.05, 0.1, 0.2];
     let pyramid = Pyramid::blur(x, 8, 20.0).unwrap();
-    let gen = MaskGenerator::new((224, 224), 7, 21.0).unwrap();
-    let (ho, wo) = gen.shape_out();
-    let p = Var::from_tensor(&g["linear_params"]).unwrap();
-    let full = gen.generate_full(p.as_tensor()).unwrap();
-    let y = net(&pyramid.apply(&gen.crop(&full).unwrap()).unwrap().flip(&[3]).unwrap());
-    let r = reward(&y, 3, Reward::Simple).unwrap();
-    let regul = (area_penalty(&full.reshape((3, ho * wo)).unwrap(), &areas).unwrap() * -300.0).unwrap();
-    let grads = (&r + &regul)
-        .unwrap()
-        .sum_all()
-        .unwrap()
-        .neg()
-        .unwrap()
-        .backward()
-        .unwrap();
+    let (r, regul, grad) = full_step(&net, &pyramid, &g["linear_params"], (3, Reward::Simple));
     assert_golden("smooth step reward", &r, &g["linear_reward"]);
     assert_golden("smooth step area term", &regul, &g["linear_regul"]);
-    assert_golden(
-        "smooth step gradient",
-        grads.get(p.as_tensor()).unwrap(),
-        &g["linear_grad"],
-    );
+    assert_golden("smooth step gradient", &grad, &g["linear_grad"]);
 }
 
 #[test]
@@ -171,33 +180,24 @@ fn one_full_step_gradient_matches_torchray() {
     let path = extremal::models::hub::default_weights(ModelKind::EfficientnetLite0).unwrap();
     let model = Model::load(ModelKind::EfficientnetLite0, Some(&path), DType::F64, &Device::Cpu).unwrap();
     let x = &g["step_input"];
-    let areas = [0.05, 0.1, 0.2];
     // The pyramid in f32 as TorchRay's imsmooth computes it, then used in f64.
     let levels = Pyramid::blur(&x.to_dtype(DType::F32).unwrap(), 8, 20.0)
         .unwrap()
         .levels()
         .clone();
     let pyramid = Pyramid::from_levels(levels.to_dtype(DType::F64).unwrap()).unwrap();
-    let gen = MaskGenerator::new((224, 224), 7, 21.0).unwrap();
-    let (ho, wo) = gen.shape_out();
+    let net = |x: &Tensor| model.forward(x).unwrap();
     for (name, kind) in [("simple", Reward::Simple), ("contrastive", Reward::Contrastive)] {
-        let p = Var::from_tensor(&g["step_params"]).unwrap();
-        let full = gen.generate_full(p.as_tensor()).unwrap();
-        let xp = pyramid.apply(&gen.crop(&full).unwrap()).unwrap().flip(&[3]).unwrap();
-        let y = model.forward(&xp).unwrap();
-        let r = reward(&y, 285, kind).unwrap();
-        let regul = (area_penalty(&full.reshape((3, ho * wo)).unwrap(), &areas).unwrap() * -300.0).unwrap();
-        let energy = (&r + &regul).unwrap().sum_all().unwrap();
-        let grads = energy.neg().unwrap().backward().unwrap();
+        let (r, regul, ours) = full_step(&net, &pyramid, &g["step_params"], (285, kind));
         assert_golden(&format!("step reward ({name})"), &r, &g[&format!("step_{name}_reward")]);
         assert_golden(
             &format!("step area term ({name})"),
             &regul,
             &g[&format!("step_{name}_regul")],
         );
-        let (ours, theirs) = (grads.get(p.as_tensor()).unwrap(), &g[&format!("step_{name}_grad")]);
-        let rel = max_abs_diff(ours, theirs) / max_abs(theirs);
-        let corr = pearson(ours, theirs);
+        let theirs = &g[&format!("step_{name}_grad")];
+        let rel = max_abs_diff(&ours, theirs) / max_abs(theirs);
+        let corr = pearson(&ours, theirs);
         println!("step gradient ({name}): max difference {rel:.2e} of the largest, correlation {corr:.8}");
         assert!(
             rel < 5e-3 && corr > 0.99999,

@@ -9,7 +9,7 @@
 
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Shape, Tensor, Var};
 use extremal_hook::Network;
-use extremal_ops::{gaussian_blur, Border};
+use extremal_ops::{gaussian_blur, has_avx2, Border};
 use rayon::prelude::*;
 
 use crate::{area_penalty, reward, Error, Game, Result, Reward, Sgd};
@@ -549,16 +549,6 @@ mod avx2 {
     ) {
         super::generate_row_grad(g, pp, wp, uy, grad, acc, s)
     }
-}
-
-fn has_avx2() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        static AVX2: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-        *AVX2.get_or_init(|| is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"))
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    false
 }
 
 struct Generate {

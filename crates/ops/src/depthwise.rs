@@ -272,8 +272,8 @@ mod avx2 {
     }
 }
 
-/// Whether this CPU runs the AVX2 + FMA kernels.
-pub(crate) fn has_avx2() -> bool {
+/// Whether this CPU runs the AVX2 + FMA builds of the kernels (detected once).
+pub fn has_avx2() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         static AVX2: std::sync::OnceLock<bool> = std::sync::OnceLock::new();

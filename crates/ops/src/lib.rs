@@ -41,6 +41,7 @@ mod separable;
 
 pub use act::{relu, relu6, Activation};
 pub use conv::{conv2d, conv2d_fused, same_padding, Conv2dConfig, Padding};
+pub use depthwise::has_avx2;
 pub use linear::linear;
 pub use pool::{adaptive_avg_pool2d, max_pool2d, max_pool2d_primitive, Pool2d};
 pub use resize::{interpolation_matrix, resize_bilinear};
