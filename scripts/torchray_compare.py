@@ -63,7 +63,7 @@ def main():
         import torchvision
         net = getattr(torchvision.models, args.model)(weights=None).eval()
         wpath = os.path.join(tmp, "weights.safetensors")
-        save_file({k: v.contiguous() for k, v in net.state_dict().items()}, wpath)
+        save_file({k: v.contiguous() for k, v in net.state_dict().items() if not k.endswith("num_batches_tracked")}, wpath)
         weights = ["--weights", wpath]
         x = (x * 0.5 + 0.5 - torch.tensor([0.485, 0.456, 0.406])[:, None, None]) / torch.tensor([0.229, 0.224, 0.225])[:, None, None]
         target = int(net(x).argmax())
