@@ -137,7 +137,7 @@ impl Pyramid {
             return self.apply_generic(masks);
         }
         Ok(masks.contiguous()?.apply_op1(Blend {
-            levels: self.levels.to_dtype(DType::F32)?,
+            levels: self.levels.to_dtype(DType::F32)?.contiguous()?,
         })?)
     }
 
@@ -175,6 +175,18 @@ fn f32_values(t: &Tensor) -> candle_core::Result<Vec<f32>> {
     t.flatten_all()?.to_vec1::<f32>()
 }
 
+/// Calls `f` with the values of a contiguous f32 CPU tensor, borrowed (no copy).
+fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> candle_core::Result<R> {
+    let (storage, layout) = t.storage_and_layout();
+    let candle_core::Storage::Cpu(s) = &*storage else {
+        candle_core::bail!("the pyramid must be on the CPU")
+    };
+    let Some((a, b)) = layout.contiguous_offsets() else {
+        candle_core::bail!("the pyramid must be contiguous")
+    };
+    Ok(f(&s.as_slice::<f32>()?[a..b]))
+}
+
 impl CustomOp1 for Blend {
     fn name(&self) -> &'static str {
         "extremal-pyramid-blend"
@@ -185,22 +197,23 @@ impl CustomOp1 for Blend {
         let k = l.dims()[0];
         let (a, b) = l.contiguous_offsets().expect("contiguous masks");
         let m = &s.as_slice::<f32>()?[a..b];
-        let lv = f32_values(&self.levels)?;
         let hw = h * w;
         let mut y = vec![0f32; k * c * hw];
-        y.par_chunks_mut(hw).enumerate().for_each(|(kc, out)| {
-            let (ki, ci) = (kc / c, kc % c);
-            let mask = &m[ki * hw..(ki + 1) * hw];
-            for (p, o) in out.iter_mut().enumerate() {
-                let pos = mask[p] * (nl - 1) as f32;
-                let lo = pos.floor();
-                let f = pos - lo;
-                let lo = (lo.max(0.0) as usize).min(nl - 1);
-                let hi = (lo + 1).min(nl - 1);
-                let (y0, y1) = (lv[(lo * c + ci) * hw + p], lv[(hi * c + ci) * hw + p]);
-                *o = (1.0 - f) * y0 + f * y1;
-            }
-        });
+        with_f32(&self.levels, |lv| {
+            y.par_chunks_mut(hw).enumerate().for_each(|(kc, out)| {
+                let (ki, ci) = (kc / c, kc % c);
+                let mask = &m[ki * hw..(ki + 1) * hw];
+                for (p, o) in out.iter_mut().enumerate() {
+                    let pos = mask[p] * (nl - 1) as f32;
+                    let lo = pos.floor();
+                    let f = pos - lo;
+                    let lo = (lo.max(0.0) as usize).min(nl - 1);
+                    let hi = (lo + 1).min(nl - 1);
+                    let (y0, y1) = (lv[(lo * c + ci) * hw + p], lv[(hi * c + ci) * hw + p]);
+                    *o = (1.0 - f) * y0 + f * y1;
+                }
+            })
+        })?;
         Ok((CpuStorage::F32(y), Shape::from((k, c, h, w))))
     }
 
@@ -209,24 +222,25 @@ impl CustomOp1 for Blend {
         let k = arg.dim(0)?;
         let m = f32_values(arg)?;
         let g = f32_values(grad)?;
-        let lv = f32_values(&self.levels)?;
         let hw = h * w;
         let mut gm = vec![0f32; k * hw];
-        gm.par_chunks_mut(w).enumerate().for_each(|(row, out)| {
-            let (ki, y) = (row / h, row % h);
-            for (x, o) in out.iter_mut().enumerate() {
-                let p = y * w + x;
-                let pos = m[ki * hw + p] * (nl - 1) as f32;
-                let lo = (pos.floor().max(0.0) as usize).min(nl - 1);
-                let hi = (lo + 1).min(nl - 1);
-                let mut acc = 0f32;
-                for ci in 0..c {
-                    let d = lv[(hi * c + ci) * hw + p] - lv[(lo * c + ci) * hw + p];
-                    acc += g[(ki * c + ci) * hw + p] * d;
+        with_f32(&self.levels, |lv| {
+            gm.par_chunks_mut(w).enumerate().for_each(|(row, out)| {
+                let (ki, y) = (row / h, row % h);
+                for (x, o) in out.iter_mut().enumerate() {
+                    let p = y * w + x;
+                    let pos = m[ki * hw + p] * (nl - 1) as f32;
+                    let lo = (pos.floor().max(0.0) as usize).min(nl - 1);
+                    let hi = (lo + 1).min(nl - 1);
+                    let mut acc = 0f32;
+                    for ci in 0..c {
+                        let d = lv[(hi * c + ci) * hw + p] - lv[(lo * c + ci) * hw + p];
+                        acc += g[(ki * c + ci) * hw + p] * d;
+                    }
+                    *o = acc * (nl - 1) as f32;
                 }
-                *o = acc * (nl - 1) as f32;
-            }
-        });
+            })
+        })?;
         Ok(Some(Tensor::from_vec(gm, (k, 1, h, w), arg.device())?))
     }
 }

@@ -9,6 +9,7 @@ use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Storage, Tensor, WithDTy
 use rayon::prelude::*;
 
 use crate::act::{activate, mask, Activation};
+use crate::contiguous_slice;
 
 /// The sizes of one convolution.
 #[derive(Clone, Copy, Debug)]
@@ -267,13 +268,6 @@ impl DenseConv {
     }
 }
 
-fn cpu_values<'a, T: WithDType>(s: &'a CpuStorage, l: &Layout, op: &str) -> candle_core::Result<&'a [T]> {
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&s.as_slice::<T>()?[a..b]),
-        None => candle_core::bail!("{op}: the input must be contiguous"),
-    }
-}
-
 impl CustomOp1 for DenseConv {
     fn name(&self) -> &'static str {
         "extremal-conv2d"
@@ -283,10 +277,10 @@ impl CustomOp1 for DenseConv {
         let g = self.g;
         let out = match s {
             CpuStorage::F32(_) => CpuStorage::F32(values::<f32>(&self.weight, |w| {
-                self.forward(cpu_values(s, l, "conv2d")?, w)
+                self.forward(contiguous_slice(s, l, "conv2d")?, w)
             })?),
             CpuStorage::F64(_) => CpuStorage::F64(values::<f64>(&self.weight, |w| {
-                self.forward(cpu_values(s, l, "conv2d")?, w)
+                self.forward(contiguous_slice(s, l, "conv2d")?, w)
             })?),
             _ => candle_core::bail!("conv2d: only f32 and f64 are supported on the CPU"),
         };
@@ -384,10 +378,10 @@ impl CustomOp1 for DenseConvInputGrad {
         let g = self.g;
         let out = match s {
             CpuStorage::F32(_) => CpuStorage::F32(values::<f32>(&self.weight, |w| {
-                self.backward(cpu_values(s, l, "conv2d backward")?, w)
+                self.backward(contiguous_slice(s, l, "conv2d backward")?, w)
             })?),
             CpuStorage::F64(_) => CpuStorage::F64(values::<f64>(&self.weight, |w| {
-                self.backward(cpu_values(s, l, "conv2d backward")?, w)
+                self.backward(contiguous_slice(s, l, "conv2d backward")?, w)
             })?),
             _ => candle_core::bail!("conv2d: only f32 and f64 are supported on the CPU"),
         };

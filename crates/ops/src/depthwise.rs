@@ -6,7 +6,9 @@ use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor, WithDType};
 use rayon::prelude::*;
 
 use crate::act::{act_grad, activate_serial, mask_row, Activation};
-use crate::{Conv2dConfig, Result};
+use crate::{contiguous_slice, Conv2dConfig, Result};
+
+const OP: &str = "depthwise conv2d";
 
 #[derive(Clone, Copy)]
 struct Geometry {
@@ -160,13 +162,6 @@ struct Depthwise {
     act: Activation,
     /// The forward's output (input-gradient part with an activation only).
     output: Option<Tensor>,
-}
-
-fn slice<'a, T: WithDType>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [T]> {
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&s.as_slice::<T>()?[a..b]),
-        None => candle_core::bail!("depthwise conv2d: inputs must be contiguous"),
-    }
 }
 
 /// The plane `x` copied into the (zeroed) phased scratch `buf`.
@@ -377,12 +372,14 @@ impl CustomOp2 for Depthwise {
             Part::GradWeight => Shape::from((g.c, 1, g.kh, g.kw)),
         };
         let out = match (s1, s2) {
-            (CpuStorage::F32(_), CpuStorage::F32(_)) => {
-                CpuStorage::F32(self.run(slice::<f32>(s1, l1)?, slice::<f32>(s2, l2)?)?)
-            }
-            (CpuStorage::F64(_), CpuStorage::F64(_)) => {
-                CpuStorage::F64(self.run(slice::<f64>(s1, l1)?, slice::<f64>(s2, l2)?)?)
-            }
+            (CpuStorage::F32(_), CpuStorage::F32(_)) => CpuStorage::F32(self.run(
+                contiguous_slice::<f32>(s1, l1, OP)?,
+                contiguous_slice::<f32>(s2, l2, OP)?,
+            )?),
+            (CpuStorage::F64(_), CpuStorage::F64(_)) => CpuStorage::F64(self.run(
+                contiguous_slice::<f64>(s1, l1, OP)?,
+                contiguous_slice::<f64>(s2, l2, OP)?,
+            )?),
             _ => candle_core::bail!("depthwise conv2d: only f32 and f64 inputs of one dtype are supported"),
         };
         Ok((out, shape))

@@ -78,6 +78,18 @@ pub(crate) fn output_vec<T: candle_core::WithDType>(n: usize) -> Vec<T> {
     v
 }
 
+/// The values of a contiguous CPU storage, or an error naming `op`.
+pub(crate) fn contiguous_slice<'a, T: candle_core::WithDType>(
+    s: &'a candle_core::CpuStorage,
+    l: &candle_core::Layout,
+    op: &str,
+) -> candle_core::Result<&'a [T]> {
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&s.as_slice::<T>()?[a..b]),
+        None => candle_core::bail!("{op}: the input must be contiguous"),
+    }
+}
+
 pub(crate) fn shape_err<T>(op: &'static str, message: impl Into<String>) -> Result<T> {
     Err(Error::Shape {
         op,
