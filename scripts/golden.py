@@ -72,7 +72,9 @@ def bn(x, sd, p):
                         False, 0.0, 1e-3)
 
 
-def lite0(sd, x):
+def lite0(sd, x, until=None, act=F.relu6):
+    """Logits, or the activation at site `until` (`_blocks.<i>` or `_head_act`). `act` replaces
+    the last ReLU6 before that site (the inversion comparison redirects its gradient)."""
     x = F.relu6(bn(same_conv(x, sd["_conv_stem.weight"], 2), sd, "_bn0"))
     i = 0
     for reps, k, s, e, cin0, cout in STAGES:
@@ -83,12 +85,17 @@ def lite0(sd, x):
             if e != 1:
                 x = F.relu6(bn(same_conv(x, sd[p + "_expand_conv.weight"], 1), sd, p + "_bn0"))
             mid = x.shape[1]
-            x = F.relu6(bn(same_conv(x, sd[p + "_depthwise_conv.weight"], st, mid), sd, p + "_bn1"))
+            last = act if until == f"_blocks.{i}" else F.relu6
+            x = last(bn(same_conv(x, sd[p + "_depthwise_conv.weight"], st, mid), sd, p + "_bn1"))
             x = bn(same_conv(x, sd[p + "_project_conv.weight"], 1), sd, p + "_bn2")
             if st == 1 and cin == cout:
                 x = x + inp
+            if until == f"_blocks.{i}":
+                return x
             i += 1
-    x = F.relu6(bn(same_conv(x, sd["_conv_head.weight"], 1), sd, "_bn1"))
+    x = act(bn(same_conv(x, sd["_conv_head.weight"], 1), sd, "_bn1"))
+    if until == "_head_act":
+        return x
     x = x.mean((2, 3))
     return F.linear(x, sd["_fc.weight"], sd["_fc.bias"])
 

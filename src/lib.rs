@@ -4,7 +4,8 @@
 //! - [`ops`]: differentiable kernels candle lacks (max-pool, resize, TF-SAME convolution, …);
 //! - [`hook`]: named sites, hooks, prefix/suffix runs and gradients at any site;
 //! - [`models`]: the model zoo with its weights, preprocessing and labels;
-//! - [`mask`]: the extremal-mask engine (area constraint, games, optimisers, channel masks).
+//! - [`mask`]: the extremal-mask engine (area constraint, games, optimisers, channel masks);
+//! - [`invert`]: feature inversion, to render what channels encode.
 //!
 //! ```
 //! use candle_core::{DType, Device, Tensor};
@@ -21,6 +22,7 @@
 //! ```
 
 pub use extremal_hook as hook;
+pub use extremal_invert as invert;
 pub use extremal_mask as mask;
 pub use extremal_models as models;
 pub use extremal_ops as ops;

@@ -120,6 +120,23 @@ pub fn run(args: &ChannelsArgs) -> Result<()> {
             let pts: Vec<(f64, f64)> = reports.iter().map(|r| (r.keep as f64, r.kept_score)).collect();
             render::save_png(&render::line_plot(&pts, original, true), &dir.join("sweep.png"))?;
         }
+        if args.render {
+            let errors = crate::invert::render_sheet(
+                &model,
+                &x,
+                &args.layer,
+                chosen,
+                &extremal_invert::InvertConfig {
+                    iterations: args
+                        .render_iterations
+                        .unwrap_or(extremal_invert::InvertConfig::default().iterations),
+                    seed: args.render_seed,
+                    ..Default::default()
+                },
+                &dir.join("render.png"),
+            )?;
+            obj["render"] = json!({"file": "render.png", "relative_errors": errors});
+        }
         render::write_atomic(
             &dir.join("channels.json"),
             serde_json::to_string_pretty(&obj)?.as_bytes(),

@@ -13,6 +13,7 @@ use serde_json::json;
 mod attribute;
 mod bench;
 mod channels;
+mod invert;
 mod render;
 
 #[derive(Parser)]
@@ -36,6 +37,9 @@ enum Command {
     Channels(ChannelsArgs),
     /// Image-space extremal perturbation: the smallest smooth region that keeps the class.
     Attribute(attribute::AttributeArgs),
+    /// Feature inversion: an image whose activation at a layer matches the photograph's (or
+    /// only some of its channels).
+    Invert(invert::InvertArgs),
     /// Time forward and forward + backward-to-input passes of a model.
     Bench(bench::BenchArgs),
 }
@@ -74,9 +78,20 @@ struct ChannelsArgs {
     /// Resize the shorter side to the model's input size instead of the whole image to a square.
     #[arg(long)]
     keep_aspect: bool,
-    /// Write channels.json, saliency.png and (with --sweep) sweep.png here.
+    /// Write channels.json, saliency.png, (with --sweep) sweep.png and (with --render)
+    /// render.png here.
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Also render render.png: the image and the feature inversions of the full activation,
+    /// of the kept channels and of the top channels one by one (needs --out).
+    #[arg(long, requires = "out")]
+    render: bool,
+    /// Iterations of the inversions of --render (default: as `extremal invert`).
+    #[arg(long, requires = "render")]
+    render_iterations: Option<usize>,
+    /// Seed of the inversions of --render.
+    #[arg(long, default_value_t = 0, requires = "render")]
+    render_seed: u64,
     /// Print one JSON object.
     #[arg(long)]
     json: bool,
@@ -259,7 +274,20 @@ fn run(cli: Cli) -> Result<()> {
         Command::Classify(a) => classify(a),
         Command::Channels(a) => channels::run(a),
         Command::Attribute(a) => attribute::run(a),
+        Command::Invert(a) => invert::run(a),
         Command::Bench(a) => bench::run(a),
+    }
+}
+
+/// Every optimisation step allocates and frees the same large activations. glibc serves them
+/// with `mmap` and returns them to the kernel on free, so each step faults fresh zeroed pages
+/// in again (about 10 % of an inversion step). Keep them in the heap instead.
+fn keep_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes allocator thresholds; called before any threads start.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, i32::MAX);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
     }
 }
 
@@ -270,6 +298,7 @@ fn main() -> ExitCode {
         std::env::remove_var("RUST_BACKTRACE");
         std::env::remove_var("RUST_LIB_BACKTRACE");
     }
+    keep_freed_memory();
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,

@@ -137,3 +137,54 @@ pub fn rgb_image(rgb: &Tensor) -> Result<RgbImage> {
         image::Rgb([0, 1, 2].map(|c| (v[c][y as usize][x as usize] * 255.0).round() as u8))
     }))
 }
+
+/// Writes `text` into `img` at `(x, y)` with the 8×8 public-domain bitmap font, each font
+/// pixel drawn as a `scale`×`scale` square.
+pub fn text(img: &mut RgbImage, x: i64, y: i64, text: &str, scale: i64, colour: [u8; 3]) {
+    use font8x8::UnicodeFonts;
+    for (i, ch) in text.chars().enumerate() {
+        let glyph = font8x8::BASIC_FONTS.get(ch).unwrap_or([0; 8]);
+        for (row, bits) in glyph.iter().enumerate() {
+            for col in 0..8 {
+                if bits & (1 << col) != 0 {
+                    for dy in 0..scale {
+                        for dx in 0..scale {
+                            let px = x + (i as i64 * 8 + col) * scale + dx;
+                            put(img, px, y + row as i64 * scale + dy, colour);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A sheet of labelled pictures, `columns` per row, each with its label in a band above it.
+pub fn sheet(tiles: &[(RgbImage, String)], columns: usize) -> RgbImage {
+    let (tw, th) = tiles
+        .iter()
+        .fold((0, 0), |(w, h), (t, _)| (w.max(t.width()), h.max(t.height())));
+    let (band, gap) = (22u32, 4u32);
+    let columns = columns.clamp(1, tiles.len().max(1)) as u32;
+    let rows = (tiles.len() as u32).div_ceil(columns);
+    let mut img = RgbImage::from_pixel(
+        columns * (tw + gap) + gap,
+        rows * (th + band + gap) + gap,
+        Rgb([255, 255, 255]),
+    );
+    for (i, (tile, label)) in tiles.iter().enumerate() {
+        let (c, r) = (i as u32 % columns, i as u32 / columns);
+        let (x0, y0) = (gap + c * (tw + gap), gap + r * (th + band + gap));
+        let scale = if label.len() as u32 * 16 <= tw { 2 } else { 1 };
+        text(
+            &mut img,
+            x0 as i64 + 2,
+            y0 as i64 + (band as i64 - 8 * scale) / 2,
+            label,
+            scale,
+            [0, 0, 0],
+        );
+        image::imageops::replace(&mut img, tile, x0 as i64, (y0 + band) as i64);
+    }
+    img
+}

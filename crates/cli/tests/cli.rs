@@ -293,3 +293,188 @@ fn attribute_writes_masks_saliency_pictures_and_report() {
         "unknown game `keep`",
     );
 }
+
+/// The relative feature error of `image` against the photograph's activation at `site`,
+/// recomputed here from the saved tensor.
+fn feature_error(image: &candle_core::Tensor, site: &str) -> f64 {
+    use extremal_hook::Network;
+    let dev = candle_core::Device::Cpu;
+    let model = extremal_models::Model::load(
+        extremal_models::ModelKind::EfficientnetLite0,
+        None,
+        candle_core::DType::F32,
+        &dev,
+    )
+    .unwrap();
+    let x = extremal_models::load_input(
+        &root().join("assets/chelsea.png"),
+        model.preprocess(),
+        false,
+        candle_core::DType::F32,
+        &dev,
+    )
+    .unwrap();
+    let phi0 = model.forward_to(&x, site).unwrap();
+    let phi = model.forward_to(image, site).unwrap();
+    let num = (phi - &phi0)
+        .unwrap()
+        .sqr()
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap() as f64;
+    let den = phi0.sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap() as f64;
+    (num / den).sqrt()
+}
+
+#[test]
+fn invert_writes_the_image_and_its_error() {
+    let dir = tmp("invert");
+    let out = dir.to_str().unwrap();
+    let args = [
+        "invert",
+        "assets/chelsea.png",
+        "--layer",
+        "layer1",
+        "--iterations",
+        "30",
+        "--out",
+        out,
+        "--json",
+    ];
+    let v = ok_json(&args);
+    assert_eq!(v["layer"], "layer1");
+    assert_eq!(v["site"], "_blocks.2");
+    assert_eq!(v["iterations"], 30);
+    let err = v["relative_error"].as_f64().unwrap();
+    assert!(err > 0.0 && err < 1.0, "{v}");
+    let t = candle_core::safetensors::load(dir.join("inversion.safetensors"), &candle_core::Device::Cpu).unwrap();
+    let image = &t["image"];
+    assert_eq!(image.dims(), [1, 3, 224, 224]);
+    assert_eq!(image.dtype(), candle_core::DType::F32);
+    assert!(dir.join("inversion.png").exists());
+    // The reported error is the saved image's.
+    let again = feature_error(image, "_blocks.2");
+    assert!((again - err).abs() < 1e-4 * err.max(1.0), "{again} vs {err}");
+    // Deterministic under the seed.
+    let w = ok_json(&args);
+    assert_eq!(w["relative_error"], v["relative_error"]);
+}
+
+#[test]
+fn invert_channel_sets_masks_and_errors() {
+    let v = ok_json(&[
+        "invert",
+        "assets/chelsea.png",
+        "--layer",
+        "layer2",
+        "--channels",
+        "0,3",
+        "--iterations",
+        "3",
+        "--json",
+    ]);
+    assert_eq!(v["channels"], serde_json::json!([0, 3]));
+    // A mask file from `channels --out`, hard and soft.
+    let dir = tmp("invert-mask");
+    let out = dir.to_str().unwrap();
+    ok_json(&[
+        "channels",
+        "assets/chelsea.png",
+        "--layer",
+        "layer2",
+        "--keep",
+        "4",
+        "--iterations",
+        "5",
+        "--out",
+        out,
+        "--json",
+    ]);
+    let mask = dir.join("channels.json");
+    let mask = mask.to_str().unwrap();
+    let hard = ok_json(&[
+        "invert",
+        "assets/chelsea.png",
+        "--layer",
+        "layer2",
+        "--mask",
+        mask,
+        "--iterations",
+        "2",
+        "--json",
+    ]);
+    assert_eq!(hard["channels"].as_array().unwrap().len(), 4);
+    let soft = ok_json(&[
+        "invert",
+        "assets/chelsea.png",
+        "--layer",
+        "layer2",
+        "--mask",
+        mask,
+        "--soft",
+        "--iterations",
+        "2",
+        "--json",
+    ]);
+    assert_eq!(soft["soft"], true);
+    fails_with(
+        &["invert", "assets/chelsea.png", "--layer", "layer3", "--mask", mask],
+        "was made at `_blocks.4`, not at `_blocks.10`",
+    );
+    fails_with(
+        &[
+            "invert",
+            "assets/chelsea.png",
+            "--layer",
+            "layer2",
+            "--channels",
+            "5000",
+        ],
+        "channel 5000 does not exist",
+    );
+    fails_with(&["invert", "assets/chelsea.png", "--layer", "layer9"], "unknown layer");
+    fails_with(
+        &[
+            "invert",
+            "assets/chelsea.png",
+            "--layer",
+            "layer2",
+            "--mask",
+            "assets/chelsea.png",
+        ],
+        "is not JSON",
+    );
+    fails_with(
+        &["invert", "assets/chelsea.png", "--layer", "layer2", "--iterations", "0"],
+        "at least one step",
+    );
+}
+
+#[test]
+fn channels_render_writes_the_sheet() {
+    let dir = tmp("render");
+    let out = dir.to_str().unwrap();
+    let v = ok_json(&[
+        "channels",
+        "assets/chelsea.png",
+        "--layer",
+        "layer2",
+        "--keep",
+        "3",
+        "--iterations",
+        "5",
+        "--render",
+        "--render-iterations",
+        "4",
+        "--out",
+        out,
+        "--json",
+    ]);
+    // The full activation, the kept set and each of the three kept channels that fire.
+    let errors = v["render"]["relative_errors"].as_array().unwrap();
+    assert!((3..=5).contains(&errors.len()), "{v}");
+    let sheet = image::open(dir.join("render.png")).unwrap();
+    assert!(sheet.width() > 3 * 224 && sheet.height() > 224);
+}

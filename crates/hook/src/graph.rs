@@ -363,6 +363,15 @@ impl Network for Graph {
         self.root.forward(&x, hook)
     }
 
+    fn forward_to(&self, x: &Tensor, site: &str) -> Result<Tensor> {
+        let native = self.resolve(site)?;
+        if native == "input" {
+            return Ok(x.clone());
+        }
+        let path = self.root.path_to(&native).expect("resolved sites are in the graph");
+        self.root.forward_until(x, &path, &mut Vec::new())
+    }
+
     fn prefix(&self, x: &Tensor, site: &str) -> Result<Prefix> {
         let native = self.resolve(site)?;
         if native == "input" {

@@ -92,6 +92,23 @@ pub trait Network {
         Ok(self.prefix(x, site)?.activation)
     }
 
+    /// The activation at `site`, differentiable with respect to `x` (unlike
+    /// [`Network::prefix`], nothing is detached). The default runs the whole network;
+    /// a [`crate::Graph`] stops at the site.
+    ///
+    /// # Shapes
+    /// - `x`: `(N, C, H, W)`.
+    /// - returns: the site's activation, batch `N`.
+    fn forward_to(&self, x: &Tensor, site: &str) -> Result<Tensor> {
+        let native = self.resolve(site)?;
+        let mut hooks = Hooks::new().read(&native);
+        self.forward_hooked(x, &mut hooks)?;
+        hooks.activation(&native).cloned().ok_or_else(|| Error::Site {
+            site: native.clone(),
+            message: "the forward pass never reached this site".into(),
+        })
+    }
+
     /// Runs the prefix up to `site` and keeps what the suffix needs. The activation is
     /// detached: gradients taken through [`Network::suffix`] stop at the site.
     ///

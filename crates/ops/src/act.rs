@@ -47,30 +47,136 @@ pub(crate) fn activate_serial<T: WithDType>(y: &mut [T], act: Activation) {
     }
 }
 
-/// `out = grad ⊙ act′(y)` for one row, on this thread.
+/// How the backward pass treats ReLU and ReLU6 (fused or not): the true derivative, or one of
+/// the modified rules of gradient-based attribution and feature visualisation. The rule is a
+/// per-thread setting read when the backward pass reaches an activation; set it for a scope
+/// with [`set_gradient_rule`]. It applies to the CPU kernels; on other devices only
+/// [`GradientRule::Standard`] exists and the others are refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum GradientRule {
+    /// The derivative (PyTorch's, 0 at the kinks).
+    #[default]
+    Standard,
+    /// Guided backpropagation (Springenberg et al. 2015): the derivative, and only positive
+    /// gradients pass.
+    Guided,
+    /// Deconvnet (Zeiler & Fergus 2014): only positive gradients pass, whatever the input.
+    Deconvnet,
+    /// Redirected (Lucid's `redirected_relu_grad`): the derivative, and where a unit is dead
+    /// (ReLU at 0, ReLU6 at 0 or 6) the gradient still passes if a descent step would bring it
+    /// back to life. Lets an image optimisation escape dead units.
+    Redirected,
+}
+
+thread_local! {
+    /// The rule, and how many more activation gradients it applies to (`None`: all).
+    static RULE: std::cell::Cell<(GradientRule, Option<usize>)> =
+        const { std::cell::Cell::new((GradientRule::Standard, None)) };
+}
+
+/// The gradient rule in force on this thread.
+pub fn gradient_rule() -> GradientRule {
+    RULE.with(|r| match r.get() {
+        (_, Some(0)) => GradientRule::Standard,
+        (rule, _) => rule,
+    })
+}
+
+/// The rule for the activation gradient being built now; counts it against a limited rule.
+pub(crate) fn take_gradient_rule() -> GradientRule {
+    RULE.with(|r| match r.get() {
+        (_, Some(0)) => GradientRule::Standard,
+        (rule, Some(n)) => {
+            r.set((rule, Some(n - 1)));
+            rule
+        }
+        (rule, None) => rule,
+    })
+}
+
+/// Sets the gradient rule of this thread until the returned guard is dropped.
+///
+/// ```
+/// use candle_core::{Device, Tensor, Var};
+/// use extremal_ops::{relu, set_gradient_rule, GradientRule};
+/// let x = Var::new(&[-1f32, 2.0, 3.0], &Device::Cpu)?;
+/// let y = (relu(&x)? * Tensor::new(&[1f32, -1.0, 1.0], &Device::Cpu)?)?.sum_all()?;
+/// let guided = {
+///     let _rule = set_gradient_rule(GradientRule::Guided);
+///     y.backward()?.get(&x).unwrap().to_vec1::<f32>()?
+/// };
+/// assert_eq!(guided, vec![0.0, 0.0, 1.0]);
+/// assert_eq!(y.backward()?.get(&x).unwrap().to_vec1::<f32>()?, vec![0.0, -1.0, 1.0]);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub fn set_gradient_rule(rule: GradientRule) -> RuleGuard {
+    RuleGuard(RULE.with(|r| r.replace((rule, None))))
+}
+
+/// Like [`set_gradient_rule`], for the next `count` activations that a backward pass reaches
+/// only (then the standard derivative). A backward pass reaches activations from the output
+/// down, so `count = 1` modifies only the last activation of the forward pass, e.g. the one
+/// that produces a site's activation.
+pub fn set_gradient_rule_for(rule: GradientRule, count: usize) -> RuleGuard {
+    RuleGuard(RULE.with(|r| r.replace((rule, Some(count)))))
+}
+
+/// Restores the previous gradient rule when dropped (see [`set_gradient_rule`]).
+#[derive(Debug)]
+pub struct RuleGuard((GradientRule, Option<usize>));
+
+impl Drop for RuleGuard {
+    fn drop(&mut self) {
+        RULE.with(|r| r.set(self.0));
+    }
+}
+
+/// `out = grad ⊙ act′(y)` for one row, on this thread, under `rule`.
 #[inline(always)]
-pub(crate) fn mask_row<T: WithDType>(grad: &[T], y: &[T], act: Activation, out: &mut [T]) {
+pub(crate) fn mask_row<T: WithDType>(grad: &[T], y: &[T], act: Activation, rule: GradientRule, out: &mut [T]) {
     let (zero, six) = (T::zero(), T::from_f64(6.0));
-    match act {
-        Activation::None => out.copy_from_slice(grad),
-        Activation::Relu => {
+    let top = if act == Activation::Relu6 {
+        six
+    } else {
+        T::from_f64(f64::INFINITY)
+    };
+    match (act, rule) {
+        (Activation::None, _) => out.copy_from_slice(grad),
+        (Activation::Relu, GradientRule::Standard) => {
             for ((o, &g), &y) in out.iter_mut().zip(grad).zip(y) {
                 *o = if y > zero { g } else { zero };
             }
         }
-        Activation::Relu6 => {
+        (Activation::Relu6, GradientRule::Standard) => {
             for ((o, &g), &y) in out.iter_mut().zip(grad).zip(y) {
                 *o = if y > zero && y < six { g } else { zero };
+            }
+        }
+        (_, GradientRule::Guided) => {
+            for ((o, &g), &y) in out.iter_mut().zip(grad).zip(y) {
+                *o = if y > zero && y < top && g > zero { g } else { zero };
+            }
+        }
+        (_, GradientRule::Deconvnet) => {
+            for (o, &g) in out.iter_mut().zip(grad) {
+                *o = if g > zero { g } else { zero };
+            }
+        }
+        (_, GradientRule::Redirected) => {
+            for ((o, &g), &y) in out.iter_mut().zip(grad).zip(y) {
+                let live = y > zero && y < top;
+                let revive = (y <= zero && g < zero) || (y >= top && g > zero);
+                *o = if live || revive { g } else { zero };
             }
         }
     }
 }
 
-/// `out = grad ⊙ act′(y)`, in parallel.
-pub(crate) fn mask<T: WithDType>(grad: &[T], y: &[T], act: Activation, out: &mut [T]) {
+/// `out = grad ⊙ act′(y)`, in parallel, under `rule`.
+pub(crate) fn mask<T: WithDType>(grad: &[T], y: &[T], act: Activation, rule: GradientRule, out: &mut [T]) {
     out.par_chunks_mut(CHUNK)
         .zip(grad.par_chunks(CHUNK).zip(y.par_chunks(CHUNK)))
-        .for_each(|(o, (g, y))| mask_row(g, y, act, o));
+        .for_each(|(o, (g, y))| mask_row(g, y, act, rule, o));
 }
 
 /// Applies `act` in place, in parallel.
@@ -82,10 +188,10 @@ pub(crate) fn activate<T: WithDType>(y: &mut [T], act: Activation) {
 
 /// `grad ⊙ act′`, with the derivative read from the activation's output `y`: `y > 0` for ReLU
 /// (the same as `x > 0`), `0 < y < 6` for ReLU6.
-pub(crate) fn activation_gradient<T: WithDType>(grad: &[T], y: &[T], act: Activation) -> Vec<T> {
+pub(crate) fn activation_gradient<T: WithDType>(grad: &[T], y: &[T], act: Activation, rule: GradientRule) -> Vec<T> {
     // Every element is written below.
     let mut out: Vec<T> = crate::output_vec(grad.len());
-    mask(grad, y, act, &mut out);
+    mask(grad, y, act, rule, &mut out);
     out
 }
 
@@ -129,6 +235,7 @@ pub(crate) fn act_grad(grad: &Tensor, output: &Tensor, act: Activation) -> candl
     grad.contiguous()?.apply_op1_no_bwd(&ActGrad {
         output: output.contiguous()?,
         act,
+        rule: take_gradient_rule(),
     })
 }
 
@@ -136,6 +243,7 @@ pub(crate) fn act_grad(grad: &Tensor, output: &Tensor, act: Activation) -> candl
 struct ActGrad {
     output: Tensor,
     act: Activation,
+    rule: GradientRule,
 }
 
 impl CustomOp1 for ActGrad {
@@ -155,15 +263,32 @@ impl CustomOp1 for ActGrad {
             candle_core::bail!("activation backward: the output must be contiguous")
         };
         let out = match s {
-            CpuStorage::F32(g) => {
-                CpuStorage::F32(activation_gradient(&g[a..b], &ys.as_slice::<f32>()?[ya..yb], self.act))
-            }
-            CpuStorage::F64(g) => {
-                CpuStorage::F64(activation_gradient(&g[a..b], &ys.as_slice::<f64>()?[ya..yb], self.act))
-            }
+            CpuStorage::F32(g) => CpuStorage::F32(activation_gradient(
+                &g[a..b],
+                &ys.as_slice::<f32>()?[ya..yb],
+                self.act,
+                self.rule,
+            )),
+            CpuStorage::F64(g) => CpuStorage::F64(activation_gradient(
+                &g[a..b],
+                &ys.as_slice::<f64>()?[ya..yb],
+                self.act,
+                self.rule,
+            )),
             _ => candle_core::bail!("activation: only f32 and f64 are supported on the CPU"),
         };
         Ok((out, l.shape().clone()))
+    }
+}
+
+/// The generic (non-CPU) activations only know the standard derivative.
+fn refuse_rule(op: &str) -> Result<()> {
+    match gradient_rule() {
+        GradientRule::Standard => Ok(()),
+        rule => Err(candle_core::Error::Msg(format!(
+            "{op}: the {rule:?} gradient rule needs the CPU kernels (f32 or f64 on the CPU)"
+        ))
+        .into()),
     }
 }
 
@@ -182,6 +307,7 @@ pub fn relu(x: &Tensor) -> Result<Tensor> {
     if cpu_float(x) {
         return Ok(x.contiguous()?.apply_op1(ActOp(Activation::Relu))?);
     }
+    refuse_rule("relu")?;
     // The mask is a constant for the autograd graph: the gradient is exactly 1[x > 0].
     let mask = x.gt(0.0)?.to_dtype(x.dtype())?;
     Ok(x.mul(&mask)?)
@@ -198,6 +324,7 @@ pub fn relu6(x: &Tensor) -> Result<Tensor> {
     if cpu_float(x) {
         return Ok(x.contiguous()?.apply_op1(ActOp(Activation::Relu6))?);
     }
+    refuse_rule("relu6")?;
     let inside = x.gt(0.0)?.mul(&x.lt(6.0)?)?.to_dtype(x.dtype())?;
     let above = (x.ge(6.0)?.to_dtype(x.dtype())? * 6.0)?;
     Ok(x.mul(&inside)?.add(&above)?)

@@ -8,7 +8,7 @@ use std::cell::RefCell;
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Storage, Tensor, WithDType};
 use rayon::prelude::*;
 
-use crate::act::{activate, mask, Activation};
+use crate::act::{activate, mask, take_gradient_rule, Activation, GradientRule};
 use crate::contiguous_slice;
 
 /// The sizes of one convolution.
@@ -293,6 +293,11 @@ impl CustomOp1 for DenseConv {
             weight: self.weight.clone(),
             output: (self.act != Activation::None).then(|| res.clone()),
             act: self.act,
+            rule: if self.act == Activation::None {
+                GradientRule::Standard
+            } else {
+                take_gradient_rule()
+            },
         };
         Ok(Some(grad.contiguous()?.apply_op1_no_bwd(&op)?))
     }
@@ -305,6 +310,7 @@ struct DenseConvInputGrad {
     weight: Tensor,
     output: Option<Tensor>,
     act: Activation,
+    rule: GradientRule,
 }
 
 impl DenseConvInputGrad {
@@ -337,7 +343,7 @@ impl DenseConvInputGrad {
                 // The activation's derivative, one image at a time.
                 let gy: &[T] = match output {
                     Some(y) => {
-                        mask(gy, &y[i * g.c_out * p..][..g.c_out * p], self.act, masked);
+                        mask(gy, &y[i * g.c_out * p..][..g.c_out * p], self.act, self.rule, masked);
                         masked
                     }
                     None => gy,

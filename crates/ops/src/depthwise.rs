@@ -5,7 +5,7 @@ use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor, WithDType};
 
 use rayon::prelude::*;
 
-use crate::act::{act_grad, activate_serial, mask_row, Activation};
+use crate::act::{act_grad, activate_serial, mask_row, take_gradient_rule, Activation, GradientRule};
 use crate::{contiguous_slice, Conv2dConfig, Result};
 
 const OP: &str = "depthwise conv2d";
@@ -76,15 +76,55 @@ impl Geometry {
     }
 
     /// Calls `f(w_index, offset)` for each filter tap and output row `oy`: the row's outputs
-    /// read the phased scratch at `offset..offset + OW`.
+    /// read the phased scratch at `offset..offset + OW`. `base` holds the offsets of row 0
+    /// ([`Geometry::tap_offsets`]); row `oy` is `oy · stride` padded rows further.
     #[inline(always)]
-    fn taps(&self, oy: usize, mut f: impl FnMut(usize, usize)) {
+    fn taps(&self, base: &[usize], oy: usize, mut f: impl FnMut(usize, usize)) {
+        let (_, pw) = self.padded();
+        let step = oy * self.stride * pw.div_ceil(self.stride);
+        for (wi, &b) in base.iter().enumerate() {
+            f(wi, b + step);
+        }
+    }
+
+    /// Stride 1 only: the length of the output plane laid out with the scratch's row pitch
+    /// (`(OH − 1) · PW + OW`), over which every tap is one contiguous multiply-add.
+    fn flat_len(&self) -> usize {
+        if self.stride == 1 {
+            (self.oh - 1) * self.padded().1 + self.ow
+        } else {
+            0
+        }
+    }
+
+    /// The scratch offset of every filter tap for output row 0 (no divisions in the loops).
+    fn tap_offsets(&self) -> Vec<usize> {
+        let mut v = Vec::with_capacity(self.kh * self.kw);
         for ky in 0..self.kh {
-            let i = oy * self.stride + ky * self.dilation;
             for kx in 0..self.kw {
-                f(ky * self.kw + kx, self.phased(i, kx * self.dilation));
+                v.push(self.phased(ky * self.dilation, kx * self.dilation));
             }
         }
+        v
+    }
+}
+
+/// `y += a · x` over equal-length rows, eight lanes at a time (a fixed-width body that the
+/// compiler turns into one vector operation, even for rows shorter than its unrolled loops).
+#[inline(always)]
+fn axpy<T: WithDType>(y: &mut [T], x: &[T], a: T) {
+    #[cfg(target_arch = "x86_64")]
+    if std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>() && has_avx2() {
+        // SAFETY: T is f32 (same layout); the CPU has AVX (checked at run time).
+        unsafe {
+            let y = &mut *(y as *mut [T] as *mut [f32]);
+            let x = &*(x as *const [T] as *const [f32]);
+            let a = *(&a as *const T as *const f32);
+            return avx2::axpy_f32(y, x, a);
+        }
+    }
+    for (y, &x) in y.iter_mut().zip(x) {
+        *y += x * a;
     }
 }
 
@@ -130,6 +170,7 @@ pub(crate) fn depthwise_conv2d(
         },
         act: if fuse { act } else { Activation::None },
         output: None,
+        rule: GradientRule::Standard,
     };
     let y = x.contiguous()?.apply_op2(&weight.contiguous()?, op)?;
     if fuse {
@@ -162,6 +203,8 @@ struct Depthwise {
     act: Activation,
     /// The forward's output (input-gradient part with an activation only).
     output: Option<Tensor>,
+    /// How the input-gradient part treats the activation.
+    rule: GradientRule,
 }
 
 /// The plane `x` copied into the (zeroed) phased scratch `buf`.
@@ -169,6 +212,10 @@ struct Depthwise {
 fn fill<T: WithDType>(g: &Geometry, buf: &mut [T], x: &[T]) {
     let s = g.stride;
     buf.fill(T::zero());
+    if s == 1 {
+        g.runs(|src, dst, len| buf[dst..dst + len].copy_from_slice(&x[src..src + len]));
+        return;
+    }
     g.runs(|src, dst, len| {
         for (d, &v) in buf[dst..dst + len].iter_mut().zip(x[src..].iter().step_by(s)) {
             *d = v;
@@ -176,19 +223,32 @@ fn fill<T: WithDType>(g: &Geometry, buf: &mut [T], x: &[T]) {
     });
 }
 
-/// One output plane: `y = act(bias + Σ_taps w · x_shifted)`, row by row (each row stays in L1).
+/// One output plane: `y = act(bias + Σ_taps w · x_shifted)`. With stride 1 each tap is one
+/// multiply-add over the whole plane at the scratch's row pitch (`acc`, then cropped);
+/// otherwise row by row (each row stays in L1).
 #[inline(always)]
 fn forward_plane<T: WithDType>(g: &Geometry, x: &[T], w: &[T], bias: T, act: Activation, buf: &mut [T], y: &mut [T]) {
     let ow = g.ow;
+    let (buf, acc) = buf.split_at_mut(g.phased_len());
     fill(g, buf, x);
+    let base = g.tap_offsets();
+    let flat = g.flat_len();
+    if flat > 0 {
+        let pitch = g.padded().1;
+        let acc = &mut acc[..flat];
+        acc.fill(bias);
+        for (wi, &off) in base.iter().enumerate() {
+            axpy(acc, &buf[off..off + flat], w[wi]);
+        }
+        for (oy, row) in y.chunks_mut(ow).enumerate() {
+            row.copy_from_slice(&acc[oy * pitch..][..ow]);
+            activate_serial(row, act);
+        }
+        return;
+    }
     for (oy, row) in y.chunks_mut(ow).enumerate() {
         row.fill(bias);
-        g.taps(oy, |wi, off| {
-            let wv = w[wi];
-            for (y, &x) in row.iter_mut().zip(&buf[off..off + ow]) {
-                *y += x * wv;
-            }
-        });
+        g.taps(&base, oy, |wi, off| axpy(row, &buf[off..off + ow], w[wi]));
         activate_serial(row, act);
     }
 }
@@ -203,6 +263,7 @@ fn grad_input_plane<T: WithDType>(
     gy: &[T],
     y: Option<&[T]>,
     act: Activation,
+    rule: GradientRule,
     w: &[T],
     buf: &mut [T],
     row_buf: &mut [T],
@@ -210,20 +271,37 @@ fn grad_input_plane<T: WithDType>(
 ) {
     let (s, ow) = (g.stride, g.ow);
     buf.fill(T::zero());
-    for (oy, row) in gy.chunks(ow).enumerate() {
-        let row: &[T] = match y {
-            Some(y) => {
-                mask_row(row, &y[oy * ow..(oy + 1) * ow], act, &mut row_buf[..ow]);
-                &row_buf[..ow]
+    let base = g.tap_offsets();
+    let flat = g.flat_len();
+    if flat > 0 {
+        // The (masked) gradient at the scratch's row pitch, zero between rows; one
+        // multiply-add per tap over the whole plane.
+        let pitch = g.padded().1;
+        let padded = &mut row_buf[..flat];
+        for (oy, row) in gy.chunks(ow).enumerate() {
+            let dst = &mut padded[oy * pitch..];
+            match y {
+                Some(y) => mask_row(row, &y[oy * ow..(oy + 1) * ow], act, rule, &mut dst[..ow]),
+                None => dst[..ow].copy_from_slice(row),
             }
-            None => row,
-        };
-        g.taps(oy, |wi, off| {
-            let wv = w[wi];
-            for (d, &gy) in buf[off..off + ow].iter_mut().zip(row) {
-                *d += gy * wv;
+            if oy + 1 < g.oh {
+                dst[ow..pitch].fill(T::zero());
             }
-        });
+        }
+        for (wi, &off) in base.iter().enumerate() {
+            axpy(&mut buf[off..off + flat], padded, w[wi]);
+        }
+    } else {
+        for (oy, row) in gy.chunks(ow).enumerate() {
+            let row: &[T] = match y {
+                Some(y) => {
+                    mask_row(row, &y[oy * ow..(oy + 1) * ow], act, rule, &mut row_buf[..ow]);
+                    &row_buf[..ow]
+                }
+                None => row,
+            };
+            g.taps(&base, oy, |wi, off| axpy(&mut buf[off..off + ow], row, w[wi]));
+        }
     }
     g.runs(|src, dst, len| {
         for (d, &v) in gx[src..].iter_mut().step_by(s).zip(&buf[dst..dst + len]) {
@@ -237,6 +315,28 @@ fn grad_input_plane<T: WithDType>(
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
     use super::*;
+
+    /// `y += a · x` on f32 rows, eight lanes per AVX multiply and add (separate, not fused:
+    /// the same results as the scalar loop).
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn axpy_f32(y: &mut [f32], x: &[f32], a: f32) {
+        use std::arch::x86_64::*;
+        let n = y.len().min(x.len());
+        let va = _mm256_set1_ps(a);
+        let mut i = 0;
+        while i + 8 <= n {
+            let p = y.as_mut_ptr().add(i);
+            let v = _mm256_add_ps(
+                _mm256_loadu_ps(p),
+                _mm256_mul_ps(_mm256_loadu_ps(x.as_ptr().add(i)), va),
+            );
+            _mm256_storeu_ps(p, v);
+            i += 8;
+        }
+        for j in i..n {
+            y[j] += x[j] * a;
+        }
+    }
 
     #[target_feature(enable = "avx2,fma")]
     pub(super) fn forward_plane<T: WithDType>(
@@ -258,12 +358,13 @@ mod avx2 {
         gy: &[T],
         y: Option<&[T]>,
         act: Activation,
+        rule: GradientRule,
         w: &[T],
         buf: &mut [T],
         row_buf: &mut [T],
         gx: &mut [T],
     ) {
-        super::grad_input_plane(g, gy, y, act, w, buf, row_buf, gx)
+        super::grad_input_plane(g, gy, y, act, rule, w, buf, row_buf, gx)
     }
 }
 
@@ -282,7 +383,7 @@ impl Depthwise {
     fn run<T: WithDType>(&self, a: &[T], b: &[T]) -> candle_core::Result<Vec<T>> {
         let g = self.g;
         let (xs, ys, ks, ow) = (g.h * g.w, g.oh * g.ow, g.kh * g.kw, g.ow);
-        let scratch = || vec![T::zero(); g.phased_len()];
+        let scratch = || vec![T::zero(); g.phased_len() + g.flat_len()];
         let avx2 = has_avx2();
         Ok(match self.part {
             Part::Forward => {
@@ -311,9 +412,9 @@ impl Depthwise {
                     Some(t) => Some(t.flatten_all()?.to_vec1::<T>()?),
                     None => None,
                 };
-                let act = self.act;
+                let (act, rule) = (self.act, self.rule);
                 let mut gx = vec![T::zero(); g.n * g.c * xs];
-                let scratch = || (scratch(), vec![T::zero(); ow]);
+                let scratch = || (vec![T::zero(); g.phased_len()], vec![T::zero(); ow.max(g.flat_len())]);
                 gx.par_chunks_mut(xs)
                     .enumerate()
                     .for_each_init(scratch, |(buf, row_buf), (nc, gx)| {
@@ -322,10 +423,10 @@ impl Depthwise {
                         #[cfg(target_arch = "x86_64")]
                         if avx2 {
                             // SAFETY: the CPU has AVX2 and FMA (checked at run time).
-                            unsafe { avx2::grad_input_plane(&g, gy, y, act, w, buf, row_buf, gx) };
+                            unsafe { avx2::grad_input_plane(&g, gy, y, act, rule, w, buf, row_buf, gx) };
                             return;
                         }
-                        grad_input_plane(&g, gy, y, act, w, buf, row_buf, gx);
+                        grad_input_plane(&g, gy, y, act, rule, w, buf, row_buf, gx);
                     });
                 gx
             }
@@ -334,11 +435,12 @@ impl Depthwise {
                 gw.par_chunks_mut(ks)
                     .enumerate()
                     .for_each_init(scratch, |buf, (c, gw)| {
+                        let base = g.tap_offsets();
                         for n in 0..g.n {
                             let nc = n * g.c + c;
                             fill(&g, buf, &a[nc * xs..][..xs]);
                             for (oy, row) in b[nc * ys..][..ys].chunks(ow).enumerate() {
-                                g.taps(oy, |wi, off| {
+                                g.taps(&base, oy, |wi, off| {
                                     gw[wi] += buf[off..off + ow]
                                         .iter()
                                         .zip(row)
@@ -402,6 +504,11 @@ impl CustomOp2 for Depthwise {
                 bias: None,
                 act: self.act,
                 output: with_act.then(|| res.clone()),
+                rule: if self.act == Activation::None {
+                    GradientRule::Standard
+                } else {
+                    take_gradient_rule()
+                },
             };
             Some(grad.apply_op2_no_bwd(w, &op)?)
         } else {
@@ -414,6 +521,7 @@ impl CustomOp2 for Depthwise {
                 bias: None,
                 act: Activation::None,
                 output: None,
+                rule: GradientRule::Standard,
             };
             Some(x.apply_op2_no_bwd(&act_grad(&grad, res, self.act)?, &op)?)
         } else {

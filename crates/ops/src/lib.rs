@@ -12,7 +12,8 @@
 //! - [`same_padding`]: TensorFlow's "SAME" padding.
 //! - [`resize_bilinear`], [`adaptive_avg_pool2d`], [`avg_pool2d`] and [`gaussian_blur`]
 //!   (zero, reflect and replicate borders): separable matrix products, differentiable.
-//! - [`relu`] and [`relu6`]: PyTorch's gradient at the kinks (0 at 0).
+//! - [`relu`] and [`relu6`]: PyTorch's gradient at the kinks (0 at 0); [`GradientRule`]
+//!   swaps their backward for guided backprop, deconvnet or redirected gradients.
 //! - [`linear`]: a fully connected layer that skips the weight gradient of constant weights.
 //!
 //! ```
@@ -39,7 +40,9 @@ pub mod random;
 mod resize;
 mod separable;
 
-pub use act::{relu, relu6, Activation};
+pub use act::{
+    gradient_rule, relu, relu6, set_gradient_rule, set_gradient_rule_for, Activation, GradientRule, RuleGuard,
+};
 pub use conv::{conv2d, conv2d_fused, same_padding, Conv2dConfig, Padding};
 pub use depthwise::has_avx2;
 pub use linear::linear;

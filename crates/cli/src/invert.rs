@@ -1,0 +1,264 @@
+//! `extremal invert`, and the inversion sheet of `extremal channels --render`.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use candle_core::Tensor;
+use extremal_hook::Network;
+use extremal_invert::{invert, Inversion, InvertConfig, Target};
+use extremal_models::Model;
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::{json, Value};
+
+use crate::{render, ModelArgs};
+
+/// Settings of the inversion optimiser shared by `invert` and `channels --render`.
+#[derive(clap::Args, Debug, Clone)]
+pub(crate) struct InvertOptions {
+    /// Optimisation steps (default 400).
+    #[arg(long)]
+    iterations: Option<usize>,
+    /// Seed of the random start and of the jitter: the same seed gives the same image.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Learning rate, relative to the scale of the random start (default 0.1).
+    #[arg(long)]
+    lr: Option<f64>,
+    /// adam or momentum.
+    #[arg(long, default_value = "adam")]
+    optimizer: String,
+    /// Weight of the total-variation prior (default: grows with the depth of the layer).
+    #[arg(long)]
+    tv_weight: Option<f64>,
+    /// Weight of the α-norm prior (α = 6) (default 1e-3).
+    #[arg(long)]
+    alpha_weight: Option<f64>,
+    /// Random shift of up to this many pixels each step (default 0).
+    #[arg(long)]
+    jitter: Option<usize>,
+    /// Random scale change of up to this fraction each step, e.g. 0.05 (default 0).
+    #[arg(long)]
+    scale: Option<f64>,
+    /// Random rotation of up to this many degrees each step (default 0).
+    #[arg(long)]
+    rotate: Option<f64>,
+    /// pixel or fourier (decorrelated colour, 1/f-scaled spectrum).
+    #[arg(long, default_value = "pixel")]
+    parametrization: String,
+}
+
+impl InvertOptions {
+    pub(crate) fn config(&self) -> Result<InvertConfig> {
+        let d = InvertConfig::default();
+        Ok(InvertConfig {
+            iterations: self.iterations.unwrap_or(d.iterations),
+            seed: self.seed,
+            lr: self.lr.unwrap_or(d.lr),
+            optimizer: self.optimizer.parse()?,
+            tv_weight: self.tv_weight.or(d.tv_weight),
+            alpha_weight: self.alpha_weight.unwrap_or(d.alpha_weight),
+            jitter: self.jitter.unwrap_or(d.jitter),
+            scale: self.scale.unwrap_or(d.scale),
+            rotate: self.rotate.unwrap_or(d.rotate),
+            parametrization: self.parametrization.parse()?,
+            ..d
+        })
+    }
+}
+
+#[derive(clap::Args)]
+pub(crate) struct InvertArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// An image file or a .safetensors file whose tensor `input` is used as is.
+    input: PathBuf,
+    /// The site whose activation is inverted: a native name or an alias (`layer1`…`layer4`).
+    #[arg(long)]
+    layer: String,
+    /// Keep only these channels of the activation, comma separated (default: all of them).
+    #[arg(long, value_delimiter = ',', conflicts_with = "mask")]
+    channels: Option<Vec<usize>>,
+    /// Keep the kept set of a channels.json written by `extremal channels --out` (a hard mask).
+    #[arg(long)]
+    mask: Option<PathBuf>,
+    /// With --mask: use its soft mask values instead of the hard kept set.
+    #[arg(long, requires = "mask")]
+    soft: bool,
+    #[command(flatten)]
+    options: InvertOptions,
+    /// Resize the shorter side to the model's input size instead of the whole image to a square.
+    #[arg(long)]
+    keep_aspect: bool,
+    /// Write inversion.png and inversion.safetensors (tensor `image`, the normalised input) here.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Print one JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
+/// The target of `--mask FILE [--soft]`, checked against the site.
+fn mask_target(path: &Path, soft: bool, site: &str, channels: usize) -> Result<Target> {
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let v: Value = serde_json::from_slice(&bytes).with_context(|| {
+        format!(
+            "{} is not JSON: give the channels.json of `extremal channels --out`",
+            path.display()
+        )
+    })?;
+    let bad = || anyhow::anyhow!("{} is not a channels.json of `extremal channels --out`", path.display());
+    let made_at = v["site"].as_str().ok_or_else(bad)?;
+    if made_at != site {
+        bail!(
+            "{} was made at `{made_at}`, not at `{site}`: pass --layer {made_at}",
+            path.display()
+        );
+    }
+    let total = v["channels_total"].as_u64().ok_or_else(bad)? as usize;
+    if total != channels {
+        bail!(
+            "{} has {total} channels, the site has {channels}: was it made with another model?",
+            path.display()
+        );
+    }
+    let keep = v["keep"].as_u64().ok_or_else(bad)? as usize;
+    let list = v["channels"].as_array().ok_or_else(bad)?;
+    if soft {
+        let mut m = vec![0.0; total];
+        for c in list {
+            let i = c["index"].as_u64().ok_or_else(bad)? as usize;
+            *m.get_mut(i).ok_or_else(bad)? = c["mask"].as_f64().ok_or_else(bad)?;
+        }
+        Ok(Target::Mask(m))
+    } else {
+        let set = list
+            .iter()
+            .take(keep)
+            .map(|c| c["index"].as_u64().map(|i| i as usize).ok_or_else(bad))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Target::Channels(set))
+    }
+}
+
+/// Runs `targets` with a progress bar.
+pub(crate) fn run_inversion(
+    model: &Model,
+    x: &Tensor,
+    layer: &str,
+    targets: &[Target],
+    cfg: &InvertConfig,
+) -> Result<Inversion> {
+    let bar = ProgressBar::new(cfg.iterations as u64);
+    bar.set_style(
+        ProgressStyle::with_template("invert {msg} [{bar:30}] {pos}/{len} {elapsed_precise}")
+            .unwrap()
+            .progress_chars("=> "),
+    );
+    let inv = invert(model, x, layer, targets, cfg, &mut |t, errors| {
+        bar.set_position(t as u64);
+        if t % 10 == 0 {
+            let worst = errors.iter().cloned().fold(0.0, f64::max);
+            bar.set_message(format!("error {worst:.3}"));
+        }
+    });
+    bar.finish_and_clear();
+    Ok(inv?)
+}
+
+/// An inverted image `(3, H, W)` (normalised input space) as a picture.
+pub(crate) fn picture(model: &Model, image: &Tensor) -> Result<image::RgbImage> {
+    render::rgb_image(&model.preprocess().denormalize(&image.unsqueeze(0)?)?.squeeze(0)?)
+}
+
+pub(crate) fn run(args: &InvertArgs) -> Result<()> {
+    let (model, x) = args.model.load_with_image(&args.input, args.keep_aspect, "invert")?;
+    let cfg = args.options.config()?;
+    let site = model.resolve(&args.layer)?;
+    let channels = model.forward_to(&x, &site)?.dim(1)?;
+    let target = match (&args.channels, &args.mask) {
+        (Some(set), _) => Target::Channels(set.clone()),
+        (None, Some(path)) => mask_target(path, args.soft, &site, channels)?,
+        (None, None) => Target::Full,
+    };
+    let kept: Option<Vec<usize>> = match &target {
+        Target::Channels(set) => Some(set.clone()),
+        _ => None,
+    };
+    let start = Instant::now();
+    let inv = run_inversion(&model, &x, &args.layer, &[target], &cfg)?;
+    let seconds = start.elapsed().as_secs_f64();
+    let obj = json!({
+        "model": model.kind().name(),
+        "layer": args.layer,
+        "site": inv.site,
+        "relative_error": inv.relative_errors[0],
+        "iterations": cfg.iterations,
+        "channels": kept,
+        "soft": args.soft,
+        "seed": cfg.seed,
+        "tv_weight": inv.tv_weight,
+        "seconds_per_iteration": seconds / cfg.iterations as f64,
+    });
+    if let Some(dir) = &args.out {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        render::save_tensor(&inv.images, "image", &dir.join("inversion.safetensors"))?;
+        render::save_png(&picture(&model, &inv.images.squeeze(0)?)?, &dir.join("inversion.png"))?;
+    }
+    if args.json {
+        crate::out(&format!("{obj}\n"));
+    } else {
+        crate::out(&format!(
+            "{} at {}: relative feature error {:.4} after {} iterations ({:.3} s each)\n",
+            model.kind().name(),
+            inv.site,
+            inv.relative_errors[0],
+            cfg.iterations,
+            seconds / cfg.iterations as f64
+        ));
+    }
+    Ok(())
+}
+
+/// `channels --render`: the image, the inversions of the full activation, of the kept channels
+/// and of the top channels one by one, labelled, in one sheet.
+pub(crate) fn render_sheet(
+    model: &Model,
+    x: &Tensor,
+    layer: &str,
+    report: &extremal_mask::ChannelReport,
+    cfg: &InvertConfig,
+    path: &Path,
+) -> Result<Vec<f64>> {
+    let (ranking, keep, mask) = (&report.ranking, report.keep, &report.mask);
+    // A channel that is zero everywhere on this image has nothing to invert: leave it out.
+    let phi = model.forward_to(x, layer)?.detach();
+    let energy: Vec<f64> = phi
+        .sqr()?
+        .flatten_from(2)?
+        .sum(candle_core::D::Minus1)?
+        .squeeze(0)?
+        .to_dtype(candle_core::DType::F64)?
+        .to_vec1()?;
+    let singles: Vec<usize> = ranking
+        .iter()
+        .take(keep.min(6))
+        .cloned()
+        .filter(|&k| energy[k] > 0.0)
+        .collect();
+    let mut targets = vec![Target::Full, Target::Channels(ranking[..keep].to_vec())];
+    targets.extend(singles.iter().map(|&k| Target::Channels(vec![k])));
+    let inv = run_inversion(model, x, layer, &targets, cfg)?;
+    let rgb = model.preprocess().denormalize(x)?.squeeze(0)?;
+    let mut tiles = vec![(render::rgb_image(&rgb)?, "image".to_string())];
+    tiles.push((picture(model, &inv.images.get(0)?)?, format!("all {}", phi.dim(1)?)));
+    tiles.push((picture(model, &inv.images.get(1)?)?, format!("kept {keep}")));
+    for (i, &k) in singles.iter().enumerate() {
+        tiles.push((
+            picture(model, &inv.images.get(2 + i)?)?,
+            format!("ch {k} m={:.2}", mask[k]),
+        ));
+    }
+    render::save_png(&render::sheet(&tiles, 4), path)?;
+    Ok(inv.relative_errors)
+}
