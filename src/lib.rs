@@ -5,7 +5,8 @@
 //! - [`hook`]: named sites, hooks, prefix/suffix runs and gradients at any site;
 //! - [`models`]: the model zoo with its weights, preprocessing and labels;
 //! - [`mask`]: the extremal-mask engine (area constraint, games, optimisers, channel masks);
-//! - [`invert`]: feature inversion, to render what channels encode.
+//! - [`invert`]: feature inversion, to render what channels encode;
+//! - [`attr`]: the attribution baselines (gradient, guided backprop, Grad-CAM, RISE, …).
 //!
 //! ```
 //! use candle_core::{DType, Device, Tensor};
@@ -21,6 +22,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+pub use extremal_attr as attr;
 pub use extremal_hook as hook;
 pub use extremal_invert as invert;
 pub use extremal_mask as mask;

@@ -1,6 +1,6 @@
 //! Feature inversion at the stages of EfficientNet-Lite0 on `chelsea.png`, default settings:
 //! the relative feature error reached at `layer1`…`layer4` and the seconds per iteration.
-//! With `--out DIR`, `stages.png` there shows the photograph and the four inversions in a row.
+//! With `--out DIR`, `invert-stages.png` there shows the photograph and the four inversions in a row.
 //!
 //! ```text
 //! cargo run --release --example invert_stages [-- --out DIR]
@@ -61,7 +61,7 @@ fn main() -> anyhow::Result<()> {
         for (i, tile) in strip.iter().enumerate() {
             image::imageops::replace(&mut img, tile, (i as u32 * (w + 4)) as i64, 0);
         }
-        img.save(dir.join("stages.png"))?;
+        img.save(dir.join("invert-stages.png"))?;
     }
     Ok(())
 }

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use candle_core::DType;
+use extremal_attr::Method;
 use extremal_hook::Network;
 use extremal_mask::{extremal_perturbation, reward, ExtremalConfig};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -20,6 +21,34 @@ pub(crate) struct AttributeArgs {
     /// Target class (default: the top-1 class).
     #[arg(long)]
     target: Option<usize>,
+    /// extremal (the default), gradient, deconvnet, guided-backprop, grad-cam, linear-approx,
+    /// rise, occlusion or integrated-gradients.
+    #[arg(long, default_value = "extremal")]
+    method: String,
+    /// The saliency site of grad-cam and linear-approx (a name or an alias).
+    #[arg(long, default_value = "layer4")]
+    layer: String,
+    /// RISE: number of masks.
+    #[arg(long, default_value_t = 8000)]
+    rise_masks: usize,
+    /// RISE: grid cells per side.
+    #[arg(long, default_value_t = 7)]
+    rise_cells: usize,
+    /// RISE: probability that a cell is kept.
+    #[arg(long, default_value_t = 0.5)]
+    rise_p: f64,
+    /// RISE: seed of the masks.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Occlusion: patch side in pixels.
+    #[arg(long, default_value_t = 16)]
+    occlusion_window: usize,
+    /// Occlusion: step between patches.
+    #[arg(long, default_value_t = 8)]
+    occlusion_stride: usize,
+    /// Integrated gradients: quadrature points (black baseline).
+    #[arg(long, default_value_t = 50)]
+    ig_steps: usize,
     /// Target areas, fractions of the image, comma separated: one mask each, in one batch.
     #[arg(long, value_delimiter = ',', default_value = "0.1")]
     areas: Vec<f64>,
@@ -50,7 +79,86 @@ pub(crate) struct AttributeArgs {
     json: bool,
 }
 
+/// The baseline named by `--method` (None for extremal perturbation).
+fn baseline(args: &AttributeArgs) -> Result<Option<Box<dyn Method>>> {
+    use extremal_attr::*;
+    Ok(Some(match args.method.as_str() {
+        "extremal" => return Ok(None),
+        "gradient" => Box::new(Gradient::default()),
+        "deconvnet" => Box::new(Gradient::deconvnet()),
+        "guided-backprop" => Box::new(Gradient::guided()),
+        "grad-cam" => Box::new(GradCam { layer: args.layer.clone() }),
+        "linear-approx" => Box::new(LinearApprox { layer: args.layer.clone() }),
+        "rise" => Box::new(Rise {
+            masks: args.rise_masks,
+            cells: args.rise_cells,
+            p: args.rise_p,
+            seed: args.seed,
+            ..Default::default()
+        }),
+        "occlusion" => Box::new(Occlusion {
+            window: args.occlusion_window,
+            stride: args.occlusion_stride,
+            ..Default::default()
+        }),
+        "integrated-gradients" => Box::new(IntegratedGradients { steps: args.ig_steps, ..Default::default() }),
+        "excitation-backprop" | "contrastive-excitation-backprop" => {
+            bail!("--method {}: not implemented yet", args.method)
+        }
+        other => bail!(
+            "unknown method `{other}`; use extremal, gradient, deconvnet, guided-backprop, grad-cam, linear-approx, rise, occlusion or integrated-gradients"
+        ),
+    }))
+}
+
+/// `--method` other than extremal: one saliency map, `overlay.png` and `saliency.safetensors`.
+fn run_baseline(
+    args: &AttributeArgs,
+    method: &dyn Method,
+    model: &extremal_models::Model,
+    x: &candle_core::Tensor,
+    target: usize,
+) -> Result<()> {
+    let start = std::time::Instant::now();
+    let map = extremal_attr::attribute(method, model, x, target)?;
+    let seconds = start.elapsed().as_secs_f64();
+    let report = json!({
+        "model": model.kind().name(),
+        "method": method.name(),
+        "target": target,
+        "label": model.labels().get(target).cloned().unwrap_or_default(),
+        "shape": map.dims(),
+        "seconds": seconds,
+    });
+    if let Some(dir) = &args.out {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        render::save_tensor(&map, "saliency", &dir.join("saliency.safetensors"))?;
+        let rgb = model.preprocess().denormalize(x)?.squeeze(0)?;
+        render::save_png(
+            &render::heat_overlay(&rgb, &map.squeeze(0)?.squeeze(0)?)?,
+            &dir.join("overlay.png"),
+        )?;
+        render::write_atomic(
+            &dir.join("report.json"),
+            serde_json::to_string_pretty(&report)?.as_bytes(),
+        )?;
+    }
+    if args.json {
+        crate::out(&format!("{report}\n"));
+    } else {
+        crate::out(&format!(
+            "{} {} for class {} ({}) in {seconds:.2} s\n",
+            model.kind().name(),
+            method.name(),
+            target,
+            model.labels().get(target).cloned().unwrap_or_default()
+        ));
+    }
+    Ok(())
+}
+
 pub(crate) fn run(args: &AttributeArgs) -> Result<()> {
+    let method = baseline(args)?;
     let (model, x) = args.model.load_with_image(&args.input, args.keep_aspect, "attribute")?;
     let cfg = ExtremalConfig {
         areas: args.areas.clone(),
@@ -74,6 +182,9 @@ pub(crate) fn run(args: &AttributeArgs) -> Result<()> {
         Some(t) => t,
         None => logits.squeeze(0)?.argmax(0)?.to_scalar::<u32>()? as usize,
     };
+    if let Some(method) = &method {
+        return run_baseline(args, method.as_ref(), &model, &x, target);
+    }
     let unperturbed = reward(&logits, target, cfg.reward)?
         .to_dtype(DType::F64)?
         .to_vec1::<f64>()?[0];

@@ -43,6 +43,10 @@ pub(crate) struct InvertOptions {
     /// Random rotation of up to this many degrees each step (default 0).
     #[arg(long)]
     rotate: Option<f64>,
+    /// Fraction of the steps during which a rectified site's ReLU/ReLU6 passes the gradients
+    /// that would revive its dead units (default 0.3; 0 turns it off).
+    #[arg(long)]
+    redirect: Option<f64>,
     /// pixel or fourier (decorrelated colour, 1/f-scaled spectrum).
     #[arg(long, default_value = "pixel")]
     parametrization: String,
@@ -61,6 +65,7 @@ impl InvertOptions {
             jitter: self.jitter.unwrap_or(d.jitter),
             scale: self.scale.unwrap_or(d.scale),
             rotate: self.rotate.unwrap_or(d.rotate),
+            redirect_until: self.redirect.unwrap_or(d.redirect_until),
             parametrization: self.parametrization.parse()?,
             ..d
         })

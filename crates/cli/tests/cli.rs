@@ -478,3 +478,63 @@ fn channels_render_writes_the_sheet() {
     let sheet = image::open(dir.join("render.png")).unwrap();
     assert!(sheet.width() > 3 * 224 && sheet.height() > 224);
 }
+
+#[test]
+fn attribute_baselines_write_a_map_at_the_input_size() {
+    for (method, extra) in [
+        ("gradient", vec![]),
+        ("guided-backprop", vec![]),
+        ("grad-cam", vec!["--layer", "layer3"]),
+        (
+            "occlusion",
+            vec!["--occlusion-window", "56", "--occlusion-stride", "56"],
+        ),
+        ("rise", vec!["--rise-masks", "8"]),
+        ("integrated-gradients", vec!["--ig-steps", "2"]),
+    ] {
+        let dir = tmp(&format!("baseline-{method}"));
+        let out = dir.to_str().unwrap();
+        let mut args = vec![
+            "attribute",
+            "assets/chelsea.png",
+            "--method",
+            method,
+            "--out",
+            out,
+            "--json",
+        ];
+        args.extend(extra);
+        let v = ok_json(&args);
+        assert_eq!(v["method"], method);
+        assert_eq!(v["target"], 285);
+        let s = candle_core::safetensors::load(dir.join("saliency.safetensors"), &candle_core::Device::Cpu).unwrap();
+        assert_eq!(s["saliency"].dims(), [1, 1, 224, 224], "{method}");
+        assert!(dir.join("overlay.png").exists());
+    }
+    fails_with(
+        &["attribute", "assets/chelsea.png", "--method", "magic"],
+        "unknown method `magic`",
+    );
+    fails_with(
+        &[
+            "attribute",
+            "assets/chelsea.png",
+            "--method",
+            "grad-cam",
+            "--layer",
+            "layer9",
+        ],
+        "unknown layer",
+    );
+    fails_with(
+        &[
+            "attribute",
+            "assets/chelsea.png",
+            "--method",
+            "occlusion",
+            "--occlusion-window",
+            "500",
+        ],
+        "window",
+    );
+}

@@ -1,0 +1,110 @@
+//! Attribution baselines behind one trait, [`Method`]: what TorchRay ships besides extremal
+//! perturbation, and the perturbation methods users also expect.
+//!
+//! - [`Gradient`] with a [`GradientRule`]: the gradient (Simonyan et al.), deconvnet (Zeiler &
+//!   Fergus) and guided backpropagation (Springenberg et al.); saliency `max_c |∂y/∂x_c|` as in
+//!   TorchRay. The ReLU rules act on every ReLU/ReLU6 kernel of the model, fused or not, through
+//!   [`extremal_ops::set_gradient_rule`]: models are not copied or rewritten.
+//! - [`GradCam`] (`relu(Σ_c A_c · mean_hw ∂y/∂A_c)`) and [`LinearApprox`] (`Σ_c A_c · ∂y/∂A_c`)
+//!   at a site (TorchRay's default `layer4`).
+//! - [`Rise`] (Petsiuk et al.): `Σ_i σ(y(x ⊙ M_i)) · M_i / N` over random smooth masks.
+//! - [`Occlusion`] (Zeiler & Fergus; Captum's definition): the score drop when a window is set
+//!   to the baseline, averaged over the windows covering each pixel.
+//! - [`IntegratedGradients`] (Sundararajan et al.): `(x − x̄) · ∫ ∂y/∂x(x̄ + α(x − x̄)) dα`,
+//!   Gauss–Legendre quadrature as Captum's default, summed over colour channels.
+//!
+//! Every method returns the map at its natural resolution; [`attribute`] resizes it to the
+//! input (bilinear), the map the metrics score.
+//!
+//! ```
+//! use candle_core::{Device, Tensor};
+//! use extremal_attr::{attribute, Gradient};
+//! use extremal_hook::{Graph, Node};
+//!
+//! // y = [Σ x, −Σ x]: the gradient of class 0 is 1 everywhere.
+//! let net = Graph::new(Node::seq("", vec![Node::layer("head", |x: &Tensor| {
+//!     let s = x.flatten_from(1)?.sum_keepdim(1)?;
+//!     Tensor::cat(&[&s, &s.neg()?], 1)
+//! })]));
+//! let x = Tensor::randn(0f32, 1.0, (1, 3, 4, 5), &Device::Cpu)?;
+//! let map = attribute(&Gradient::default(), &net, &x, 0)?;
+//! assert_eq!(map.dims(), &[1, 1, 4, 5]);
+//! assert_eq!(map.flatten_all()?.to_vec1::<f32>()?, vec![1.0; 20]);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+mod gradient;
+mod perturb;
+
+pub use extremal_ops::GradientRule;
+pub use gradient::{GradCam, Gradient, LinearApprox};
+pub use perturb::{rise_masks, IntegratedGradients, Occlusion, Rise};
+
+use candle_core::Tensor;
+use extremal_hook::Network;
+
+/// Errors of attribution.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// An error from candle.
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+    /// A site error (unknown layer, …).
+    #[error(transparent)]
+    Hook(#[from] extremal_hook::Error),
+    /// A kernel error.
+    #[error(transparent)]
+    Ops(#[from] extremal_ops::Error),
+    /// A request that cannot be met, with what to do instead.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Result alias of this crate.
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// An attribution method: a saliency map of one image for one class.
+pub trait Method {
+    /// The method's CLI name (`gradient`, `grad-cam`, …).
+    fn name(&self) -> &'static str;
+
+    /// The saliency map at the method's own resolution (the input's, or a site's).
+    ///
+    /// # Shapes
+    /// - `x`: `(1, 3, H, W)`, normalised.
+    /// - returns: `(1, 1, h, w)`.
+    fn saliency(&self, net: &dyn Network, x: &Tensor, target: usize) -> Result<Tensor>;
+}
+
+/// The saliency map of `method` resized to the input (bilinear, as TorchRay's `resize=True`).
+///
+/// # Shapes
+/// - `x`: `(1, 3, H, W)`; returns `(1, 1, H, W)`, f32.
+pub fn attribute(method: &dyn Method, net: &dyn Network, x: &Tensor, target: usize) -> Result<Tensor> {
+    let (n, _, h, w) = x.dims4()?;
+    if n != 1 {
+        return Err(Error::Invalid(format!(
+            "attribution takes one image, got a batch of {n}"
+        )));
+    }
+    let map = method.saliency(net, x, target)?;
+    let (_, _, mh, mw) = map.dims4()?;
+    let map = if (mh, mw) == (h, w) {
+        map
+    } else {
+        extremal_ops::resize_bilinear(&map, h, w)?
+    };
+    Ok(map.to_dtype(candle_core::DType::F32)?)
+}
+
+/// The logit of `target` (checked against the number of classes).
+pub(crate) fn class_score(logits: &Tensor, target: usize) -> Result<Tensor> {
+    let classes = logits.dim(1)?;
+    if target >= classes {
+        return Err(Error::Invalid(format!(
+            "target {target} is outside the model's {classes} classes (0…{})",
+            classes - 1
+        )));
+    }
+    Ok(logits.narrow(1, target, 1)?)
+}
