@@ -22,25 +22,6 @@ fn assert_golden(what: &str, ours: &Tensor, theirs: &Tensor) {
     assert!(d <= tol, "{what}: max difference {d} > {tol}");
 }
 
-/// Pearson correlation of two tensors' values.
-fn pearson(a: &Tensor, b: &Tensor) -> f64 {
-    let values = |t: &Tensor| -> Vec<f64> {
-        t.to_dtype(DType::F64)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1()
-            .unwrap()
-    };
-    let (a, b) = (values(a), values(b));
-    let n = a.len() as f64;
-    let (ma, mb) = (a.iter().sum::<f64>() / n, b.iter().sum::<f64>() / n);
-    let cov: f64 = a.iter().zip(&b).map(|(x, y)| (x - ma) * (y - mb)).sum();
-    let va: f64 = a.iter().map(|x| (x - ma).powi(2)).sum();
-    let vb: f64 = b.iter().map(|y| (y - mb).powi(2)).sum();
-    cov / (va * vb).sqrt()
-}
-
 /// One step of TorchRay's loop at t = 0 (jitter flips): returns the reward, the area term
 /// (−300 × penalty) and the gradient of −energy with respect to `params`.
 fn full_step(

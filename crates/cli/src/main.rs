@@ -281,7 +281,7 @@ fn run(cli: Cli) -> Result<()> {
 
 /// Every optimisation step allocates and frees the same large activations. glibc serves them
 /// with `mmap` and returns them to the kernel on free, so each step faults fresh zeroed pages
-/// in again (about 10 % of an inversion step). Keep them in the heap instead.
+/// in again (about 5 % of an inversion step at `layer2`). Keep them in the heap instead.
 fn keep_freed_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only changes allocator thresholds; called before any threads start.

@@ -180,7 +180,7 @@ pub struct Inversion {
     /// # Shapes
     /// `(K, 3, H, W)`, the input's dtype.
     pub images: Tensor,
-    /// `‖Φ_l(x′) − Φ0‖ / ‖Φ0‖` of each target, measured on exactly `images`.
+    /// `‖m ⊙ Φ_l(x′) − Φ0‖ / ‖Φ0‖` of each target, measured on exactly `images`.
     pub relative_errors: Vec<f64>,
     /// Per iteration, the relative feature error of each target under that step's transform.
     pub history: Vec<Vec<f64>>,
@@ -190,12 +190,20 @@ pub struct Inversion {
     pub tv_weight: f64,
 }
 
-/// Relative feature errors `‖Φ_l(x′_k) − Φ0_k‖ / ‖Φ0_k‖`.
+/// Relative feature errors `‖m_k ⊙ Φ_l(x′_k) − Φ0_k‖ / ‖Φ0_k‖` for targets `Φ0_k = m_k ⊙
+/// Φ_l(x)` and channel masks `m_k` (`None`: all ones).
 ///
 /// # Shapes
-/// - `images`: `(K, C, H, W)`; `targets`: the site's activation shape with batch `K`.
-pub fn relative_errors(net: &dyn Network, images: &Tensor, site: &str, targets: &Tensor) -> Result<Vec<f64>> {
-    let phi = net.forward_to(images, site)?;
+/// - `images`: `(K, C, H, W)`; `targets`: the site's activation shape with batch `K`;
+///   `masks`: `(K, C, 1, …)`.
+pub fn relative_errors(
+    net: &dyn Network,
+    images: &Tensor,
+    site: &str,
+    targets: &Tensor,
+    masks: Option<&Tensor>,
+) -> Result<Vec<f64>> {
+    let phi = masked(net.forward_to(images, site)?, masks)?;
     let (num, den) = squared_errors(&phi, targets)?;
     let num = num.to_dtype(DType::F64)?.to_vec1::<f64>()?;
     Ok(num.iter().zip(&den).map(|(a, b)| (a / b).sqrt()).collect())
@@ -213,11 +221,24 @@ fn squared_errors(phi: &Tensor, targets: &Tensor) -> Result<(Tensor, Vec<f64>)> 
     Ok((num, den))
 }
 
-/// The target activations `Φ0_k = m_k ⊙ Φ_l(x)` of `targets`, stacked.
+fn masked(phi: Tensor, masks: Option<&Tensor>) -> Result<Tensor> {
+    Ok(match masks {
+        Some(m) => phi.broadcast_mul(m)?,
+        None => phi,
+    })
+}
+
+/// The target activations `Φ0_k = m_k ⊙ Φ_l(x)` of `targets`, stacked, and their channel masks
+/// (`None` when every target is [`Target::Full`]).
 ///
 /// # Shapes
-/// - `x`: `(1, C, H, W)`; returns the site's activation with batch `K`.
-pub fn target_activations(net: &dyn Network, x: &Tensor, site: &str, targets: &[Target]) -> Result<Tensor> {
+/// - `x`: `(1, C, H, W)`; returns the site's activation with batch `K`, and `(K, C, 1, …)`.
+pub fn target_activations(
+    net: &dyn Network,
+    x: &Tensor,
+    site: &str,
+    targets: &[Target],
+) -> Result<(Tensor, Option<Tensor>)> {
     let phi = net.forward_to(&x.detach(), site)?.detach();
     let dims = phi.dims().to_vec();
     if dims.len() < 2 {
@@ -229,20 +250,22 @@ pub fn target_activations(net: &dyn Network, x: &Tensor, site: &str, targets: &[
     let channels = dims[1];
     let mut shape = vec![1usize; dims.len()];
     shape[1] = channels;
-    let rows = targets
+    let masks = targets
         .iter()
-        .map(|t| {
-            let m = Tensor::from_vec(t.mask(channels)?, shape.as_slice(), phi.device())?.to_dtype(phi.dtype())?;
-            Ok(phi.broadcast_mul(&m)?)
-        })
+        .map(|t| Ok(Tensor::from_vec(t.mask(channels)?, shape.as_slice(), phi.device())?.to_dtype(phi.dtype())?))
         .collect::<Result<Vec<_>>>()?;
-    Ok(Tensor::cat(&rows, 0)?)
+    let masks = Tensor::cat(&masks, 0)?;
+    let phi0 = phi.broadcast_mul(&masks)?;
+    let all_full = targets.iter().all(|t| *t == Target::Full);
+    Ok((phi0, (!all_full).then_some(masks)))
 }
 
 /// Inverts the activation of `x` at `site`: for each target, an image `x′` whose activation
-/// matches `Φ0 = m ⊙ Φ_l(x)`, minimising
-/// `‖Φ_l(x′) − Φ0‖² / ‖Φ0‖² + λ_α R_α(x′) + λ_TV R_TV(x′)` (Mahendran & Vedaldi 2015)
-/// from a random start at the natural-image norm. All targets are optimised as one batch;
+/// matches `Φ0 = m ⊙ Φ_l(x)` on the target's channels, minimising
+/// `‖m ⊙ Φ_l(x′) − Φ0‖² / ‖Φ0‖² + λ_α R_α(x′) + λ_TV R_TV(x′)` (Mahendran & Vedaldi 2015)
+/// from a random start at the natural-image norm. The channels outside a target's set are
+/// free (the inversion renders what the set encodes, not an image that silences the rest).
+/// All targets are optimised as one batch;
 /// only the prefix of the network up to the site is run. `progress(t, errors)` is called after
 /// every step with the relative feature error of each target.
 ///
@@ -288,7 +311,7 @@ pub fn invert(
         ));
     }
 
-    let phi0 = target_activations(net, x, &native, targets)?;
+    let (phi0, masks) = target_activations(net, x, &native, targets)?;
     let (_, den) = squared_errors(&phi0, &phi0)?;
     if let Some(k) = den.iter().position(|&d| d == 0.0) {
         return Err(Error::Invalid(format!(
@@ -346,7 +369,7 @@ pub fn invert(
             }
         }
         let phi = net.forward_to(&seen, &native)?;
-        let (num, _) = squared_errors(&phi, &phi0)?;
+        let (num, _) = squared_errors(&masked(phi, masks.as_ref())?, &phi0)?;
         let feature = (num * &den_t)?;
         let mut loss = feature.clone();
         if cfg.alpha_weight > 0.0 {
@@ -392,7 +415,7 @@ pub fn invert(
         history.push(errors);
     }
     let images = param.image()?.detach();
-    let relative_errors = relative_errors(net, &images, &native, &phi0)?;
+    let relative_errors = relative_errors(net, &images, &native, &phi0, masks.as_ref())?;
     Ok(Inversion {
         site: native,
         images,

@@ -28,6 +28,10 @@ impl Sgd {
 
     /// One descent step on `param` with gradient `grad`.
     pub fn step(&mut self, param: &Var, grad: &Tensor) -> Result<()> {
+        // A leaf's gradient from candle's backward can still reference the forward graph (the
+        // last op's backward is not detached): keeping it in the momentum buffer would chain
+        // every step's graph to the next and grow memory without bound.
+        let grad = &grad.detach();
         let direction = if self.momentum == 0.0 {
             grad.clone()
         } else {
@@ -75,6 +79,8 @@ impl Adam {
 
     /// One descent step on `param` with gradient `grad`.
     pub fn step(&mut self, param: &Var, grad: &Tensor) -> Result<()> {
+        // See Sgd::step: never keep the forward graph in the moments.
+        let grad = &grad.detach();
         self.t += 1;
         let m = match self.m.take() {
             None => (grad * (1.0 - self.beta1))?,

@@ -1,0 +1,72 @@
+#!/usr/bin/env python3
+"""Golden saliency maps of TorchRay's attribution methods, for `tests/attr.rs`.
+
+Development-time only (needs torch, torchvision, torchray, safetensors). Uses the seeded random
+ResNet-50 that `tests/golden.rs` also uses (weights and input written by the random_weights
+example), takes its top-1 class as the target, and saves TorchRay's gradient, deconvnet, guided
+backprop, Grad-CAM and linear approximation (at `layer4`) maps, and RISE from 64 masks at
+224x224 whose grids and shifts (drawn by TorchRay's own recipe with torch.manual_seed(0)) are
+saved too, so that the Rust side builds the same masks.
+
+    cargo run --release --example random_weights -- resnet50 7 224 224 target/golden/resnet50.safetensors
+    python3 scripts/attr_golden.py
+"""
+import math
+
+import torch
+import torch.nn.functional as F
+import torchvision
+from safetensors.torch import load_file, save_file
+from torchray.attribution.deconvnet import deconvnet
+from torchray.attribution.grad_cam import grad_cam
+from torchray.attribution.gradient import gradient
+from torchray.attribution.guided_backprop import guided_backprop
+from torchray.attribution.linear_approx import linear_approx
+from torchray.attribution.rise import rise, _upsample_reflect
+
+OUT = "tests/fixtures/attr_resnet50.safetensors"
+
+
+def rise_grids(n, size, cells=7, p=0.5, seed=0):
+    """TorchRay's mask recipe, keeping the grids and shifts it draws."""
+    torch.manual_seed(seed)
+    h, w = size
+    cell = (math.ceil(h / cells), math.ceil(w / cells))
+    up = (h + cell[0], w + cell[1])
+    grid = (torch.rand(n, 1, cells, cells) < p).float()
+    sx = torch.randint(0, cell[0], (n,))
+    sy = torch.randint(0, cell[1], (n,))
+    masks_up = _upsample_reflect(grid, up)
+    masks = torch.stack([masks_up[i, :, sx[i]:sx[i] + h, sy[i]:sy[i] + w] for i in range(n)])
+    return grid[:, 0], torch.stack([sx, sy], 1), masks
+
+
+def main():
+    sd = load_file("target/golden/resnet50.safetensors")
+    x = sd.pop("__input__")
+    net = torchvision.models.resnet50(weights=None)
+    missing, unexpected = net.load_state_dict(sd, strict=False)
+    assert not [m for m in missing if not m.endswith("num_batches_tracked")] and not unexpected
+    net.eval()
+    with torch.no_grad():
+        target = int(net(x).argmax())
+    out = {"target": torch.tensor([target], dtype=torch.int64)}
+    out["gradient"] = gradient(net, x, target)
+    out["deconvnet"] = deconvnet(net, x, target)
+    out["guided_backprop"] = guided_backprop(net, x, target)
+    out["grad_cam"] = grad_cam(net, x, target, saliency_layer="layer4")
+    out["linear_approx"] = linear_approx(net, x, target, saliency_layer="layer4")
+    grids, shifts, masks = rise_grids(64, x.shape[2:])
+    out["rise_grids"] = grids
+    out["rise_shifts"] = shifts.to(torch.int64)
+    out["rise_mask0"] = masks[0]
+    with torch.no_grad():
+        sal = rise(net, x, filter_masks=masks, num_masks=len(masks), batch_size=32)
+    out["rise"] = sal[:, target:target + 1]
+    save_file({k: v.contiguous() for k, v in out.items()}, OUT)
+    for k, v in out.items():
+        print(k, tuple(v.shape))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,60 @@
+//! The attribution baselines against TorchRay (fixture from `scripts/attr_golden.py`): the
+//! seeded random ResNet-50 of `tests/golden.rs`, its top-1 class, each method's map.
+
+mod common;
+
+use candle_core::{DType, Device, Tensor};
+use common::*;
+use extremal::attr::{rise_masks_from_grids, GradCam, Gradient, LinearApprox, Method, Rise};
+use extremal::models::{Model, ModelKind};
+
+fn compare(what: &str, ours: &Tensor, theirs: &Tensor) {
+    assert_eq!(ours.dims(), theirs.dims(), "{what}");
+    let corr = pearson(ours, theirs);
+    let (d, scale) = (max_abs_diff(ours, theirs), max_abs(theirs));
+    println!("{what}: Pearson {corr:.7}, max difference {d:.2e} of {scale:.3e}");
+    assert!(corr >= 0.99, "{what}: Pearson {corr}");
+    assert!(d <= 1e-2 * scale, "{what}: max difference {d} of {scale}");
+}
+
+#[test]
+fn resnet50_baselines_match_torchray() {
+    let golden = load_fixture("attr_resnet50.safetensors");
+    let (model, _) = Model::random(ModelKind::Resnet50, 7, DType::F32, &Device::Cpu).unwrap();
+    let x = random_input(7, 224, 224, DType::F32);
+    let target = golden["target"].to_vec1::<i64>().unwrap()[0] as usize;
+    let methods: Vec<(&str, Box<dyn Method>)> = vec![
+        ("gradient", Box::new(Gradient::default())),
+        ("deconvnet", Box::new(Gradient::deconvnet())),
+        ("guided_backprop", Box::new(Gradient::guided())),
+        ("grad_cam", Box::new(GradCam { layer: "layer4".into() })),
+        ("linear_approx", Box::new(LinearApprox { layer: "layer4".into() })),
+    ];
+    for (name, method) in methods {
+        let ours = method.saliency(&model, &x, target).unwrap();
+        compare(name, &ours, &golden[name]);
+    }
+}
+
+#[test]
+fn resnet50_rise_matches_torchray_from_its_grids() {
+    let golden = load_fixture("attr_resnet50.safetensors");
+    let (model, _) = Model::random(ModelKind::Resnet50, 7, DType::F32, &Device::Cpu).unwrap();
+    let x = random_input(7, 224, 224, DType::F32);
+    let target = golden["target"].to_vec1::<i64>().unwrap()[0] as usize;
+    let shifts: Vec<(usize, usize)> = golden["rise_shifts"]
+        .to_vec2::<i64>()
+        .unwrap()
+        .iter()
+        .map(|s| (s[0] as usize, s[1] as usize))
+        .collect();
+    let masks = rise_masks_from_grids(&golden["rise_grids"], &shifts, (224, 224)).unwrap();
+    let d = max_abs_diff(&masks.get(0).unwrap(), &golden["rise_mask0"]);
+    println!("RISE mask 0: max difference {d:.2e}");
+    assert!(d < 1e-5, "RISE masks differ by {d}");
+    let rise = Rise {
+        given: Some(masks),
+        ..Default::default()
+    };
+    compare("rise", &rise.saliency(&model, &x, target).unwrap(), &golden["rise"]);
+}
