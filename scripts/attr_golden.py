@@ -6,7 +6,8 @@ ResNet-50 that `tests/golden.rs` also uses (weights and input written by the ran
 example), takes its top-1 class as the target, and saves TorchRay's gradient, deconvnet, guided
 backprop, Grad-CAM and linear approximation (at `layer4`) maps, and RISE from 64 masks at
 224x224 whose grids and shifts (drawn by TorchRay's own recipe with torch.manual_seed(0)) are
-saved too, so that the Rust side builds the same masks.
+saved too, so that the Rust side builds the same masks; and Captum's occlusion (window 56,
+stride 28) and integrated gradients (8 Gauss-Legendre points).
 
     cargo run --release --example random_weights -- resnet50 7 224 224 target/golden/resnet50.safetensors
     python3 scripts/attr_golden.py
@@ -63,6 +64,15 @@ def main():
     with torch.no_grad():
         sal = rise(net, x, filter_masks=masks, num_masks=len(masks), batch_size=32)
     out["rise"] = sal[:, target:target + 1]
+    # Captum: occlusion (window 56, stride 28, baseline 0) and integrated gradients (8
+    # Gauss-Legendre points, black baseline), on the logit of the target.
+    from captum.attr import IntegratedGradients, Occlusion
+    occ = Occlusion(net).attribute(x, sliding_window_shapes=(3, 56, 56), strides=(3, 28, 28),
+                                   baselines=0, target=target)
+    out["occlusion"] = occ.mean(1, keepdim=True).detach()
+    ig = IntegratedGradients(net).attribute(x, baselines=0, target=target, n_steps=8,
+                                            method="gausslegendre", internal_batch_size=8)
+    out["integrated_gradients"] = ig.sum(1, keepdim=True).detach()
     save_file({k: v.contiguous() for k, v in out.items()}, OUT)
     for k, v in out.items():
         print(k, tuple(v.shape))

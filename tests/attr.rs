@@ -1,11 +1,14 @@
-//! The attribution baselines against TorchRay (fixture from `scripts/attr_golden.py`): the
-//! seeded random ResNet-50 of `tests/golden.rs`, its top-1 class, each method's map.
+//! The attribution baselines against TorchRay, and occlusion and integrated gradients against
+//! Captum (fixture from `scripts/attr_golden.py`): the seeded random ResNet-50 of
+//! `tests/golden.rs`, its top-1 class, each method's map.
 
 mod common;
 
 use candle_core::{DType, Device, Tensor};
 use common::*;
-use extremal::attr::{rise_masks_from_grids, GradCam, Gradient, LinearApprox, Method, Rise};
+use extremal::attr::{
+    rise_masks_from_grids, GradCam, Gradient, IntegratedGradients, LinearApprox, Method, Occlusion, Rise,
+};
 use extremal::models::{Model, ModelKind};
 
 fn compare(what: &str, ours: &Tensor, theirs: &Tensor) {
@@ -17,18 +20,37 @@ fn compare(what: &str, ours: &Tensor, theirs: &Tensor) {
     assert!(d <= 1e-2 * scale, "{what}: max difference {d} of {scale}");
 }
 
-#[test]
-fn resnet50_baselines_match_torchray() {
+/// The fixture, the seeded ResNet-50 of `tests/golden.rs`, its input and the fixture's target.
+fn setup() -> (std::collections::HashMap<String, Tensor>, Model, Tensor, usize) {
     let golden = load_fixture("attr_resnet50.safetensors");
     let (model, _) = Model::random(ModelKind::Resnet50, 7, DType::F32, &Device::Cpu).unwrap();
     let x = random_input(7, 224, 224, DType::F32);
     let target = golden["target"].to_vec1::<i64>().unwrap()[0] as usize;
+    (golden, model, x, target)
+}
+
+#[test]
+fn resnet50_baselines_match_torchray() {
+    let (golden, model, x, target) = setup();
     let methods: Vec<(&str, Box<dyn Method>)> = vec![
         ("gradient", Box::new(Gradient::default())),
         ("deconvnet", Box::new(Gradient::deconvnet())),
         ("guided_backprop", Box::new(Gradient::guided())),
         ("grad_cam", Box::new(GradCam { layer: "layer4".into() })),
         ("linear_approx", Box::new(LinearApprox { layer: "layer4".into() })),
+        // Captum's.
+        (
+            "occlusion",
+            Box::new(Occlusion {
+                window: 56,
+                stride: 28,
+                batch: 16,
+            }),
+        ),
+        (
+            "integrated_gradients",
+            Box::new(IntegratedGradients { steps: 8, batch: 8 }),
+        ),
     ];
     for (name, method) in methods {
         let ours = method.saliency(&model, &x, target).unwrap();
@@ -38,10 +60,7 @@ fn resnet50_baselines_match_torchray() {
 
 #[test]
 fn resnet50_rise_matches_torchray_from_its_grids() {
-    let golden = load_fixture("attr_resnet50.safetensors");
-    let (model, _) = Model::random(ModelKind::Resnet50, 7, DType::F32, &Device::Cpu).unwrap();
-    let x = random_input(7, 224, 224, DType::F32);
-    let target = golden["target"].to_vec1::<i64>().unwrap()[0] as usize;
+    let (golden, model, x, target) = setup();
     let shifts: Vec<(usize, usize)> = golden["rise_shifts"]
         .to_vec2::<i64>()
         .unwrap()

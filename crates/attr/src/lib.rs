@@ -13,6 +13,8 @@
 //! - [`IntegratedGradients`] (Sundararajan et al.): `(x − x̄) · ∫ ∂y/∂x(x̄ + α(x − x̄)) dα`,
 //!   Gauss–Legendre quadrature as Captum's default, summed over colour channels.
 //!
+//! - [`metrics`]: the pointing game and the deletion / insertion curves of RISE.
+//!
 //! Every method returns the map at its natural resolution; [`attribute`] resizes it to the
 //! input (bilinear), the map the metrics score.
 //!
@@ -34,10 +36,12 @@
 //! ```
 
 mod gradient;
+pub mod metrics;
 mod perturb;
 
 pub use extremal_ops::GradientRule;
 pub use gradient::{GradCam, Gradient, LinearApprox};
+pub use metrics::{causal_curve, pointing_hit, Causal, CausalCurve};
 pub use perturb::{rise_masks, rise_masks_from_grids, IntegratedGradients, Occlusion, Rise};
 
 use candle_core::Tensor;

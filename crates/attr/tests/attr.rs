@@ -245,3 +245,49 @@ fn rise_masks_and_saliency() {
     let want = Tensor::full(s, (1, 1, 5, 6), &Device::Cpu).unwrap();
     assert!(max_diff(&map, &want) < 1e-12);
 }
+
+#[test]
+fn pointing_game_hits_within_the_tolerance() {
+    use extremal_attr::pointing_hit;
+    // A 40×50 map whose maximum is at (10, 20).
+    let (h, w) = (40usize, 50usize);
+    let mut v = vec![0f64; h * w];
+    v[10 * w + 20] = 1.0;
+    let map = Tensor::from_vec(v, (1, 1, h, w), &Device::Cpu).unwrap();
+    let truth_at = |pixels: &[(usize, usize)]| {
+        let mut t = vec![false; h * w];
+        for &(y, x) in pixels {
+            t[y * w + x] = true;
+        }
+        t
+    };
+    assert!(pointing_hit(&map, &truth_at(&[(10, 20)]), 15.0).unwrap());
+    // 15 px away (9, 12 → 15): a hit; 16 px: a miss.
+    assert!(pointing_hit(&map, &truth_at(&[(19, 32)]), 15.0).unwrap());
+    assert!(!pointing_hit(&map, &truth_at(&[(26, 20)]), 15.0).unwrap());
+    assert!(!pointing_hit(&map, &truth_at(&[]), 15.0).unwrap());
+    assert!(pointing_hit(&map, &[true; 3], 15.0).is_err());
+}
+
+#[test]
+fn causal_curves_on_a_linear_network() {
+    use extremal_attr::{causal_curve, Causal};
+    let w = normal(&[2, 3, 16, 14], 14);
+    let net = linear_net(w);
+    let x = normal(&[1, 3, 16, 14], 15);
+    let sal = normal(&[1, 1, 16, 14], 16);
+    // 224 pixels, one per step: 225 points; deleting everything leaves logits 0: p = 1/2.
+    let curve = causal_curve(&net, &x, &sal, 0, Causal::Deletion, 50).unwrap();
+    assert_eq!(curve.scores.len(), 225);
+    assert!((curve.scores[224] - 0.5).abs() < 1e-12);
+    let y = net.forward(&x).unwrap().to_vec2::<f64>().unwrap()[0].clone();
+    let p0 = 1.0 / (1.0 + (y[1] - y[0]).exp());
+    assert!((curve.scores[0] - p0).abs() < 1e-12);
+    let s = &curve.scores;
+    let auc = (s.iter().sum::<f64>() - s[0] / 2.0 - s[224] / 2.0) / 224.0;
+    assert!((curve.auc - auc).abs() < 1e-15);
+    // Insertion ends at the image.
+    let ins = causal_curve(&net, &x, &sal, 0, Causal::Insertion, 64).unwrap();
+    assert!((ins.scores[224] - p0).abs() < 1e-12);
+    assert!(causal_curve(&net, &x, &sal.narrow(3, 0, 5).unwrap(), 0, Causal::Deletion, 8).is_err());
+}

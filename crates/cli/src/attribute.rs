@@ -138,14 +138,8 @@ fn run_baseline(
             &render::heat_overlay(&rgb, &map.squeeze(0)?.squeeze(0)?)?,
             &dir.join("overlay.png"),
         )?;
-        render::write_atomic(
-            &dir.join("report.json"),
-            serde_json::to_string_pretty(&report)?.as_bytes(),
-        )?;
     }
-    if args.json {
-        crate::out(&format!("{report}\n"));
-    } else {
+    if !render::report(args.out.as_deref(), "report.json", &report, args.json)? {
         crate::out(&format!(
             "{} {} for class {} ({}) in {seconds:.2} s\n",
             model.kind().name(),
@@ -234,14 +228,8 @@ pub(crate) fn run(args: &AttributeArgs) -> Result<()> {
                 &dir.join(format!("overlay-{a}.png")),
             )?;
         }
-        render::write_atomic(
-            &dir.join("report.json"),
-            serde_json::to_string_pretty(&report)?.as_bytes(),
-        )?;
     }
-    if args.json {
-        crate::out(&format!("{report}\n"));
-    } else {
+    if !render::report(args.out.as_deref(), "report.json", &report, args.json)? {
         let mut text = format!(
             "{} class {} ({}), {} game, {} reward; unperturbed reward {:.4}\n",
             model.kind().name(),

@@ -110,6 +110,18 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     Ok(())
 }
 
+/// Writes `report` as `dir/report.json` (pretty, atomically) when `dir` is given, and prints it
+/// as one line when `json`; returns whether it printed (the caller prints text otherwise).
+pub fn report(dir: Option<&Path>, name: &str, report: &serde_json::Value, json: bool) -> Result<bool> {
+    if let Some(dir) = dir {
+        write_atomic(&dir.join(name), serde_json::to_string_pretty(report)?.as_bytes())?;
+    }
+    if json {
+        crate::out(&format!("{report}\n"));
+    }
+    Ok(json)
+}
+
 /// Saves a PNG atomically.
 pub fn save_png(img: &RgbImage, path: &Path) -> Result<()> {
     let mut buf = std::io::Cursor::new(Vec::new());
