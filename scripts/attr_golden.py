@@ -42,6 +42,57 @@ def rise_grids(n, size, cells=7, p=0.5, seed=0):
     return grid[:, 0], torch.stack([sx, sy], 1), masks
 
 
+class Lite0(torch.nn.Module):
+    """EfficientNet-Lite0 (scripts/golden.py) with a `layer4` module at `_head_act`."""
+
+    def __init__(self, sd):
+        super().__init__()
+        self.sd = sd
+        self.layer4 = torch.nn.Identity()
+        self.dummy = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, x):
+        return golden.lite0(self.sd, x, head=self.layer4)
+
+
+def methods(net, x, target, out, prefix=""):
+    """TorchRay's gradient, Grad-CAM, linear approximation and RISE; Captum's occlusion and
+    integrated gradients; into `out` under `prefix`."""
+    out[prefix + "gradient"] = gradient(net, x, target)
+    out[prefix + "grad_cam"] = grad_cam(net, x, target, saliency_layer="layer4")
+    out[prefix + "linear_approx"] = linear_approx(net, x, target, saliency_layer="layer4")
+    grids, shifts, masks = rise_grids(64, x.shape[2:])
+    out[prefix + "rise_grids"] = grids
+    out[prefix + "rise_shifts"] = shifts.to(torch.int64)
+    with torch.no_grad():
+        sal = rise(net, x, filter_masks=masks, num_masks=len(masks), batch_size=32)
+    out[prefix + "rise"] = sal[:, target:target + 1]
+    from captum.attr import IntegratedGradients, Occlusion
+    occ = Occlusion(net).attribute(x, sliding_window_shapes=(3, 56, 56), strides=(3, 28, 28),
+                                   baselines=0, target=target)
+    out[prefix + "occlusion"] = occ.mean(1, keepdim=True).detach()
+    ig = IntegratedGradients(net).attribute(x, baselines=0, target=target, n_steps=8,
+                                            method="gausslegendre", internal_batch_size=8)
+    out[prefix + "integrated_gradients"] = ig.sum(1, keepdim=True).detach()
+
+
+def lite0_goldens():
+    import glob
+    import os
+    import sys
+    sys.path.insert(0, os.path.dirname(__file__))
+    global golden
+    import golden
+    torch.set_grad_enabled(True)  # golden.py turns gradients off on import
+    path = glob.glob(os.path.expanduser("~/.cache/extremal/efficientnet-lite0/*.pth"))[0]
+    net = Lite0(torch.load(path, map_location="cpu")).eval()
+    x = golden.lite0_input("chelsea")
+    out = {"input": x.contiguous()}
+    methods(net, x, 285, out)
+    save_file({k: v.contiguous() for k, v in out.items()}, "tests/fixtures/attr_lite0.safetensors")
+    print("lite0:", ", ".join(out))
+
+
 def main():
     sd = load_file("target/golden/resnet50.safetensors")
     x = sd.pop("__input__")
@@ -80,3 +131,4 @@ def main():
 
 if __name__ == "__main__":
     main()
+    lite0_goldens()

@@ -72,7 +72,7 @@ def bn(x, sd, p):
                         False, 0.0, 1e-3)
 
 
-def lite0(sd, x, until=None, act=F.relu6):
+def lite0(sd, x, until=None, act=F.relu6, head=None):
     """Logits, or the activation at site `until` (`_blocks.<i>` or `_head_act`). `act` replaces
     the last ReLU6 before that site (the inversion comparison redirects its gradient)."""
     x = F.relu6(bn(same_conv(x, sd["_conv_stem.weight"], 2), sd, "_bn0"))
@@ -94,6 +94,8 @@ def lite0(sd, x, until=None, act=F.relu6):
                 return x
             i += 1
     x = act(bn(same_conv(x, sd["_conv_head.weight"], 1), sd, "_bn1"))
+    if head is not None:  # a module at `_head_act` (= layer4), for hooks
+        x = head(x)
     if until == "_head_act":
         return x
     x = x.mean((2, 3))
