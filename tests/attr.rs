@@ -4,6 +4,8 @@
 
 mod common;
 
+use std::collections::HashMap;
+
 use candle_core::{DType, Device, Tensor};
 use common::*;
 use extremal::attr::{
@@ -20,8 +22,37 @@ fn compare(what: &str, ours: &Tensor, theirs: &Tensor) {
     assert!(d <= 2e-2 * scale, "{what}: max difference {d} of {scale}");
 }
 
+/// The fixture's RISE masks, rebuilt from TorchRay's grids and shifts.
+fn fixture_rise_masks(golden: &HashMap<String, Tensor>) -> Tensor {
+    let shifts: Vec<(usize, usize)> = golden["rise_shifts"]
+        .to_vec2::<i64>()
+        .unwrap()
+        .iter()
+        .map(|s| (s[0] as usize, s[1] as usize))
+        .collect();
+    rise_masks_from_grids(&golden["rise_grids"], &shifts, (224, 224)).unwrap()
+}
+
+/// The methods checked against Captum, with the fixture's settings.
+fn captum_methods() -> Vec<(&'static str, Box<dyn Method>)> {
+    vec![
+        (
+            "occlusion",
+            Box::new(Occlusion {
+                window: 56,
+                stride: 28,
+                batch: 16,
+            }),
+        ),
+        (
+            "integrated_gradients",
+            Box::new(IntegratedGradients { steps: 8, batch: 8 }),
+        ),
+    ]
+}
+
 /// The fixture, the seeded ResNet-50 of `tests/golden.rs`, its input and the fixture's target.
-fn setup() -> (std::collections::HashMap<String, Tensor>, Model, Tensor, usize) {
+fn setup() -> (HashMap<String, Tensor>, Model, Tensor, usize) {
     let golden = load_fixture("attr_resnet50.safetensors");
     let (model, _) = Model::random(ModelKind::Resnet50, 7, DType::F32, &Device::Cpu).unwrap();
     let x = random_input(7, 224, 224, DType::F32);
@@ -38,21 +69,8 @@ fn resnet50_baselines_match_torchray() {
         ("guided_backprop", Box::new(Gradient::guided())),
         ("grad_cam", Box::new(GradCam { layer: "layer4".into() })),
         ("linear_approx", Box::new(LinearApprox { layer: "layer4".into() })),
-        // Captum's.
-        (
-            "occlusion",
-            Box::new(Occlusion {
-                window: 56,
-                stride: 28,
-                batch: 16,
-            }),
-        ),
-        (
-            "integrated_gradients",
-            Box::new(IntegratedGradients { steps: 8, batch: 8 }),
-        ),
     ];
-    for (name, method) in methods {
+    for (name, method) in methods.into_iter().chain(captum_methods()) {
         let ours = method.saliency(&model, &x, target).unwrap();
         compare(name, &ours, &golden[name]);
     }
@@ -61,13 +79,7 @@ fn resnet50_baselines_match_torchray() {
 #[test]
 fn resnet50_rise_matches_torchray_from_its_grids() {
     let (golden, model, x, target) = setup();
-    let shifts: Vec<(usize, usize)> = golden["rise_shifts"]
-        .to_vec2::<i64>()
-        .unwrap()
-        .iter()
-        .map(|s| (s[0] as usize, s[1] as usize))
-        .collect();
-    let masks = rise_masks_from_grids(&golden["rise_grids"], &shifts, (224, 224)).unwrap();
+    let masks = fixture_rise_masks(&golden);
     let d = max_abs_diff(&masks.get(0).unwrap(), &golden["rise_mask0"]);
     println!("RISE mask 0: max difference {d:.2e}");
     assert!(d < 1e-5, "RISE masks differ by {d}");
@@ -83,13 +95,7 @@ fn lite0_baselines_match_torchray_and_captum() {
     let golden = load_fixture("attr_lite0.safetensors");
     let model = lite0();
     let x = &golden["input"];
-    let shifts: Vec<(usize, usize)> = golden["rise_shifts"]
-        .to_vec2::<i64>()
-        .unwrap()
-        .iter()
-        .map(|s| (s[0] as usize, s[1] as usize))
-        .collect();
-    let masks = rise_masks_from_grids(&golden["rise_grids"], &shifts, (224, 224)).unwrap();
+    let masks = fixture_rise_masks(&golden);
     let methods: Vec<(&str, Box<dyn Method>)> = vec![
         ("gradient", Box::new(Gradient::default())),
         ("grad_cam", Box::new(GradCam { layer: "layer4".into() })),
@@ -101,20 +107,8 @@ fn lite0_baselines_match_torchray_and_captum() {
                 ..Default::default()
             }),
         ),
-        (
-            "occlusion",
-            Box::new(Occlusion {
-                window: 56,
-                stride: 28,
-                batch: 16,
-            }),
-        ),
-        (
-            "integrated_gradients",
-            Box::new(IntegratedGradients { steps: 8, batch: 8 }),
-        ),
     ];
-    for (name, method) in methods {
+    for (name, method) in methods.into_iter().chain(captum_methods()) {
         let ours = method.saliency(&model, x, 285).unwrap();
         compare(&format!("lite0 {name}"), &ours, &golden[name]);
     }

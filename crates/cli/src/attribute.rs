@@ -120,7 +120,12 @@ fn run_baseline(
     target: usize,
 ) -> Result<()> {
     let start = std::time::Instant::now();
-    let map = extremal_attr::attribute(method, model, x, target)?;
+    let spinner = ProgressBar::new_spinner();
+    spinner.set_message(format!("{} …", method.name()));
+    spinner.enable_steady_tick(std::time::Duration::from_millis(200));
+    let map = extremal_attr::attribute(method, model, x, target);
+    spinner.finish_and_clear();
+    let map = map?;
     let seconds = start.elapsed().as_secs_f64();
     let report = json!({
         "model": model.kind().name(),
