@@ -127,11 +127,10 @@ pub fn causal_curve(
         let b = pending.len() / (c * hw);
         let t = Tensor::from_vec(std::mem::take(pending), (b, c, h, w), x.device())?.to_dtype(x.dtype())?;
         let logits = net.forward(&t)?;
-        class_score(&logits, target)?;
         let p = candle_core::Tensor::exp(&(logits.broadcast_sub(&logits.max_keepdim(1)?)?))?;
         let p = p.broadcast_div(&p.sum_keepdim(1)?)?;
         scores.extend(
-            p.narrow(1, target, 1)?
+            class_score(&p, target)?
                 .to_dtype(DType::F64)?
                 .flatten_all()?
                 .to_vec1::<f64>()?,

@@ -142,7 +142,7 @@ impl Method for Rise {
         while start < n {
             let b = self.batch.max(1).min(n - start);
             let m = masks.narrow(0, start, b)?;
-            let scores = candle_nn_sigmoid(&class_score(&net.forward(&x.broadcast_mul(&m)?)?, target)?)?;
+            let scores = sigmoid(&class_score(&net.forward(&x.broadcast_mul(&m)?)?, target)?)?;
             let part = scores.t()?.matmul(&m.reshape((b, h * w))?)?;
             sal = (sal + part.to_dtype(DType::F64)?)?;
             start += b;
@@ -151,7 +151,8 @@ impl Method for Rise {
     }
 }
 
-fn candle_nn_sigmoid(x: &Tensor) -> Result<Tensor> {
+/// `1 / (1 + e^{−x})` (candle-core has no sigmoid; candle-nn's is not a dependency here).
+fn sigmoid(x: &Tensor) -> Result<Tensor> {
     Ok((x.neg()?.exp()? + 1.0)?.recip()?)
 }
 
@@ -184,7 +185,7 @@ impl Method for Occlusion {
     }
 
     fn saliency(&self, net: &dyn Network, x: &Tensor, target: usize) -> Result<Tensor> {
-        let (_, c, h, w) = x.dims4()?;
+        let (_, _, h, w) = x.dims4()?;
         let (k, s) = (self.window, self.stride);
         if k == 0 || s == 0 || k > h.min(w) {
             return Err(Error::Invalid(format!(
@@ -235,7 +236,6 @@ impl Method for Occlusion {
             .zip(&count)
             .map(|(t, n)| if *n > 0.0 { t / n } else { 0.0 })
             .collect();
-        let _ = c;
         Ok(Tensor::from_vec(map, (1, 1, h, w), x.device())?.to_dtype(x.dtype())?)
     }
 }

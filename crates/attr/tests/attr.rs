@@ -143,24 +143,17 @@ fn integrated_gradients_are_complete() {
     let ig = IntegratedGradients { steps: 64, batch: 16 };
     let attr = ig.attribution(&net, &x, 0).unwrap();
     let total = attr.sum_all().unwrap().to_scalar::<f64>().unwrap();
-    let y = net
-        .forward(&x)
-        .unwrap()
-        .get(0)
-        .unwrap()
-        .get(0)
-        .unwrap()
-        .to_scalar::<f64>()
-        .unwrap();
-    let y0 = net
-        .forward(&x.zeros_like().unwrap())
-        .unwrap()
-        .get(0)
-        .unwrap()
-        .get(0)
-        .unwrap()
-        .to_scalar::<f64>()
-        .unwrap();
+    let logit0 = |t: &Tensor| -> f64 {
+        net.forward(t)
+            .unwrap()
+            .get(0)
+            .unwrap()
+            .get(0)
+            .unwrap()
+            .to_scalar::<f64>()
+            .unwrap()
+    };
+    let (y, y0) = (logit0(&x), logit0(&x.zeros_like().unwrap()));
     println!("IG: Σ = {total}, y(x) − y(0) = {}", y - y0);
     assert!((total - (y - y0)).abs() < 2e-2 * (y - y0).abs().max(1.0));
     // On a linear network IG is exact: W ⊙ x.

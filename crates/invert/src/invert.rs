@@ -204,21 +204,25 @@ pub fn relative_errors(
     masks: Option<&Tensor>,
 ) -> Result<Vec<f64>> {
     let phi = masked(net.forward_to(images, site)?, masks)?;
-    let (num, den) = squared_errors(&phi, targets)?;
-    let num = num.to_dtype(DType::F64)?.to_vec1::<f64>()?;
+    let num = squared_distances(&phi, targets)?
+        .to_dtype(DType::F64)?
+        .to_vec1::<f64>()?;
+    let den = squared_norms(targets)?;
     Ok(num.iter().zip(&den).map(|(a, b)| (a / b).sqrt()).collect())
 }
 
-/// Per item `‖phi − target‖²` (a tensor) and `‖target‖²` (numbers).
-fn squared_errors(phi: &Tensor, targets: &Tensor) -> Result<(Tensor, Vec<f64>)> {
-    let num = (phi - targets)?.sqr()?.flatten_from(1)?.sum(D::Minus1)?;
-    let den = targets
-        .sqr()?
+/// Per item `‖a − b‖²`.
+fn squared_distances(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    Ok((a - b)?.sqr()?.flatten_from(1)?.sum(D::Minus1)?)
+}
+
+/// Per item `‖t‖²`, as numbers.
+fn squared_norms(t: &Tensor) -> Result<Vec<f64>> {
+    Ok(t.sqr()?
         .flatten_from(1)?
         .sum(D::Minus1)?
         .to_dtype(DType::F64)?
-        .to_vec1::<f64>()?;
-    Ok((num, den))
+        .to_vec1::<f64>()?)
 }
 
 fn masked(phi: Tensor, masks: Option<&Tensor>) -> Result<Tensor> {
@@ -312,7 +316,7 @@ pub fn invert(
     }
 
     let (phi0, masks) = target_activations(net, x, &native, targets)?;
-    let (_, den) = squared_errors(&phi0, &phi0)?;
+    let den = squared_norms(&phi0)?;
     if let Some(k) = den.iter().position(|&d| d == 0.0) {
         return Err(Error::Invalid(format!(
             "target {k} ({:?}) is zero everywhere on this image: there is nothing to invert; choose channels that fire",
@@ -369,7 +373,8 @@ pub fn invert(
             }
         }
         let phi = net.forward_to(&seen, &native)?;
-        let (num, _) = squared_errors(&masked(phi, masks.as_ref())?, &phi0)?;
+        // ‖Φ0‖² is fixed: only the distance is computed per step.
+        let num = squared_distances(&masked(phi, masks.as_ref())?, &phi0)?;
         let feature = (num * &den_t)?;
         let mut loss = feature.clone();
         if cfg.alpha_weight > 0.0 {
