@@ -7,12 +7,14 @@ example), takes its top-1 class as the target, and saves TorchRay's gradient, de
 backprop, Grad-CAM and linear approximation (at `layer4`) maps, and RISE from 64 masks at
 224x224 whose grids and shifts (drawn by TorchRay's own recipe with torch.manual_seed(0)) are
 saved too, so that the Rust side builds the same masks; and Captum's occlusion (window 56,
-stride 28) and integrated gradients (8 Gauss-Legendre points).
+stride 28) and integrated gradients (8 Gauss-Legendre points). Excitation backprop and its
+contrastive variant go to their own fixture (`--ebp-only` makes only that one).
 
     cargo run --release --example random_weights -- resnet50 7 224 224 target/golden/resnet50.safetensors
     python3 scripts/attr_golden.py
 """
 import math
+import sys
 
 import torch
 import torch.nn.functional as F
@@ -93,6 +95,26 @@ def lite0_goldens():
     print("lite0:", ", ".join(out))
 
 
+def ebp_goldens(net, x, target):
+    """TorchRay's excitation backprop and contrastive excitation backprop on ResNet-50, with
+    its benchmark's settings (skip connections as EltwiseSum, saliency layer `layer3`,
+    contrast layer `avgpool`), into their own fixture."""
+    import copy
+    from torchray.attribution.excitation_backprop import (
+        contrastive_excitation_backprop, excitation_backprop, update_resnet)
+    net = update_resnet(copy.deepcopy(net)).eval()
+    out = {"target": torch.tensor([target], dtype=torch.int64)}
+    out["excitation_backprop"] = excitation_backprop(net, x, target, saliency_layer="layer3")
+    out["contrastive_excitation_backprop"] = contrastive_excitation_backprop(
+        net, x, target, saliency_layer="layer3", contrast_layer="avgpool")
+    # The same at `layer2`, where the signal has crossed more blocks.
+    out["excitation_backprop_layer2"] = excitation_backprop(net, x, target, saliency_layer="layer2")
+    save_file({k: v.detach().contiguous() for k, v in out.items()},
+              "tests/fixtures/attr_resnet50_ebp.safetensors")
+    for k, v in out.items():
+        print(k, tuple(v.shape))
+
+
 def main():
     sd = load_file("target/golden/resnet50.safetensors")
     x = sd.pop("__input__")
@@ -102,6 +124,9 @@ def main():
     net.eval()
     with torch.no_grad():
         target = int(net(x).argmax())
+    ebp_goldens(net, x, target)
+    if "--ebp-only" in sys.argv:
+        return
     out = {"target": torch.tensor([target], dtype=torch.int64)}
     out["gradient"] = gradient(net, x, target)
     out["deconvnet"] = deconvnet(net, x, target)
@@ -131,4 +156,5 @@ def main():
 
 if __name__ == "__main__":
     main()
-    lite0_goldens()
+    if "--ebp-only" not in sys.argv:
+        lite0_goldens()

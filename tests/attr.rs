@@ -1,6 +1,6 @@
 //! The attribution baselines against TorchRay, and occlusion and integrated gradients against
-//! Captum (fixture from `scripts/attr_golden.py`): the seeded random ResNet-50 of
-//! `tests/golden.rs`, its top-1 class, each method's map.
+//! Captum (fixtures from `scripts/attr_golden.py`): the seeded random ResNet-50 of
+//! `tests/golden.rs`, its top-1 class, each method's map; and EfficientNet-Lite0 on chelsea.
 
 mod common;
 
@@ -9,7 +9,8 @@ use std::collections::HashMap;
 use candle_core::{DType, Device, Tensor};
 use common::*;
 use extremal::attr::{
-    rise_masks_from_grids, GradCam, Gradient, IntegratedGradients, LinearApprox, Method, Occlusion, Rise,
+    rise_masks_from_grids, ExcitationBackprop, GradCam, Gradient, IntegratedGradients, LinearApprox, Method, Occlusion,
+    Rise,
 };
 use extremal::models::{Model, ModelKind};
 
@@ -73,6 +74,25 @@ fn resnet50_baselines_match_torchray() {
     for (name, method) in methods.into_iter().chain(captum_methods()) {
         let ours = method.saliency(&model, &x, target).unwrap();
         compare(name, &ours, &golden[name]);
+    }
+}
+
+#[test]
+fn resnet50_excitation_backprop_matches_torchray() {
+    let (_, model, x, _) = setup();
+    let golden = load_fixture("attr_resnet50_ebp.safetensors");
+    let target = golden["target"].to_vec1::<i64>().unwrap()[0] as usize;
+    let cases = [
+        ("excitation_backprop", "layer3", false),
+        ("contrastive_excitation_backprop", "layer3", true),
+        ("excitation_backprop_layer2", "layer2", false),
+    ];
+    for (name, layer, contrastive) in cases {
+        let method = ExcitationBackprop {
+            layer: layer.into(),
+            contrastive,
+        };
+        compare(name, &method.saliency(&model, &x, target).unwrap(), &golden[name]);
     }
 }
 

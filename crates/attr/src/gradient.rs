@@ -1,8 +1,9 @@
-//! Backpropagation methods: gradient, deconvnet, guided backprop, Grad-CAM, linear approximation.
+//! Backpropagation methods: gradient, deconvnet, guided backprop, Grad-CAM, linear approximation,
+//! excitation backprop and its contrastive variant.
 
 use candle_core::{Tensor, Var, D};
 use extremal_hook::{Hooks, Network};
-use extremal_ops::{set_gradient_rule, GradientRule};
+use extremal_ops::{last_classifier, set_excitation_backprop, set_gradient_rule, GradientRule};
 
 use crate::{class_score, Method, Result};
 
@@ -105,4 +106,82 @@ impl Method for LinearApprox {
         let (a, g) = activation_and_gradient(net, x, &self.layer, target)?;
         Ok((a * g)?.sum_keepdim(1)?)
     }
+}
+
+/// Excitation backprop (Zhang et al. 2016), TorchRay's implementation: the class's one-hot
+/// signal is backpropagated with excitation backprop's rules ([`extremal_ops::excite`]) to a
+/// site, and the map is the signal summed over channels.
+///
+/// The contrastive variant subtracts the signal of the classifier with negated weights (the
+/// "other classes"): TorchRay backpropagates it to a contrast layer in a first pass and
+/// subtracts it there in a second. The rules are linear in the signal, so subtracting it at the
+/// classifier's input gives the same map in one pass, for any contrast layer between the site
+/// and the classifier; the contrastive map is then clamped at 0.
+///
+/// The rules are applied by the kernels of `extremal-ops` (convolution, fully connected,
+/// average pooling), batch norms and residual sums of the model; ReLUs and max-pooling keep
+/// their derivative. The classifier is the last fully connected layer of the forward pass.
+#[derive(Debug, Clone)]
+pub struct ExcitationBackprop {
+    /// The site (TorchRay's benchmark: `layer3` of ResNet-50).
+    pub layer: String,
+    /// Contrastive excitation backprop.
+    pub contrastive: bool,
+}
+
+impl Method for ExcitationBackprop {
+    fn name(&self) -> &'static str {
+        if self.contrastive {
+            "contrastive-excitation-backprop"
+        } else {
+            "excitation-backprop"
+        }
+    }
+
+    fn saliency(&self, net: &dyn Network, x: &Tensor, target: usize) -> Result<Tensor> {
+        let site = net.resolve(&self.layer)?;
+        let mut hooks = Hooks::new().grad(&site);
+        let _ebp = set_excitation_backprop(true);
+        let logits = net.forward_hooked(&x.detach(), &mut hooks)?;
+        let mut signal = class_score(&logits, target)?.sum_all()?;
+        if self.contrastive {
+            let classifier = last_classifier()
+                .filter(|c| c.output.dims() == logits.dims())
+                .ok_or_else(|| {
+                    crate::Error::Invalid(
+                        "contrastive excitation backprop needs a network whose last layer is fully connected \
+                         (extremal_ops::linear); this network's output comes from elsewhere"
+                            .into(),
+                    )
+                })?;
+            let contrast = negated_classifier_signal(&classifier, target)?;
+            signal = (signal - (&classifier.input * contrast)?.sum_all()?)?;
+        }
+        let grads = signal.backward()?;
+        let g = hooks.gradient(&grads, &site)?;
+        if g.rank() != 4 {
+            return Err(crate::Error::Invalid(format!(
+                "`{}` has a {}-d activation; a saliency layer needs (N, C, H, W): choose a convolutional site",
+                self.layer,
+                g.rank()
+            )));
+        }
+        let map = g.sum_keepdim(1)?;
+        Ok(if self.contrastive { map.relu()? } else { map })
+    }
+}
+
+/// The excitation that the class's one-hot signal gives the classifier's input through the
+/// classifier with negated weights: `x ⊙ W⁻ᵀ(e_c ⊘ (W⁻x + 10⁻²⁰))`, `W⁻ = max(−W, 0)`.
+fn negated_classifier_signal(classifier: &extremal_ops::Classifier, target: usize) -> Result<Tensor> {
+    let x = classifier.input.detach();
+    let negated = classifier.weight_t.neg()?.relu()?;
+    let response = (x.matmul(&negated)? + 1e-20)?;
+    let (n, classes) = response.dims2()?;
+    let mut onehot = vec![0f64; n * classes];
+    for row in 0..n {
+        onehot[row * classes + target] = 1.0;
+    }
+    let onehot = Tensor::from_vec(onehot, (n, classes), x.device())?.to_dtype(x.dtype())?;
+    Ok((onehot / response)?.matmul(&negated.t()?)?.mul(&x)?)
 }

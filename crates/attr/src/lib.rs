@@ -7,6 +7,9 @@
 //!   [`extremal_ops::set_gradient_rule`]: models are not copied or rewritten.
 //! - [`GradCam`] (`relu(Σ_c A_c · mean_hw ∂y/∂A_c)`) and [`LinearApprox`] (`Σ_c A_c · ∂y/∂A_c`)
 //!   at a site (TorchRay's default `layer4`).
+//! - [`ExcitationBackprop`] (Zhang et al.), plain and contrastive, at a site (TorchRay's
+//!   benchmark: `layer3`), through the excitation rules of the kernels
+//!   ([`extremal_ops::set_excitation_backprop`]).
 //! - [`Rise`] (Petsiuk et al.): `Σ_i σ(y(x ⊙ M_i)) · M_i / N` over random smooth masks.
 //! - [`Occlusion`] (Zeiler & Fergus; Captum's definition): the score drop when a window is set
 //!   to the baseline, averaged over the windows covering each pixel.
@@ -40,7 +43,7 @@ pub mod metrics;
 mod perturb;
 
 pub use extremal_ops::GradientRule;
-pub use gradient::{GradCam, Gradient, LinearApprox};
+pub use gradient::{ExcitationBackprop, GradCam, Gradient, LinearApprox};
 pub use metrics::{causal_curve, pointing_hit, Causal, CausalCurve};
 pub use perturb::{rise_masks, rise_masks_from_grids, IntegratedGradients, Occlusion, Rise};
 

@@ -2,7 +2,8 @@
 
 use candle_core::{DType, Device, Tensor};
 use extremal_attr::{
-    attribute, rise_masks, GradCam, Gradient, IntegratedGradients, LinearApprox, Method, Occlusion, Rise,
+    attribute, rise_masks, ExcitationBackprop, GradCam, Gradient, IntegratedGradients, LinearApprox, Method, Occlusion,
+    Rise,
 };
 use extremal_hook::{Graph, Network, Node};
 use extremal_ops::random::SeededRng;
@@ -283,4 +284,72 @@ fn causal_curves_on_a_linear_network() {
     let ins = causal_curve(&net, &x, &sal, 0, Causal::Insertion, 64).unwrap();
     assert!((ins.scores[224] - p0).abs() < 1e-12);
     assert!(causal_curve(&net, &x, &sal.narrow(3, 0, 5).unwrap(), 0, Causal::Deletion, 8).is_err());
+}
+
+/// Excitation backprop through a global average and a classifier, by hand: the classifier
+/// splits the class's unit signal over the pooled features by `W⁺_c m`, the average splits each
+/// feature's share over its pixels by value; the contrastive map subtracts the same with `W⁻_c`
+/// and is clamped at 0.
+#[test]
+fn excitation_backprop_splits_the_signal_by_contribution() {
+    let w = Tensor::new(&[[2f64, -1.0], [-1.0, 3.0]], &Device::Cpu).unwrap(); // (classes, C)
+    let w_t = w.t().unwrap().contiguous().unwrap();
+    let net = Graph::new(Node::seq(
+        "",
+        vec![
+            Node::layer("features", |x: &Tensor| Ok(x.clone())),
+            Node::layer("pool", |x: &Tensor| Ok(extremal_ops::adaptive_avg_pool2d(x, 1, 1)?)),
+            Node::layer("fc", move |x: &Tensor| {
+                Ok(extremal_ops::linear(&x.flatten_from(1)?, &w_t, None)?)
+            }),
+        ],
+    ));
+    let x = Tensor::new(&[1f64, 3.0, 0.0, 4.0, 2.0, 2.0, 4.0, 0.0], &Device::Cpu)
+        .unwrap()
+        .reshape((1, 2, 2, 2))
+        .unwrap();
+    let plain = ExcitationBackprop {
+        layer: "features".into(),
+        contrastive: false,
+    };
+    // m = (2, 2); class 0: W⁺ = (2, 0) → all the signal to channel 0, split 1:3:0:4 / 8.
+    let got = plain
+        .saliency(&net, &x, 0)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f64>()
+        .unwrap();
+    assert_eq!(got, vec![0.125, 0.375, 0.0, 0.5]);
+    // Contrastive: W⁻ = (0, 1) sends the contrast to channel 1, split 2:2:4:0 / 8.
+    let contrastive = ExcitationBackprop {
+        contrastive: true,
+        ..plain.clone()
+    };
+    let got = contrastive
+        .saliency(&net, &x, 0)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f64>()
+        .unwrap();
+    assert_eq!(got, vec![0.0, 0.125, 0.0, 0.5]);
+    // The forward values are those of the plain network.
+    let _ebp = extremal_ops::set_excitation_backprop(true);
+    let y = net.forward(&x).unwrap().to_vec2::<f64>().unwrap();
+    assert_eq!(y, vec![vec![2.0, 4.0]]);
+}
+
+#[test]
+fn contrastive_excitation_backprop_needs_a_fully_connected_classifier() {
+    let net = linear_net(normal(&[2, 1, 2, 2], 1));
+    let method = ExcitationBackprop {
+        layer: "input".into(),
+        contrastive: true,
+    };
+    let err = method
+        .saliency(&net, &normal(&[1, 1, 2, 2], 2), 0)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("fully connected"), "{err}");
 }

@@ -22,12 +22,14 @@ pub(crate) struct AttributeArgs {
     #[arg(long)]
     target: Option<usize>,
     /// extremal (the default), gradient, deconvnet, guided-backprop, grad-cam, linear-approx,
-    /// rise, occlusion or integrated-gradients.
+    /// excitation-backprop, contrastive-excitation-backprop, rise, occlusion or
+    /// integrated-gradients.
     #[arg(long, default_value = "extremal")]
     method: String,
-    /// The saliency site of grad-cam and linear-approx (a name or an alias).
-    #[arg(long, default_value = "layer4")]
-    layer: String,
+    /// The saliency site (a name or an alias) of grad-cam and linear-approx (default `layer4`)
+    /// and of the excitation backprops (default `layer3`), TorchRay's benchmark settings.
+    #[arg(long)]
+    layer: Option<String>,
     /// RISE: number of masks.
     #[arg(long, default_value_t = 8000)]
     rise_masks: usize,
@@ -82,13 +84,18 @@ pub(crate) struct AttributeArgs {
 /// The baseline named by `--method` (None for extremal perturbation).
 fn baseline(args: &AttributeArgs) -> Result<Option<Box<dyn Method>>> {
     use extremal_attr::*;
+    let layer = |default: &str| args.layer.clone().unwrap_or_else(|| default.to_string());
     Ok(Some(match args.method.as_str() {
         "extremal" => return Ok(None),
         "gradient" => Box::new(Gradient::default()),
         "deconvnet" => Box::new(Gradient::deconvnet()),
         "guided-backprop" => Box::new(Gradient::guided()),
-        "grad-cam" => Box::new(GradCam { layer: args.layer.clone() }),
-        "linear-approx" => Box::new(LinearApprox { layer: args.layer.clone() }),
+        "grad-cam" => Box::new(GradCam { layer: layer("layer4") }),
+        "linear-approx" => Box::new(LinearApprox { layer: layer("layer4") }),
+        "excitation-backprop" | "contrastive-excitation-backprop" => Box::new(ExcitationBackprop {
+            layer: layer("layer3"),
+            contrastive: args.method.starts_with("contrastive"),
+        }),
         "rise" => Box::new(Rise {
             masks: args.rise_masks,
             cells: args.rise_cells,
@@ -101,12 +108,13 @@ fn baseline(args: &AttributeArgs) -> Result<Option<Box<dyn Method>>> {
             stride: args.occlusion_stride,
             ..Default::default()
         }),
-        "integrated-gradients" => Box::new(IntegratedGradients { steps: args.ig_steps, ..Default::default() }),
-        "excitation-backprop" | "contrastive-excitation-backprop" => {
-            bail!("--method {}: not implemented yet", args.method)
-        }
+        "integrated-gradients" => Box::new(IntegratedGradients {
+            steps: args.ig_steps,
+            ..Default::default()
+        }),
         other => bail!(
-            "unknown method `{other}`; use extremal, gradient, deconvnet, guided-backprop, grad-cam, linear-approx, rise, occlusion or integrated-gradients"
+            "unknown method `{other}`; use extremal, gradient, deconvnet, guided-backprop, grad-cam, linear-approx, \
+             excitation-backprop, contrastive-excitation-backprop, rise, occlusion or integrated-gradients"
         ),
     }))
 }

@@ -485,6 +485,8 @@ fn attribute_baselines_write_a_map_at_the_input_size() {
         ("gradient", vec![]),
         ("guided-backprop", vec![]),
         ("grad-cam", vec!["--layer", "layer3"]),
+        ("excitation-backprop", vec![]),
+        ("contrastive-excitation-backprop", vec!["--layer", "layer2"]),
         (
             "occlusion",
             vec!["--occlusion-window", "56", "--occlusion-stride", "56"],

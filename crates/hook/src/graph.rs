@@ -292,7 +292,10 @@ impl Hook for Silent {
 }
 
 fn finish_residual(b: &Tensor, s: &Tensor, post: Option<&(dyn Module + Send + Sync)>) -> Result<Tensor> {
-    let y = if b.dims() == s.dims() {
+    let y = if extremal_ops::excitation_backprop() {
+        // Excitation backprop shares the signal between the branches by their contributions.
+        extremal_ops::excite_sum(b, s).map_err(candle_core::Error::from)?
+    } else if b.dims() == s.dims() {
         b.add(s)?
     } else {
         b.broadcast_add(s)?

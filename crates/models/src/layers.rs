@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use candle_core::{DType, Device, Module, Tensor};
 use extremal_hook::Node;
 use extremal_ops::random::SeededRng;
-use extremal_ops::{conv2d, conv2d_fused, same_padding, Activation, Conv2dConfig, Padding, Pool2d};
+use extremal_ops::{conv2d, conv2d_excitation, conv2d_fused, same_padding, Activation, Conv2dConfig, Padding, Pool2d};
 
 use crate::{Error, Result, Weights};
 
@@ -251,6 +251,19 @@ impl Conv {
             }
             None => (w, b),
         };
+        // Excitation backprop clamps the unfolded weights: where γ < 0 the folded weights'
+        // signs are flipped, so their clamp is kept with the sign undone.
+        let excitation_weight = match bn {
+            Some(bn) => {
+                let sign = bn.scale.to_dtype(DType::F64)?.reshape((c_out, 1, 1, 1))?.sign()?;
+                if sign.flatten_all()?.min(0)?.to_scalar::<f64>()? < 0.0 {
+                    Some(w.broadcast_mul(&sign)?.relu()?.to_dtype(dtype)?.contiguous()?)
+                } else {
+                    None
+                }
+            }
+            None => None,
+        };
         let conv = Conv {
             weight: w.to_dtype(dtype)?.contiguous()?,
             bias: Some(b.to_dtype(dtype)?),
@@ -258,7 +271,11 @@ impl Conv {
             groups: self.groups,
             padding: self.padding,
         };
-        Ok(FusedConv { conv, act })
+        Ok(FusedConv {
+            conv,
+            act,
+            excitation_weight,
+        })
     }
 }
 
@@ -274,13 +291,22 @@ impl Module for Conv {
 pub struct FusedConv {
     conv: Conv,
     act: Activation,
+    /// The non-negative weights of excitation backprop's rule, when a negative batch-norm
+    /// scale makes them differ from the folded weights' clamp.
+    excitation_weight: Option<Tensor>,
 }
 
 impl Module for FusedConv {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let (_, _, h, w) = x.dims4()?;
         let c = &self.conv;
-        Ok(conv2d_fused(x, &c.weight, c.bias.as_ref(), &c.config(h, w)?, self.act)?)
+        let cfg = c.config(h, w)?;
+        Ok(match &self.excitation_weight {
+            Some(positive) if extremal_ops::excitation_backprop() => {
+                conv2d_excitation(x, &c.weight, c.bias.as_ref(), &cfg, self.act, positive)?
+            }
+            _ => conv2d_fused(x, &c.weight, c.bias.as_ref(), &cfg, self.act)?,
+        })
     }
 }
 
@@ -334,7 +360,12 @@ impl BatchNorm {
 
 impl Module for BatchNorm {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        x.broadcast_mul(&self.scale)?.broadcast_add(&self.shift)
+        let y = x.broadcast_mul(&self.scale)?.broadcast_add(&self.shift)?;
+        if extremal_ops::excitation_backprop() {
+            // Excitation backprop passes the signal through normalisation unchanged.
+            return Ok(extremal_ops::excite_identity(x, &y)?);
+        }
+        Ok(y)
     }
 }
 

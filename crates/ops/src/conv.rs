@@ -104,6 +104,39 @@ pub fn conv2d_fused(
     cfg: &Conv2dConfig,
     act: Activation,
 ) -> Result<Tensor> {
+    if crate::excitation_backprop() {
+        return conv2d_excitation(x, weight, bias, cfg, act, &weight.relu()?);
+    }
+    conv2d_plain(x, weight, bias, cfg, act)
+}
+
+/// [`conv2d_fused`] under excitation backprop's rule (see [`crate::excite`]), with `positive`
+/// as the non-negative weights of the rule. [`conv2d_fused`] uses `weight.relu()`; a
+/// convolution with a batch norm folded in passes its unfolded weights' clamp (scaled by the
+/// norm's `|γ/σ|`), so that a negative `γ` does not flip which weights count as excitatory.
+///
+/// # Shapes
+/// - as [`conv2d_fused`]; `positive` has the shape of `weight`.
+pub fn conv2d_excitation(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    cfg: &Conv2dConfig,
+    act: Activation,
+    positive: &Tensor,
+) -> Result<Tensor> {
+    let y = conv2d_plain(x, weight, bias, cfg, Activation::None)?;
+    let y = crate::excite(x, &y, |q| conv2d_plain(q, positive, None, cfg, Activation::None))?;
+    act.apply(&y)
+}
+
+fn conv2d_plain(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    cfg: &Conv2dConfig,
+    act: Activation,
+) -> Result<Tensor> {
     let (n, c_in, h, w) = x.dims4()?;
     let (c_out, c_per_group, kh, kw) = weight.dims4()?;
     if cfg.stride == 0 || cfg.dilation == 0 || cfg.groups == 0 {

@@ -15,6 +15,8 @@
 //! - [`relu`] and [`relu6`]: PyTorch's gradient at the kinks (0 at 0); [`GradientRule`]
 //!   swaps their backward for guided backprop, deconvnet or redirected gradients.
 //! - [`linear`]: a fully connected layer that skips the weight gradient of constant weights.
+//! - [`excite`]: excitation backprop's backward rules, which every linear kernel here follows
+//!   while [`set_excitation_backprop`] is on.
 //!
 //! ```
 //! use candle_core::{Device, Tensor, Var};
@@ -33,6 +35,7 @@ mod act;
 mod conv;
 mod dense;
 mod depthwise;
+pub mod excite;
 pub mod gradcheck;
 mod linear;
 mod pool;
@@ -43,8 +46,12 @@ mod separable;
 pub use act::{
     gradient_rule, relu, relu6, set_gradient_rule, set_gradient_rule_for, Activation, GradientRule, RuleGuard,
 };
-pub use conv::{conv2d, conv2d_fused, same_padding, Conv2dConfig, Padding};
+pub use conv::{conv2d, conv2d_excitation, conv2d_fused, same_padding, Conv2dConfig, Padding};
 pub use depthwise::has_avx2;
+pub use excite::{
+    excitation_backprop, excite, excite_identity, excite_sum, last_classifier, set_excitation_backprop, Classifier,
+    ExcitationGuard,
+};
 pub use linear::linear;
 pub use pool::{adaptive_avg_pool2d, max_pool2d, max_pool2d_primitive, Pool2d};
 pub use resize::{interpolation_matrix, resize_bilinear};

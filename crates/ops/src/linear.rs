@@ -11,7 +11,21 @@ use crate::{shape_err, Result};
 /// - `w_t`: `(in, out)`, the transposed weight.
 /// - `bias`: `(out,)`.
 /// - returns: `(N, out)`.
+///
+/// Under excitation backprop ([`crate::set_excitation_backprop`]) the backward is its rule, and
+/// the layer is remembered as the network's classifier ([`crate::last_classifier`]).
 pub fn linear(x: &Tensor, w_t: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+    let y = linear_plain(x, w_t, bias)?;
+    if !crate::excitation_backprop() {
+        return Ok(y);
+    }
+    let positive = w_t.relu()?;
+    let y = crate::excite(x, &y, |q| linear_plain(q, &positive, None))?;
+    crate::excite::record_classifier(x, w_t, &y);
+    Ok(y)
+}
+
+fn linear_plain(x: &Tensor, w_t: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
     let (_, k) = x.dims2()?;
     let (k2, _) = w_t.dims2()?;
     if k != k2 {

@@ -273,6 +273,14 @@ impl CustomOp2 for MaxPoolBackward {
 /// - `x`: `(N, C, H, W)`.
 /// - returns: `(N, C, out_h, out_w)`.
 pub fn adaptive_avg_pool2d(x: &Tensor, out_h: usize, out_w: usize) -> Result<Tensor> {
+    let y = adaptive_avg_pool2d_plain(x, out_h, out_w)?;
+    if crate::excitation_backprop() {
+        return crate::excite(x, &y, |q| adaptive_avg_pool2d_plain(q, out_h, out_w));
+    }
+    Ok(y)
+}
+
+fn adaptive_avg_pool2d_plain(x: &Tensor, out_h: usize, out_w: usize) -> Result<Tensor> {
     let (_, _, h, w) = x.dims4()?;
     if out_h == 0 || out_w == 0 {
         return shape_err("adaptive_avg_pool2d", "output size must be positive");

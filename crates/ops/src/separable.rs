@@ -50,6 +50,14 @@ fn pool_matrix(inp: usize, out: usize, (k, s, p): (usize, usize, usize), count_i
 /// - returns: `(N, C, H', W')`, the sizes of [`max_pool2d`](crate::max_pool2d) with the same
 ///   `pool`.
 pub fn avg_pool2d(x: &Tensor, pool: &Pool2d, count_include_pad: bool) -> Result<Tensor> {
+    let y = avg_pool2d_plain(x, pool, count_include_pad)?;
+    if crate::excitation_backprop() {
+        return crate::excite(x, &y, |q| avg_pool2d_plain(q, pool, count_include_pad));
+    }
+    Ok(y)
+}
+
+fn avg_pool2d_plain(x: &Tensor, pool: &Pool2d, count_include_pad: bool) -> Result<Tensor> {
     let (_, _, h, w) = x.dims4()?;
     let Some((oh, ow)) = pool.output_size(h, w) else {
         return shape_err(
