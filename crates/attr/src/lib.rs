@@ -44,7 +44,9 @@ mod perturb;
 
 pub use extremal_ops::GradientRule;
 pub use gradient::{ExcitationBackprop, GradCam, Gradient, LinearApprox};
-pub use metrics::{causal_curve, pointing_hit, Causal, CausalCurve};
+pub use metrics::{
+    causal_curve, causal_curve_over, pointing_hit, pointing_hit_at, saliency_point, Causal, CausalCurve,
+};
 pub use perturb::{rise_masks, rise_masks_from_grids, IntegratedGradients, Occlusion, Rise};
 
 use candle_core::Tensor;

@@ -4,7 +4,7 @@
 use candle_core::{DType, Tensor};
 use extremal_hook::Network;
 
-use crate::{class_score, Error, Result};
+use crate::{Error, Result};
 
 /// Which causal curve.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,6 +88,26 @@ pub fn causal_curve(
     kind: Causal,
     batch: usize,
 ) -> Result<CausalCurve> {
+    causal_curve_over(net, x, saliency, &[target], kind, batch)
+}
+
+/// [`causal_curve`] for a set of classes that stand for one (an ImageNet model scored on a
+/// VOC or COCO class): the score after each step is the largest softmax probability among
+/// `targets`.
+///
+/// # Shapes
+/// - as [`causal_curve`].
+pub fn causal_curve_over(
+    net: &dyn Network,
+    x: &Tensor,
+    saliency: &Tensor,
+    targets: &[usize],
+    kind: Causal,
+    batch: usize,
+) -> Result<CausalCurve> {
+    if targets.is_empty() {
+        return Err(Error::Invalid("a causal curve needs at least one class".into()));
+    }
     let (n, c, h, w) = x.dims4()?;
     if n != 1 {
         return Err(Error::Invalid(format!(
@@ -129,12 +149,20 @@ pub fn causal_curve(
         let logits = net.forward(&t)?;
         let p = candle_core::Tensor::exp(&(logits.broadcast_sub(&logits.max_keepdim(1)?)?))?;
         let p = p.broadcast_div(&p.sum_keepdim(1)?)?;
-        scores.extend(
-            class_score(&p, target)?
-                .to_dtype(DType::F64)?
-                .flatten_all()?
-                .to_vec1::<f64>()?,
-        );
+        let classes = p.dim(1)?;
+        let p = p.to_dtype(DType::F64)?.to_vec2::<f64>()?;
+        for row in p {
+            let mut best = f64::NEG_INFINITY;
+            for &t in targets {
+                best = best.max(*row.get(t).ok_or_else(|| {
+                    Error::Invalid(format!(
+                        "class {t} is outside the model's {classes} classes (0…{})",
+                        classes - 1
+                    ))
+                })?);
+            }
+            scores.push(best);
+        }
         Ok(())
     };
     for i in 0..=steps {
@@ -156,36 +184,56 @@ pub fn causal_curve(
     Ok(CausalCurve { scores, auc })
 }
 
-/// The pointing game: a hit when the saliency maximum lies within `tolerance` pixels
-/// (Euclidean, TorchRay uses 15) of a ground-truth pixel.
+/// The pointing game: a hit when the saliency maximum lies within `tolerance` pixels of a
+/// ground-truth pixel — closer than `tolerance` (Euclidean, strictly, as TorchRay's
+/// `(Δu² + Δv²) < tolerance²`; TorchRay uses 15).
 ///
 /// # Shapes
 /// - `saliency`: `(…, H, W)`; `truth`: `H × W` booleans, row-major.
 pub fn pointing_hit(saliency: &Tensor, truth: &[bool], tolerance: f64) -> Result<bool> {
     let dims = saliency.dims();
     let (h, w) = (dims[dims.len() - 2], dims[dims.len() - 1]);
-    if truth.len() != h * w {
-        return Err(Error::Invalid(format!(
-            "ground truth of {} pixels for a {h}×{w} map",
-            truth.len()
-        )));
-    }
+    pointing_hit_at(saliency_point(saliency)?, truth, (h, w), tolerance)
+}
+
+/// Where a saliency map points: its maximum, `(u, v)` = (column, row), the first in row-major
+/// order on ties (as `torch.argmax`).
+///
+/// # Shapes
+/// - `saliency`: `(…, H, W)`.
+pub fn saliency_point(saliency: &Tensor) -> Result<(usize, usize)> {
+    let w = *saliency.dims().last().unwrap_or(&1);
     let v = saliency.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?;
+    if v.is_empty() || v.iter().any(|s| s.is_nan()) {
+        return Err(Error::Invalid("the saliency map is empty or holds NaN".into()));
+    }
     let (mut best, mut at) = (f64::NEG_INFINITY, 0);
     for (i, &s) in v.iter().enumerate() {
         if s > best {
             (best, at) = (s, i);
         }
     }
-    let (py, px) = ((at / w) as f64, (at % w) as f64);
+    Ok((at % w, at / w))
+}
+
+/// The pointing game for a point `(u, v)` (column, row) on an `(h, w)` ground truth: a hit
+/// when a ground-truth pixel lies strictly closer than `tolerance`.
+pub fn pointing_hit_at(point: (usize, usize), truth: &[bool], (h, w): (usize, usize), tolerance: f64) -> Result<bool> {
+    if truth.len() != h * w {
+        return Err(Error::Invalid(format!(
+            "ground truth of {} pixels for a {h}×{w} map",
+            truth.len()
+        )));
+    }
+    let (px, py) = (point.0 as isize, point.1 as isize);
     let r = tolerance.ceil() as isize;
     for dy in -r..=r {
         for dx in -r..=r {
-            let (y, x) = (py as isize + dy, px as isize + dx);
+            let (y, x) = (py + dy, px + dx);
             if y < 0 || x < 0 || y >= h as isize || x >= w as isize {
                 continue;
             }
-            if ((dy * dy + dx * dx) as f64).sqrt() <= tolerance && truth[y as usize * w + x as usize] {
+            if ((dy * dy + dx * dx) as f64) < tolerance * tolerance && truth[y as usize * w + x as usize] {
                 return Ok(true);
             }
         }

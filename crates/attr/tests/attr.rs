@@ -256,9 +256,12 @@ fn pointing_game_hits_within_the_tolerance() {
         t
     };
     assert!(pointing_hit(&map, &truth_at(&[(10, 20)]), 15.0).unwrap());
-    // 15 px away (9, 12 → 15): a hit; 16 px: a miss.
-    assert!(pointing_hit(&map, &truth_at(&[(19, 32)]), 15.0).unwrap());
+    // 14.9 px away (14, 5): a hit; exactly 15 px (9, 12) is a miss, as TorchRay's
+    // `d² < 15²`; 16 px: a miss.
+    assert!(pointing_hit(&map, &truth_at(&[(24, 25)]), 15.0).unwrap());
+    assert!(!pointing_hit(&map, &truth_at(&[(19, 32)]), 15.0).unwrap());
     assert!(!pointing_hit(&map, &truth_at(&[(26, 20)]), 15.0).unwrap());
+    assert_eq!(extremal_attr::metrics::saliency_point(&map).unwrap(), (20, 10));
     assert!(!pointing_hit(&map, &truth_at(&[]), 15.0).unwrap());
     assert!(pointing_hit(&map, &[true; 3], 15.0).is_err());
 }
