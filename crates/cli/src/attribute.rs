@@ -21,36 +21,8 @@ pub(crate) struct AttributeArgs {
     /// Target class (default: the top-1 class).
     #[arg(long)]
     target: Option<usize>,
-    /// extremal (the default), gradient, deconvnet, guided-backprop, grad-cam, linear-approx,
-    /// excitation-backprop, contrastive-excitation-backprop, rise, occlusion or
-    /// integrated-gradients.
-    #[arg(long, default_value = "extremal")]
-    method: String,
-    /// The saliency site (a name or an alias) of grad-cam and linear-approx (default `layer4`)
-    /// and of the excitation backprops (default `layer3`), TorchRay's benchmark settings.
-    #[arg(long)]
-    layer: Option<String>,
-    /// RISE: number of masks.
-    #[arg(long, default_value_t = 8000)]
-    rise_masks: usize,
-    /// RISE: grid cells per side.
-    #[arg(long, default_value_t = 7)]
-    rise_cells: usize,
-    /// RISE: probability that a cell is kept.
-    #[arg(long, default_value_t = 0.5)]
-    rise_p: f64,
-    /// RISE: seed of the masks.
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
-    /// Occlusion: patch side in pixels.
-    #[arg(long, default_value_t = 16)]
-    occlusion_window: usize,
-    /// Occlusion: step between patches.
-    #[arg(long, default_value_t = 8)]
-    occlusion_stride: usize,
-    /// Integrated gradients: quadrature points (black baseline).
-    #[arg(long, default_value_t = 50)]
-    ig_steps: usize,
+    #[command(flatten)]
+    pub(crate) method: MethodArgs,
     /// Target areas, fractions of the image, comma separated: one mask each, in one batch.
     #[arg(long, value_delimiter = ',', default_value = "0.1")]
     areas: Vec<f64>,
@@ -81,8 +53,43 @@ pub(crate) struct AttributeArgs {
     json: bool,
 }
 
+/// The attribution method and its options (shared by `attribute` and `evaluate`).
+#[derive(clap::Args, Debug, Clone)]
+pub(crate) struct MethodArgs {
+    /// extremal (the default), gradient, deconvnet, guided-backprop, grad-cam, linear-approx,
+    /// excitation-backprop, contrastive-excitation-backprop, rise, occlusion or
+    /// integrated-gradients.
+    #[arg(long, default_value = "extremal")]
+    pub(crate) method: String,
+    /// The saliency site (a name or an alias) of grad-cam and linear-approx (default `layer4`)
+    /// and of the excitation backprops (default `layer3`), TorchRay's benchmark settings.
+    #[arg(long)]
+    pub(crate) layer: Option<String>,
+    /// RISE: number of masks.
+    #[arg(long, default_value_t = 8000)]
+    rise_masks: usize,
+    /// RISE: grid cells per side.
+    #[arg(long, default_value_t = 7)]
+    rise_cells: usize,
+    /// RISE: probability that a cell is kept.
+    #[arg(long, default_value_t = 0.5)]
+    rise_p: f64,
+    /// RISE: seed of the masks.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Occlusion: patch side in pixels.
+    #[arg(long, default_value_t = 16)]
+    occlusion_window: usize,
+    /// Occlusion: step between patches.
+    #[arg(long, default_value_t = 8)]
+    occlusion_stride: usize,
+    /// Integrated gradients: quadrature points (black baseline).
+    #[arg(long, default_value_t = 50)]
+    ig_steps: usize,
+}
+
 /// The baseline named by `--method` (None for extremal perturbation).
-fn baseline(args: &AttributeArgs) -> Result<Option<Box<dyn Method>>> {
+pub(crate) fn baseline(args: &MethodArgs) -> Result<Option<Box<dyn Method>>> {
     use extremal_attr::*;
     let layer = |default: &str| args.layer.clone().unwrap_or_else(|| default.to_string());
     Ok(Some(match args.method.as_str() {
@@ -165,7 +172,7 @@ fn run_baseline(
 }
 
 pub(crate) fn run(args: &AttributeArgs) -> Result<()> {
-    let method = baseline(args)?;
+    let method = baseline(&args.method)?;
     let (model, x) = args.model.load_with_image(&args.input, args.keep_aspect, "attribute")?;
     let cfg = ExtremalConfig {
         areas: args.areas.clone(),

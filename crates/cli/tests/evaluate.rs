@@ -1,0 +1,229 @@
+//! `extremal evaluate` end to end on the fixture datasets: a run split into 2 shards, one of
+//! them interrupted (by --limit, and by a record cut short as a kill mid-write leaves it) and
+//! resumed, merges to exactly the single run's table; the centre baseline reproduces
+//! TorchRay's accuracy; the causal metrics write an AUC; bad input is refused.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn extremal(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_extremal"))
+        .args(args)
+        .current_dir(root())
+        .output()
+        .unwrap()
+}
+
+fn ok(args: &[&str]) -> String {
+    let out = extremal(args);
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn fails_with(args: &[&str], needle: &str) {
+    let out = extremal(args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+    assert!(
+        stderr.contains(needle) && !stderr.contains("panicked"),
+        "{args:?}: {stderr}"
+    );
+}
+
+fn tmp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("extremal-evaluate-test-{}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    let p = d.join(name);
+    let _ = std::fs::remove_file(&p);
+    p
+}
+
+fn lines(path: &PathBuf) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect();
+    v.sort();
+    v
+}
+
+fn evaluate(extra: &[&str], out: &PathBuf) -> String {
+    let mut args = vec![
+        "evaluate",
+        "--method",
+        "gradient",
+        "--dataset",
+        "tests/fixtures/voc-mini",
+        "--format",
+        "voc",
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    args.extend(extra);
+    ok(&args)
+}
+
+#[test]
+fn two_shards_interrupted_and_resumed_merge_to_the_single_run() {
+    let single = tmp("single.jsonl");
+    evaluate(&[], &single);
+    let (a, b) = (tmp("shard0.jsonl"), tmp("shard1.jsonl"));
+    // Shard 0 stops after 2 pairs; a kill mid-write leaves half a line.
+    let first = evaluate(&["--shard", "0/2", "--limit", "2"], &a);
+    assert!(first.contains("2/"), "{first}");
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(&a)
+        .unwrap()
+        .write_all(b"{\"image\":\"0000")
+        .unwrap();
+    let resumed = evaluate(&["--shard", "0/2"], &a);
+    evaluate(&["--shard", "1/2"], &b);
+    // Resuming again finds nothing to do.
+    let again = evaluate(&["--shard", "0/2"], &a);
+    assert_eq!(resumed.lines().last(), again.lines().last());
+    let mut both = lines(&a);
+    both.extend(lines(&b));
+    both.sort();
+    assert_eq!(both, lines(&single), "the shards hold the single run's records");
+
+    let (t1, t2) = (tmp("single.json"), tmp("sharded.json"));
+    ok(&[
+        "evaluate",
+        "merge",
+        single.to_str().unwrap(),
+        "--out",
+        t1.to_str().unwrap(),
+    ]);
+    let merged = ok(&[
+        "evaluate",
+        "merge",
+        a.to_str().unwrap(),
+        b.to_str().unwrap(),
+        "--out",
+        t2.to_str().unwrap(),
+    ]);
+    println!("{merged}");
+    let read =
+        |p: &PathBuf| -> serde_json::Value { serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap() };
+    let (t1, t2) = (read(&t1), read(&t2));
+    assert_eq!(t1, t2);
+    assert_eq!(t1["pairs"], 8);
+    assert_eq!(t1["skipped"]["difficult"], 1);
+}
+
+#[test]
+fn the_centre_baseline_scores_torchrays_accuracy() {
+    let golden: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(root().join("tests/fixtures/pointing_golden.json")).unwrap())
+            .unwrap();
+    for (format, dir) in [("voc", "tests/fixtures/voc-mini"), ("coco", "tests/fixtures/coco-mini")] {
+        for difficult in [false, true] {
+            let out = tmp(&format!("centre-{format}-{difficult}.jsonl"));
+            let flags = format!("{dir}/difficult.txt");
+            let mut args = vec![
+                "evaluate",
+                "--method",
+                "center",
+                "--dataset",
+                dir,
+                "--format",
+                format,
+                "--out",
+                out.to_str().unwrap(),
+                "--json",
+            ];
+            if difficult {
+                args.extend(["--difficult", flags.as_str()]);
+            }
+            let v: serde_json::Value = serde_json::from_str(&ok(&args)).unwrap();
+            let key = if difficult { "accuracy_difficult" } else { "accuracy" };
+            let want = golden["centre"][format][key].as_f64().unwrap();
+            let got = v["table"]["value"].as_f64().unwrap();
+            println!("{format} {key}: {got} (TorchRay {want})");
+            assert!((got - want).abs() < 1e-12);
+        }
+    }
+}
+
+#[test]
+fn causal_metrics_record_an_auc() {
+    let out = tmp("deletion.jsonl");
+    evaluate(&["--metric", "deletion", "--limit", "1"], &out);
+    let record: serde_json::Value = serde_json::from_str(&lines(&out)[0]).unwrap();
+    let auc = record["auc"].as_f64().unwrap();
+    assert!(auc > 0.0 && auc < 1.0, "{record}");
+    // The same file cannot take records of another method.
+    fails_with(
+        &[
+            "evaluate",
+            "--method",
+            "grad-cam",
+            "--metric",
+            "deletion",
+            "--dataset",
+            "tests/fixtures/voc-mini",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        "use another --out",
+    );
+}
+
+#[test]
+fn bad_input_is_refused() {
+    let out = tmp("bad.jsonl");
+    let o = out.to_str().unwrap();
+    fails_with(
+        &["evaluate", "--dataset", "/nonexistent", "--out", o],
+        "not a directory",
+    );
+    fails_with(
+        &[
+            "evaluate",
+            "--dataset",
+            "tests/fixtures/voc-mini",
+            "--out",
+            o,
+            "--shard",
+            "2/2",
+        ],
+        "--shard",
+    );
+    fails_with(
+        &[
+            "evaluate",
+            "--dataset",
+            "tests/fixtures/voc-mini",
+            "--out",
+            o,
+            "--metric",
+            "iou",
+        ],
+        "unknown metric",
+    );
+    fails_with(
+        &[
+            "evaluate",
+            "--dataset",
+            "tests/fixtures/voc-mini",
+            "--out",
+            o,
+            "--format",
+            "kitti",
+        ],
+        "unknown dataset format",
+    );
+    fails_with(&["evaluate", "--dataset", "tests/fixtures/voc-mini"], "--out");
+    fails_with(&["evaluate", "merge", "/nonexistent.jsonl", "--out", o], "nonexistent");
+}
