@@ -4,7 +4,7 @@
 //! TorchRay's accuracy; the causal metrics write an AUC; bad input is refused.
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 fn root() -> PathBuf {
@@ -47,7 +47,7 @@ fn tmp(name: &str) -> PathBuf {
     p
 }
 
-fn lines(path: &PathBuf) -> Vec<String> {
+fn lines(path: &Path) -> Vec<String> {
     let mut v: Vec<String> = std::fs::read_to_string(path)
         .unwrap()
         .lines()
@@ -57,7 +57,7 @@ fn lines(path: &PathBuf) -> Vec<String> {
     v
 }
 
-fn evaluate(extra: &[&str], out: &PathBuf) -> String {
+fn evaluate(extra: &[&str], out: &Path) -> String {
     let mut args = vec![
         "evaluate",
         "--method",
