@@ -47,7 +47,11 @@ fn captum_methods() -> Vec<(&'static str, Box<dyn Method>)> {
         ),
         (
             "integrated_gradients",
-            Box::new(IntegratedGradients { steps: 8, batch: 8 }),
+            Box::new(IntegratedGradients {
+                steps: 8,
+                batch: 8,
+                ..Default::default()
+            }),
         ),
     ]
 }

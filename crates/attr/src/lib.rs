@@ -47,7 +47,7 @@ pub use gradient::{ExcitationBackprop, GradCam, Gradient, LinearApprox};
 pub use metrics::{
     causal_curve, causal_curve_over, pointing_hit, pointing_hit_at, saliency_point, Causal, CausalCurve,
 };
-pub use perturb::{rise_masks, rise_masks_from_grids, IntegratedGradients, Occlusion, Rise};
+pub use perturb::{rise_masks, rise_masks_from_grids, Baseline, IntegratedGradients, Occlusion, Rise};
 
 use candle_core::Tensor;
 use extremal_hook::Network;

@@ -274,19 +274,74 @@ pub(crate) fn gauss_legendre(n: usize) -> Vec<(f64, f64)> {
         .collect()
 }
 
-/// Integrated gradients (Sundararajan et al. 2017) from a black (0) baseline, with Captum's
-/// default Gauss–Legendre rule; the map is the sum over colour channels.
+/// Integrated gradients (Sundararajan et al. 2017) from a baseline `x̄` (default 0 in the
+/// network's input space, Captum's default), with Captum's default Gauss–Legendre rule:
+/// `(x − x̄) ⊙ ∫ ∂y/∂x(x̄ + α(x − x̄)) dα`; the map is the sum over colour channels.
 #[derive(Debug, Clone)]
 pub struct IntegratedGradients {
     /// Quadrature points (Captum: 50).
     pub steps: usize,
     /// Points per forward batch.
     pub batch: usize,
+    /// The baseline.
+    pub baseline: Baseline,
+}
+
+/// The reference input of [`IntegratedGradients`] (and the value occluded regions take).
+#[derive(Debug, Clone, Default)]
+pub enum Baseline {
+    /// Zeros in the network's input space (Captum's default; the mean colour for an
+    /// ImageNet-normalised input).
+    #[default]
+    Zero,
+    /// One value per channel in the network's input space, e.g. black after normalisation.
+    Constant(Vec<f64>),
+    /// The input blurred with a Gaussian of this σ in pixels.
+    Blur(f64),
+    /// A given tensor of the input's shape.
+    Given(Tensor),
+}
+
+impl Baseline {
+    /// The baseline of `x`.
+    ///
+    /// # Shapes
+    /// - `x`: `(1, C, H, W)`; returns the same shape.
+    pub fn of(&self, x: &Tensor) -> Result<Tensor> {
+        let (_, c, _, _) = x.dims4()?;
+        Ok(match self {
+            Baseline::Zero => x.zeros_like()?,
+            Baseline::Constant(v) if v.len() == c => Tensor::new(v.as_slice(), x.device())?
+                .to_dtype(x.dtype())?
+                .reshape((1, c, 1, 1))?
+                .broadcast_as(x.shape())?
+                .contiguous()?,
+            Baseline::Constant(v) => {
+                return Err(Error::Invalid(format!(
+                    "a constant baseline of {} values for {c} channels",
+                    v.len()
+                )))
+            }
+            Baseline::Blur(sigma) => extremal_ops::gaussian_blur(x, *sigma, extremal_ops::Border::Reflect)?,
+            Baseline::Given(b) if b.dims() == x.dims() => b.to_dtype(x.dtype())?.to_device(x.device())?,
+            Baseline::Given(b) => {
+                return Err(Error::Invalid(format!(
+                    "the baseline has shape {:?}, the input {:?}",
+                    b.dims(),
+                    x.dims()
+                )))
+            }
+        })
+    }
 }
 
 impl Default for IntegratedGradients {
     fn default() -> Self {
-        Self { steps: 50, batch: 16 }
+        Self {
+            steps: 50,
+            batch: 16,
+            baseline: Baseline::Zero,
+        }
     }
 }
 
@@ -297,6 +352,8 @@ impl IntegratedGradients {
             return Err(Error::Invalid("integrated gradients needs at least one step".into()));
         }
         let x = x.detach();
+        let base = self.baseline.of(&x)?.detach();
+        let delta = (&x - &base)?;
         let nodes = gauss_legendre(self.steps);
         let mut acc = x.zeros_like()?;
         for chunk in nodes.chunks(self.batch.max(1)) {
@@ -304,7 +361,7 @@ impl IntegratedGradients {
             let weights: Vec<f64> = chunk.iter().map(|(_, w)| *w).collect();
             let b = chunk.len();
             let a = Tensor::from_vec(alphas, (b, 1, 1, 1), x.device())?.to_dtype(x.dtype())?;
-            let points = Var::from_tensor(&x.broadcast_mul(&a)?)?;
+            let points = Var::from_tensor(&delta.broadcast_mul(&a)?.broadcast_add(&base)?)?;
             let y = class_score(&net.forward(points.as_tensor())?, target)?.sum_all()?;
             let g = y
                 .backward()?
@@ -314,7 +371,7 @@ impl IntegratedGradients {
             let wt = Tensor::from_vec(weights, (b, 1, 1, 1), x.device())?.to_dtype(x.dtype())?;
             acc = (acc + g.broadcast_mul(&wt)?.sum_keepdim(0)?)?;
         }
-        Ok((acc * &x)?)
+        Ok((acc * delta)?)
     }
 }
 

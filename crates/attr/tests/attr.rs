@@ -141,7 +141,11 @@ fn integrated_gradients_are_complete() {
     // Σ attributions = y(x) − y(0) for a piecewise-linear network (up to quadrature error).
     let net = conv_net();
     let x = normal(&[1, 3, 6, 7], 7);
-    let ig = IntegratedGradients { steps: 64, batch: 16 };
+    let ig = IntegratedGradients {
+        steps: 64,
+        batch: 16,
+        ..Default::default()
+    };
     let attr = ig.attribution(&net, &x, 0).unwrap();
     let total = attr.sum_all().unwrap().to_scalar::<f64>().unwrap();
     let logit0 = |t: &Tensor| -> f64 {
@@ -161,11 +165,29 @@ fn integrated_gradients_are_complete() {
     let w = normal(&[2, 3, 4, 5], 8);
     let lin = linear_net(w.clone());
     let x = normal(&[1, 3, 4, 5], 9);
-    let attr = IntegratedGradients { steps: 5, batch: 2 }
-        .attribution(&lin, &x, 0)
-        .unwrap();
+    let attr = IntegratedGradients {
+        steps: 5,
+        batch: 2,
+        ..Default::default()
+    }
+    .attribution(&lin, &x, 0)
+    .unwrap();
     let want = (w.get(0).unwrap().unsqueeze(0).unwrap() * &x).unwrap();
     assert!(max_diff(&attr, &want) < 1e-10);
+    // From another baseline: W ⊙ (x − x̄).
+    let base = normal(&[1, 3, 4, 5], 12);
+    let attr = IntegratedGradients {
+        steps: 5,
+        batch: 2,
+        baseline: extremal_attr::Baseline::Given(base.clone()),
+    }
+    .attribution(&lin, &x, 0)
+    .unwrap();
+    let want = (w.get(0).unwrap().unsqueeze(0).unwrap() * (&x - &base).unwrap()).unwrap();
+    assert!(max_diff(&attr, &want) < 1e-10);
+    let constant = extremal_attr::Baseline::Constant(vec![1.0, 2.0, 3.0]).of(&x).unwrap();
+    assert_eq!(constant.dims(), x.dims());
+    assert!(extremal_attr::Baseline::Constant(vec![1.0]).of(&x).is_err());
 }
 
 #[test]

@@ -11,6 +11,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
 use crate::{render, ModelArgs};
+use extremal_models::Preprocess;
 
 #[derive(clap::Args)]
 pub(crate) struct AttributeArgs {
@@ -83,13 +84,18 @@ pub(crate) struct MethodArgs {
     /// Occlusion: step between patches.
     #[arg(long, default_value_t = 8)]
     occlusion_stride: usize,
-    /// Integrated gradients: quadrature points (black baseline).
+    /// Integrated gradients: quadrature points.
     #[arg(long, default_value_t = 50)]
     ig_steps: usize,
+    /// Integrated gradients: the baseline: zero (the network's input space, Captum's
+    /// default), black, blur (σ 10 px) or a .safetensors file whose tensor `baseline` has the
+    /// input's shape.
+    #[arg(long, default_value = "zero")]
+    ig_baseline: String,
 }
 
 /// The baseline named by `--method` (None for extremal perturbation).
-pub(crate) fn baseline(args: &MethodArgs) -> Result<Option<Box<dyn Method>>> {
+pub(crate) fn baseline(args: &MethodArgs, pre: &Preprocess) -> Result<Option<Box<dyn Method>>> {
     use extremal_attr::*;
     let layer = |default: &str| args.layer.clone().unwrap_or_else(|| default.to_string());
     Ok(Some(match args.method.as_str() {
@@ -117,6 +123,20 @@ pub(crate) fn baseline(args: &MethodArgs) -> Result<Option<Box<dyn Method>>> {
         }),
         "integrated-gradients" => Box::new(IntegratedGradients {
             steps: args.ig_steps,
+            baseline: match args.ig_baseline.as_str() {
+                "zero" => Baseline::Zero,
+                "black" => Baseline::Constant((0..3).map(|c| (-pre.mean[c] / pre.std[c]) as f64).collect()),
+                "blur" => Baseline::Blur(10.0),
+                path if path.ends_with(".safetensors") => {
+                    let mut t = candle_core::safetensors::load(path, &candle_core::Device::Cpu)
+                        .with_context(|| format!("cannot read the baseline {path}"))?;
+                    Baseline::Given(
+                        t.remove("baseline")
+                            .with_context(|| format!("{path} holds no tensor `baseline`"))?,
+                    )
+                }
+                other => bail!("--ig-baseline `{other}`: use zero, black, blur or a .safetensors file"),
+            },
             ..Default::default()
         }),
         other => bail!(
@@ -172,8 +192,8 @@ fn run_baseline(
 }
 
 pub(crate) fn run(args: &AttributeArgs) -> Result<()> {
-    let method = baseline(&args.method)?;
     let (model, x) = args.model.load_with_image(&args.input, args.keep_aspect, "attribute")?;
+    let method = baseline(&args.method, model.preprocess())?;
     let cfg = ExtremalConfig {
         areas: args.areas.clone(),
         iterations: args.iterations,

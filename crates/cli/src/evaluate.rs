@@ -123,11 +123,11 @@ impl Method for Centre {
     }
 }
 
-fn method_of(args: &EvaluateArgs, format: Format) -> Result<Box<dyn Method>> {
+fn method_of(args: &EvaluateArgs, format: Format, pre: &extremal_models::Preprocess) -> Result<Box<dyn Method>> {
     if args.method.method == "center" {
         return Ok(Box::new(Centre));
     }
-    Ok(match baseline(&args.method)? {
+    Ok(match baseline(&args.method, pre)? {
         Some(m) => m,
         None => {
             let areas = args.areas.clone().unwrap_or_else(|| match format {
@@ -163,8 +163,8 @@ pub(crate) fn run(args: &EvaluateArgs) -> Result<()> {
     let dataset = Dataset::load(dir, format, args.subset.as_deref())
         .with_context(|| format!("cannot read the {} dataset at {}", format.name(), dir.display()))?;
     let flags = args.difficult.as_deref().map(DifficultFlags::load).transpose()?;
-    let method = method_of(args, format)?;
     let model = args.model.load()?;
+    let method = method_of(args, format, model.preprocess())?;
     let probe = Tensor::zeros((1, 3, 224, 224), DType::F32, model.device())?;
     let model_classes = model.forward(&probe)?.dim(1)?;
     let map = match args.class_map.as_deref() {

@@ -493,6 +493,10 @@ fn attribute_baselines_write_a_map_at_the_input_size() {
         ),
         ("rise", vec!["--rise-masks", "8"]),
         ("integrated-gradients", vec!["--ig-steps", "2"]),
+        (
+            "integrated-gradients",
+            vec!["--ig-steps", "2", "--ig-baseline", "black"],
+        ),
     ] {
         let dir = tmp(&format!("baseline-{method}"));
         let out = dir.to_str().unwrap();
@@ -516,6 +520,17 @@ fn attribute_baselines_write_a_map_at_the_input_size() {
     fails_with(
         &["attribute", "assets/chelsea.png", "--method", "magic"],
         "unknown method `magic`",
+    );
+    fails_with(
+        &[
+            "attribute",
+            "assets/chelsea.png",
+            "--method",
+            "integrated-gradients",
+            "--ig-baseline",
+            "grey",
+        ],
+        "--ig-baseline",
     );
     fails_with(
         &[
