@@ -227,3 +227,58 @@ fn bad_input_is_refused() {
     fails_with(&["evaluate", "--dataset", "tests/fixtures/voc-mini"], "--out");
     fails_with(&["evaluate", "merge", "/nonexistent.jsonl", "--out", o], "nonexistent");
 }
+
+#[test]
+fn fine_tuned_weights_are_scored_class_for_class() {
+    // A ResNet-18 with a 20-way head, as fine-tuned on VOC.
+    let dev = candle_core::Device::Cpu;
+    let (_, weights) =
+        extremal_models::Model::random(extremal_models::ModelKind::Resnet18, 3, candle_core::DType::F32, &dev).unwrap();
+    let mut tensors = std::collections::HashMap::new();
+    for name in weights.names() {
+        let t = weights.get(name).unwrap().clone();
+        let t = if name.starts_with("fc.") {
+            t.narrow(0, 0, 20).unwrap()
+        } else {
+            t
+        };
+        tensors.insert(name.to_string(), t);
+    }
+    let file = tmp("resnet18-voc.safetensors");
+    candle_core::safetensors::save(&tensors, &file).unwrap();
+    let out = tmp("finetuned.jsonl");
+    let v: serde_json::Value = serde_json::from_str(&ok(&[
+        "evaluate",
+        "--model",
+        "resnet18",
+        "--weights",
+        file.to_str().unwrap(),
+        "--method",
+        "grad-cam",
+        "--dataset",
+        "tests/fixtures/voc-mini",
+        "--out",
+        out.to_str().unwrap(),
+        "--json",
+    ]))
+    .unwrap();
+    assert_eq!(v["done"], 8);
+    assert_eq!(v["table"]["skipped"]["difficult"], 1, "{v}");
+    // The ImageNet map does not fit a 20-class head.
+    fails_with(
+        &[
+            "evaluate",
+            "--model",
+            "resnet18",
+            "--weights",
+            file.to_str().unwrap(),
+            "--dataset",
+            "tests/fixtures/voc-mini",
+            "--out",
+            tmp("x.jsonl").to_str().unwrap(),
+            "--class-map",
+            "imagenet",
+        ],
+        "--class-map identity",
+    );
+}

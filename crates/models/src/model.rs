@@ -74,6 +74,15 @@ impl ModelKind {
         })
     }
 
+    /// The name of the classifier's weight (its first dimension is the number of classes).
+    pub fn classifier(&self) -> &'static str {
+        match self {
+            ModelKind::Vgg16 => "classifier.6.weight",
+            ModelKind::EfficientnetLite0 => "_fc.weight",
+            _ => "fc.weight",
+        }
+    }
+
     /// Prefixes of tensors a weight file may hold that the model does not use.
     fn ignored(&self) -> &'static [&'static str] {
         match self {
@@ -132,19 +141,35 @@ pub struct Model {
 }
 
 impl Model {
-    /// Builds `kind` from any parameter source.
+    /// Builds `kind` with ImageNet's 1000 classes from any parameter source.
     pub fn from_params(kind: ModelKind, p: &mut dyn ParamSource, dtype: DType, device: &Device) -> Result<Self> {
+        Self::from_params_with_classes(kind, p, 1000, dtype, device)
+    }
+
+    /// Builds `kind` with a `classes`-way classifier (e.g. 20 for weights fine-tuned on PASCAL
+    /// VOC); the labels are ImageNet's for 1000 classes, `class i` otherwise.
+    pub fn from_params_with_classes(
+        kind: ModelKind,
+        p: &mut dyn ParamSource,
+        classes: usize,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self> {
         let graph = match kind {
-            ModelKind::Vgg16 => vgg::vgg16(p, 1000)?,
-            ModelKind::Googlenet => googlenet::googlenet(p, 1000, true)?,
-            ModelKind::EfficientnetLite0 => efficientnet::efficientnet_lite0(p, 1000)?,
-            k => resnet::resnet(p, k.resnet_depth().expect("a ResNet"), 1000)?,
+            ModelKind::Vgg16 => vgg::vgg16(p, classes)?,
+            ModelKind::Googlenet => googlenet::googlenet(p, classes, true)?,
+            ModelKind::EfficientnetLite0 => efficientnet::efficientnet_lite0(p, classes)?,
+            k => resnet::resnet(p, k.resnet_depth().expect("a ResNet"), classes)?,
         };
         Ok(Self {
             kind,
             graph,
             preprocess: kind.preprocess(),
-            labels: crate::imagenet_labels(),
+            labels: if classes == 1000 {
+                crate::imagenet_labels()
+            } else {
+                (0..classes).map(|i| format!("class {i}")).collect()
+            },
             device: device.clone(),
             dtype,
         })
@@ -159,8 +184,13 @@ impl Model {
         } else {
             weights
         };
+        // The classifier's size comes from the weights, so that fine-tuned heads load.
+        let classes = weights
+            .get(kind.classifier())
+            .and_then(|w| w.dims().first().copied())
+            .unwrap_or(1000);
         let mut loader = WeightLoader::new(weights, kind.name(), dtype, device);
-        let model = Self::from_params(kind, &mut loader, dtype, device)?;
+        let model = Self::from_params_with_classes(kind, &mut loader, classes, dtype, device)?;
         let unused: Vec<String> = loader
             .unused()
             .into_iter()
