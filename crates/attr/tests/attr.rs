@@ -333,32 +333,18 @@ fn excitation_backprop_splits_the_signal_by_contribution() {
         .unwrap()
         .reshape((1, 2, 2, 2))
         .unwrap();
-    let plain = ExcitationBackprop {
-        layer: "features".into(),
-        contrastive: false,
+    let map = |contrastive: bool| -> Vec<f64> {
+        let method = ExcitationBackprop {
+            layer: "features".into(),
+            contrastive,
+        };
+        let map = method.saliency(&net, &x, 0).unwrap();
+        map.flatten_all().unwrap().to_vec1::<f64>().unwrap()
     };
     // m = (2, 2); class 0: W⁺ = (2, 0) → all the signal to channel 0, split 1:3:0:4 / 8.
-    let got = plain
-        .saliency(&net, &x, 0)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1::<f64>()
-        .unwrap();
-    assert_eq!(got, vec![0.125, 0.375, 0.0, 0.5]);
+    assert_eq!(map(false), vec![0.125, 0.375, 0.0, 0.5]);
     // Contrastive: W⁻ = (0, 1) sends the contrast to channel 1, split 2:2:4:0 / 8.
-    let contrastive = ExcitationBackprop {
-        contrastive: true,
-        ..plain.clone()
-    };
-    let got = contrastive
-        .saliency(&net, &x, 0)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1::<f64>()
-        .unwrap();
-    assert_eq!(got, vec![0.0, 0.125, 0.0, 0.5]);
+    assert_eq!(map(true), vec![0.0, 0.125, 0.0, 0.5]);
     // The forward values are those of the plain network.
     let _ebp = extremal_ops::set_excitation_backprop(true);
     let y = net.forward(&x).unwrap().to_vec2::<f64>().unwrap();

@@ -1,51 +1,8 @@
 //! The `extremal` binary end to end: output formats and the errors users meet.
 
-use std::path::PathBuf;
-use std::process::{Command, Output};
+mod common;
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn extremal(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_extremal"))
-        .args(args)
-        .current_dir(root())
-        .output()
-        .unwrap()
-}
-
-fn ok_json(args: &[&str]) -> serde_json::Value {
-    let out = extremal(args);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{args:?} failed: {stderr}");
-    let stdout = String::from_utf8(out.stdout).unwrap();
-    assert_eq!(
-        stdout.trim().lines().count(),
-        1,
-        "--json prints exactly one line: {stdout}"
-    );
-    serde_json::from_str(&stdout).unwrap()
-}
-
-/// Fails with exit code 1 and a one-line error on stderr that contains `needle`; no panic.
-fn fails_with(args: &[&str], needle: &str) {
-    let out = extremal(args);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
-    assert!(stderr.starts_with("error: "), "{args:?}: {stderr}");
-    assert!(stderr.contains(needle), "{args:?}: expected `{needle}` in {stderr}");
-    assert!(
-        !stderr.contains("panicked") && !stderr.contains("backtrace"),
-        "{stderr}"
-    );
-}
-
-fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("extremal-cli-test-{}", std::process::id()));
-    std::fs::create_dir_all(&d).unwrap();
-    d.join(name)
-}
+use common::*;
 
 #[test]
 fn classify_chelsea_json() {

@@ -3,20 +3,18 @@
 //! resumed, merges to exactly the single run's table; the centre baseline reproduces
 //! TorchRay's accuracy; the causal metrics write an AUC; bad input is refused.
 
+mod common;
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
+use common::*;
 
-fn extremal(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_extremal"))
-        .args(args)
-        .current_dir(root())
-        .output()
-        .unwrap()
+/// A scratch file that does not exist yet.
+fn fresh(name: &str) -> PathBuf {
+    let p = tmp(name);
+    let _ = std::fs::remove_file(&p);
+    p
 }
 
 fn ok(args: &[&str]) -> String {
@@ -27,24 +25,6 @@ fn ok(args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8(out.stdout).unwrap()
-}
-
-fn fails_with(args: &[&str], needle: &str) {
-    let out = extremal(args);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
-    assert!(
-        stderr.contains(needle) && !stderr.contains("panicked"),
-        "{args:?}: {stderr}"
-    );
-}
-
-fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("extremal-evaluate-test-{}", std::process::id()));
-    std::fs::create_dir_all(&d).unwrap();
-    let p = d.join(name);
-    let _ = std::fs::remove_file(&p);
-    p
 }
 
 fn lines(path: &Path) -> Vec<String> {
@@ -75,9 +55,9 @@ fn evaluate(extra: &[&str], out: &Path) -> String {
 
 #[test]
 fn two_shards_interrupted_and_resumed_merge_to_the_single_run() {
-    let single = tmp("single.jsonl");
+    let single = fresh("single.jsonl");
     evaluate(&[], &single);
-    let (a, b) = (tmp("shard0.jsonl"), tmp("shard1.jsonl"));
+    let (a, b) = (fresh("shard0.jsonl"), fresh("shard1.jsonl"));
     // Shard 0 stops after 2 pairs; a kill mid-write leaves half a line.
     let first = evaluate(&["--shard", "0/2", "--limit", "2"], &a);
     assert!(first.contains("2/"), "{first}");
@@ -97,7 +77,7 @@ fn two_shards_interrupted_and_resumed_merge_to_the_single_run() {
     both.sort();
     assert_eq!(both, lines(&single), "the shards hold the single run's records");
 
-    let (t1, t2) = (tmp("single.json"), tmp("sharded.json"));
+    let (t1, t2) = (fresh("single.json"), fresh("sharded.json"));
     ok(&[
         "evaluate",
         "merge",
@@ -129,7 +109,7 @@ fn the_centre_baseline_scores_torchrays_accuracy() {
             .unwrap();
     for (format, dir) in [("voc", "tests/fixtures/voc-mini"), ("coco", "tests/fixtures/coco-mini")] {
         for difficult in [false, true] {
-            let out = tmp(&format!("centre-{format}-{difficult}.jsonl"));
+            let out = fresh(&format!("centre-{format}-{difficult}.jsonl"));
             let flags = format!("{dir}/difficult.txt");
             let mut args = vec![
                 "evaluate",
@@ -158,7 +138,7 @@ fn the_centre_baseline_scores_torchrays_accuracy() {
 
 #[test]
 fn causal_metrics_record_an_auc() {
-    let out = tmp("deletion.jsonl");
+    let out = fresh("deletion.jsonl");
     evaluate(&["--metric", "deletion", "--limit", "1"], &out);
     let record: serde_json::Value = serde_json::from_str(&lines(&out)[0]).unwrap();
     let auc = record["auc"].as_f64().unwrap();
@@ -182,7 +162,7 @@ fn causal_metrics_record_an_auc() {
 
 #[test]
 fn bad_input_is_refused() {
-    let out = tmp("bad.jsonl");
+    let out = fresh("bad.jsonl");
     let o = out.to_str().unwrap();
     fails_with(
         &["evaluate", "--dataset", "/nonexistent", "--out", o],
@@ -244,9 +224,9 @@ fn fine_tuned_weights_are_scored_class_for_class() {
         };
         tensors.insert(name.to_string(), t);
     }
-    let file = tmp("resnet18-voc.safetensors");
+    let file = fresh("resnet18-voc.safetensors");
     candle_core::safetensors::save(&tensors, &file).unwrap();
-    let out = tmp("finetuned.jsonl");
+    let out = fresh("finetuned.jsonl");
     let v: serde_json::Value = serde_json::from_str(&ok(&[
         "evaluate",
         "--model",
@@ -275,7 +255,7 @@ fn fine_tuned_weights_are_scored_class_for_class() {
             "--dataset",
             "tests/fixtures/voc-mini",
             "--out",
-            tmp("x.jsonl").to_str().unwrap(),
+            fresh("x.jsonl").to_str().unwrap(),
             "--class-map",
             "imagenet",
         ],
