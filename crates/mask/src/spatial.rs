@@ -618,11 +618,15 @@ impl CustomOp1 for Generate {
         let (h, w) = g.shape_in;
         let hp = h + 2 * g.padding;
         let avx2 = has_avx2();
-        let gp = (0..ho)
+        // Fixed blocks of rows, each with its own accumulator, summed in block order: the
+        // result does not depend on how rayon schedules the blocks (a `fold`/`reduce` would
+        // sum in a run-dependent order, and the masks would differ from run to run).
+        const ROWS: usize = 8;
+        let partials: Vec<Vec<f32>> = (0..ho.div_ceil(ROWS))
             .into_par_iter()
-            .fold(
-                || (vec![0f32; k * hp * wp], RowScratch::new(g)),
-                |(mut acc, mut s), uy| {
+            .map(|block| {
+                let (mut acc, mut s) = (vec![0f32; k * hp * wp], RowScratch::new(g));
+                for uy in block * ROWS..((block + 1) * ROWS).min(ho) {
                     // All masks of one row together: its kernel weights stay in cache.
                     for ki in 0..k {
                         let pp = &pp[ki * hp * wp..(ki + 1) * hp * wp];
@@ -636,17 +640,14 @@ impl CustomOp1 for Generate {
                         }
                         generate_row_grad(g, pp, wp, uy, gr, acc_k, &mut s);
                     }
-                    (acc, s)
-                },
-            )
-            .map(|(acc, _)| acc)
-            .reduce(
-                || vec![0f32; k * hp * wp],
-                |mut a, b| {
-                    a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
-                    a
-                },
-            );
+                }
+                acc
+            })
+            .collect();
+        let mut gp = vec![0f32; k * hp * wp];
+        for part in &partials {
+            gp.iter_mut().zip(part).for_each(|(a, b)| *a += b);
+        }
         // Crop the padding off.
         let mut out = vec![0f32; k * h * w];
         for ki in 0..k {
