@@ -6,7 +6,8 @@
 //! - [`models`]: the model zoo with its weights, preprocessing and labels;
 //! - [`mask`]: the extremal-mask engine (area constraint, games, optimisers, channel masks);
 //! - [`invert`]: feature inversion, to render what channels encode;
-//! - [`attr`]: the attribution baselines (gradient, guided backprop, Grad-CAM, RISE, …).
+//! - [`attr`]: the attribution baselines (gradient, guided backprop, Grad-CAM, RISE, …);
+//! - [`eval`]: dataset runs (VOC/COCO ground truth, class maps, shards).
 //!
 //! ```
 //! use candle_core::{DType, Device, Tensor};
@@ -23,6 +24,7 @@
 //! ```
 
 pub use extremal_attr as attr;
+pub use extremal_eval as eval;
 pub use extremal_hook as hook;
 pub use extremal_invert as invert;
 pub use extremal_mask as mask;
@@ -33,3 +35,25 @@ pub use extremal_ops as ops;
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;
+
+/// The tutorials in `docs/`: every Rust block of every page is compiled and run as a doctest
+/// (`cargo test --doc -p extremal` lists them as `src/lib.rs - tutorials::…`).
+#[cfg(doctest)]
+pub mod tutorials {
+    #[doc = include_str!("../docs/01-quick-start.md")]
+    pub struct QuickStart;
+    #[doc = include_str!("../docs/02-hooks.md")]
+    pub struct Hooks;
+    #[doc = include_str!("../docs/03-channels.md")]
+    pub struct Channels;
+    #[doc = include_str!("../docs/04-inversion.md")]
+    pub struct Inversion;
+    #[doc = include_str!("../docs/05-extremal-perturbation.md")]
+    pub struct ExtremalPerturbation;
+    #[doc = include_str!("../docs/06-your-own-model.md")]
+    pub struct YourOwnModel;
+    #[doc = include_str!("../docs/07-comparing-methods.md")]
+    pub struct ComparingMethods;
+    #[doc = include_str!("../docs/reference.md")]
+    pub struct Reference;
+}

@@ -62,6 +62,13 @@ pub(crate) struct MethodArgs {
     /// integrated-gradients.
     #[arg(long, default_value = "extremal")]
     pub(crate) method: String,
+    #[command(flatten)]
+    pub(crate) options: MethodOptions,
+}
+
+/// The methods' own options (shared by `attribute`, `evaluate` and `compare`).
+#[derive(clap::Args, Debug, Clone)]
+pub(crate) struct MethodOptions {
     /// The saliency site (a name or an alias) of grad-cam and linear-approx (default `layer4`)
     /// and of the excitation backprops (default `layer3`), TorchRay's benchmark settings.
     #[arg(long)]
@@ -94,11 +101,11 @@ pub(crate) struct MethodArgs {
     ig_baseline: String,
 }
 
-/// The baseline named by `--method` (None for extremal perturbation).
-pub(crate) fn baseline(args: &MethodArgs, pre: &Preprocess) -> Result<Option<Box<dyn Method>>> {
+/// The baseline named `name` (None for extremal perturbation).
+pub(crate) fn baseline(name: &str, args: &MethodOptions, pre: &Preprocess) -> Result<Option<Box<dyn Method>>> {
     use extremal_attr::*;
     let layer = |default: &str| args.layer.clone().unwrap_or_else(|| default.to_string());
-    Ok(Some(match args.method.as_str() {
+    Ok(Some(match name {
         "extremal" => return Ok(None),
         "gradient" => Box::new(Gradient::default()),
         "deconvnet" => Box::new(Gradient::deconvnet()),
@@ -107,7 +114,7 @@ pub(crate) fn baseline(args: &MethodArgs, pre: &Preprocess) -> Result<Option<Box
         "linear-approx" => Box::new(LinearApprox { layer: layer("layer4") }),
         "excitation-backprop" | "contrastive-excitation-backprop" => Box::new(ExcitationBackprop {
             layer: layer("layer3"),
-            contrastive: args.method.starts_with("contrastive"),
+            contrastive: name.starts_with("contrastive"),
         }),
         "rise" => Box::new(Rise {
             masks: args.rise_masks,
@@ -144,6 +151,27 @@ pub(crate) fn baseline(args: &MethodArgs, pre: &Preprocess) -> Result<Option<Box
              excitation-backprop, contrastive-excitation-backprop, rise, occlusion or integrated-gradients"
         ),
     }))
+}
+
+/// Extremal perturbation as a saliency method: the sum of the masks of all areas (TorchRay's
+/// benchmark).
+pub(crate) struct ExtremalSaliency(pub(crate) ExtremalConfig);
+
+impl Method for ExtremalSaliency {
+    fn name(&self) -> &'static str {
+        "extremal"
+    }
+
+    fn saliency(
+        &self,
+        net: &dyn Network,
+        x: &candle_core::Tensor,
+        target: usize,
+    ) -> extremal_attr::Result<candle_core::Tensor> {
+        let r = extremal_perturbation(net, x, target, &self.0, &mut |_| {})
+            .map_err(|e| extremal_attr::Error::Invalid(e.to_string()))?;
+        Ok(r.masks.sum_keepdim(0)?)
+    }
 }
 
 /// `--method` other than extremal: one saliency map, `overlay.png` and `saliency.safetensors`.
@@ -193,7 +221,7 @@ fn run_baseline(
 
 pub(crate) fn run(args: &AttributeArgs) -> Result<()> {
     let (model, x) = args.model.load_with_image(&args.input, args.keep_aspect, "attribute")?;
-    let method = baseline(&args.method, model.preprocess())?;
+    let method = baseline(&args.method.method, &args.method.options, model.preprocess())?;
     let cfg = ExtremalConfig {
         areas: args.areas.clone(),
         iterations: args.iterations,

@@ -11,12 +11,12 @@ use extremal_eval::{
     merge, pairs, read_records, ClassMap, Dataset, DifficultFlags, Format, Journal, Mapped, Record, Shard,
 };
 use extremal_hook::Network;
-use extremal_mask::{extremal_perturbation, ExtremalConfig};
+use extremal_mask::ExtremalConfig;
 use extremal_models::load_input;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
-use crate::attribute::{baseline, MethodArgs};
+use crate::attribute::{baseline, ExtremalSaliency, MethodArgs};
 use crate::{render, ModelArgs};
 
 #[derive(clap::Args)]
@@ -94,22 +94,6 @@ enum EvaluateCommand {
     },
 }
 
-/// Extremal perturbation as a saliency method: the sum of the masks of all areas (TorchRay's
-/// benchmark).
-struct Extremal(ExtremalConfig);
-
-impl Method for Extremal {
-    fn name(&self) -> &'static str {
-        "extremal"
-    }
-
-    fn saliency(&self, net: &dyn Network, x: &Tensor, target: usize) -> extremal_attr::Result<Tensor> {
-        let r = extremal_perturbation(net, x, target, &self.0, &mut |_| {})
-            .map_err(|e| extremal_attr::Error::Invalid(e.to_string()))?;
-        Ok(r.masks.sum_keepdim(0)?)
-    }
-}
-
 /// TorchRay's `center` baseline: the map is highest at the image centre.
 struct Centre;
 
@@ -132,14 +116,14 @@ fn method_of(args: &EvaluateArgs, format: Format, pre: &extremal_models::Preproc
     if args.method.method == "center" {
         return Ok(Box::new(Centre));
     }
-    Ok(match baseline(&args.method, pre)? {
+    Ok(match baseline(&args.method.method, &args.method.options, pre)? {
         Some(m) => m,
         None => {
             let areas = args.areas.clone().unwrap_or_else(|| match format {
                 Format::Voc => vec![0.025, 0.05, 0.1, 0.2],
                 Format::Coco => vec![0.018, 0.025, 0.05, 0.1],
             });
-            Box::new(Extremal(ExtremalConfig {
+            Box::new(ExtremalSaliency(ExtremalConfig {
                 areas,
                 iterations: args.iterations,
                 smooth: 0.09,
@@ -261,7 +245,7 @@ pub(crate) fn run(args: &EvaluateArgs) -> Result<()> {
                     .expect("non-empty");
                 attribute(
                     &ExcitationBackprop {
-                        layer: args.method.layer.clone().unwrap_or_else(|| "layer3".into()),
+                        layer: args.method.options.layer.clone().unwrap_or_else(|| "layer3".into()),
                         contrastive: true,
                     },
                     &model,

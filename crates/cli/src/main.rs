@@ -13,6 +13,7 @@ use serde_json::json;
 mod attribute;
 mod bench;
 mod channels;
+mod compare;
 mod evaluate;
 mod invert;
 mod render;
@@ -41,6 +42,9 @@ enum Command {
     /// Feature inversion: an image whose activation at a layer matches the photograph's (or
     /// only some of its channels).
     Invert(invert::InvertArgs),
+    /// Several attribution methods on one image side by side, optionally scored by deletion
+    /// and insertion.
+    Compare(compare::CompareArgs),
     /// Score an attribution method over a VOC or COCO dataset (pointing game, deletion,
     /// insertion): sharded, resumable; `evaluate merge` combines the shards.
     Evaluate(evaluate::EvaluateArgs),
@@ -279,6 +283,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Channels(a) => channels::run(a),
         Command::Attribute(a) => attribute::run(a),
         Command::Invert(a) => invert::run(a),
+        Command::Compare(a) => compare::run(a),
         Command::Evaluate(a) => evaluate::run(a),
         Command::Bench(a) => bench::run(a),
     }

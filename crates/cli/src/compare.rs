@@ -1,0 +1,161 @@
+//! `extremal compare`: several attribution methods on one image, side by side, optionally
+//! scored by RISE's deletion and insertion curves.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use candle_core::DType;
+use extremal_attr::{attribute, causal_curve, Causal, Method};
+use extremal_hook::Network;
+use extremal_mask::ExtremalConfig;
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::json;
+
+use crate::attribute::{baseline, ExtremalSaliency, MethodOptions};
+use crate::{render, ModelArgs};
+
+/// Every method, in the order `compare` shows them.
+const ALL: &str = "gradient,deconvnet,guided-backprop,grad-cam,linear-approx,excitation-backprop,\
+                   contrastive-excitation-backprop,rise,occlusion,integrated-gradients,extremal";
+
+#[derive(clap::Args)]
+pub(crate) struct CompareArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// An image file or a .safetensors file whose tensor `input` is used as is.
+    input: PathBuf,
+    /// Target class (default: the top-1 class).
+    #[arg(long)]
+    target: Option<usize>,
+    /// The methods, comma separated (default: all eleven; see `attribute --method`).
+    #[arg(long, value_delimiter = ',', default_value = ALL)]
+    methods: Vec<String>,
+    #[command(flatten)]
+    options: MethodOptions,
+    /// Extremal perturbation: areas (the map is the sum of their masks).
+    #[arg(long, value_delimiter = ',', default_value = "0.1")]
+    areas: Vec<f64>,
+    /// Extremal perturbation: iterations.
+    #[arg(long, default_value_t = 800)]
+    iterations: usize,
+    /// Also score each map by RISE's deletion (lower is better) and insertion (higher is
+    /// better) areas under the curve.
+    #[arg(long)]
+    scores: bool,
+    /// Resize the shorter side to the model's input size instead of the whole image to a square.
+    #[arg(long)]
+    keep_aspect: bool,
+    /// Write methods.png (the overlays side by side), saliency-<method>.safetensors and
+    /// report.json here.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Print the report as one JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
+pub(crate) fn run(args: &CompareArgs) -> Result<()> {
+    let (model, x) = args.model.load_with_image(&args.input, args.keep_aspect, "compare")?;
+    let mut methods: Vec<Box<dyn Method>> = Vec::new();
+    for name in &args.methods {
+        methods.push(match baseline(name, &args.options, model.preprocess())? {
+            Some(m) => m,
+            None => Box::new(ExtremalSaliency(ExtremalConfig {
+                areas: args.areas.clone(),
+                iterations: args.iterations,
+                ..Default::default()
+            })),
+        });
+    }
+    if methods.is_empty() {
+        bail!("--methods is empty: name at least one method");
+    }
+    let logits = model.forward(&x)?;
+    let classes = logits.dim(1)?;
+    let target = match args.target {
+        Some(t) if t >= classes => bail!(
+            "--target {t} is outside the model's {classes} classes (0…{})",
+            classes - 1
+        ),
+        Some(t) => t,
+        None => logits.squeeze(0)?.argmax(0)?.to_scalar::<u32>()? as usize,
+    };
+    let label = model.labels().get(target).cloned().unwrap_or_default();
+
+    let bar = ProgressBar::new(methods.len() as u64);
+    bar.set_style(
+        ProgressStyle::with_template("compare [{bar:30}] {pos}/{len} {msg} {elapsed_precise}")
+            .unwrap()
+            .progress_chars("=> "),
+    );
+    let mut rows = Vec::new();
+    let mut maps = Vec::new();
+    for method in &methods {
+        bar.set_message(method.name());
+        let start = Instant::now();
+        let map = attribute(method.as_ref(), &model, &x, target)?;
+        let seconds = start.elapsed().as_secs_f64();
+        let (deletion, insertion) = if args.scores {
+            (
+                Some(causal_curve(&model, &x, &map, target, Causal::Deletion, 16)?.auc),
+                Some(causal_curve(&model, &x, &map, target, Causal::Insertion, 16)?.auc),
+            )
+        } else {
+            (None, None)
+        };
+        rows.push(json!({
+            "method": method.name(),
+            "seconds": seconds,
+            "deletion": deletion,
+            "insertion": insertion,
+        }));
+        maps.push((method.name(), map));
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+
+    let (_, _, h, w) = x.dims4()?;
+    let report = json!({
+        "model": model.kind().name(),
+        "target": target,
+        "label": label,
+        "shape": [h, w],
+        "methods": rows,
+    });
+    if let Some(dir) = &args.out {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        let rgb = model.preprocess().denormalize(&x)?.squeeze(0)?;
+        let mut tiles = vec![(render::rgb_image(&rgb)?, format!("{target} {label}"))];
+        for (name, map) in &maps {
+            render::save_tensor(map, "saliency", &dir.join(format!("saliency-{name}.safetensors")))?;
+            let heat = map.squeeze(0)?.squeeze(0)?.to_dtype(DType::F32)?;
+            tiles.push((render::heat_overlay(&rgb, &heat)?, name.to_string()));
+        }
+        render::save_png(&render::sheet(&tiles, 4), &dir.join("methods.png"))?;
+    }
+    if !render::report(args.out.as_deref(), "report.json", &report, args.json)? {
+        let mut text = format!("{} class {target} ({label}), {h}x{w}\n", model.kind().name());
+        let scored = args.scores;
+        text.push_str(&if scored {
+            format!("{:<32} {:>9} {:>9}  seconds\n", "method", "deletion", "insertion")
+        } else {
+            format!("{:<32} seconds\n", "method")
+        });
+        for r in &rows {
+            let name = r["method"].as_str().unwrap_or_default();
+            let secs = r["seconds"].as_f64().unwrap_or(0.0);
+            text.push_str(&if scored {
+                format!(
+                    "{name:<32} {:>9.4} {:>9.4}  {secs:.2}\n",
+                    r["deletion"].as_f64().unwrap_or(f64::NAN),
+                    r["insertion"].as_f64().unwrap_or(f64::NAN)
+                )
+            } else {
+                format!("{name:<32} {secs:.2}\n")
+            });
+        }
+        crate::out(&text);
+    }
+    Ok(())
+}
