@@ -8,7 +8,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-cargo build --release -p extremal-cli --examples
+cargo build --release -p extremal-cli
+cargo build --release --examples
 E=target/release/extremal
 W=target/pictures
 IMG=docs/images

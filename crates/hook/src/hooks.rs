@@ -121,7 +121,9 @@ impl Hooks {
     pub fn gradient(&self, grads: &GradStore, site: &str) -> Result<Tensor> {
         let tap = self.taps.get(site).ok_or_else(|| Error::Site {
             site: site.to_string(),
-            message: "no gradient tap here: add `Hooks::grad` for this site before the forward pass".into(),
+            message: "no gradient tap here: add `Hooks::grad` for this site before the forward pass, \
+                      with its native name (`Network::resolve` turns an alias such as `layer4` into it)"
+                .into(),
         })?;
         match grads.get(tap.as_tensor()) {
             Some(g) => Ok(g.clone()),
