@@ -235,15 +235,7 @@ pub(crate) fn run(args: &AttributeArgs) -> Result<()> {
         bail!("--areas: {bad} is not a fraction of the image; use values in (0, 1], e.g. --areas 0.05,0.1,0.2");
     }
     let logits = model.forward(&x)?;
-    let classes = logits.dim(1)?;
-    let target = match args.target {
-        Some(t) if t >= classes => bail!(
-            "--target {t} is outside the model's {classes} classes (0…{})",
-            classes - 1
-        ),
-        Some(t) => t,
-        None => logits.squeeze(0)?.argmax(0)?.to_scalar::<u32>()? as usize,
-    };
+    let target = crate::class_target(&logits, args.target)?;
     if let Some(method) = &method {
         return run_baseline(args, method.as_ref(), &model, &x, target);
     }

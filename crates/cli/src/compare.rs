@@ -72,15 +72,7 @@ pub(crate) fn run(args: &CompareArgs) -> Result<()> {
         bail!("--methods is empty: name at least one method");
     }
     let logits = model.forward(&x)?;
-    let classes = logits.dim(1)?;
-    let target = match args.target {
-        Some(t) if t >= classes => bail!(
-            "--target {t} is outside the model's {classes} classes (0…{})",
-            classes - 1
-        ),
-        Some(t) => t,
-        None => logits.squeeze(0)?.argmax(0)?.to_scalar::<u32>()? as usize,
-    };
+    let target = crate::class_target(&logits, args.target)?;
     let label = model.labels().get(target).cloned().unwrap_or_default();
 
     let bar = ProgressBar::new(methods.len() as u64);

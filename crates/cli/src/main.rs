@@ -269,6 +269,19 @@ fn classify(args: &ClassifyArgs) -> Result<()> {
     Ok(())
 }
 
+/// `--target`, checked against the model's classes, or the top-1 class of `logits` `(1, classes)`.
+fn class_target(logits: &Tensor, target: Option<usize>) -> Result<usize> {
+    let classes = logits.dim(1)?;
+    Ok(match target {
+        Some(t) if t >= classes => bail!(
+            "--target {t} is outside the model's {classes} classes (0…{})",
+            classes - 1
+        ),
+        Some(t) => t,
+        None => logits.squeeze(0)?.argmax(0)?.to_scalar::<u32>()? as usize,
+    })
+}
+
 /// Writes to stdout; a closed pipe (`extremal layers | head`) ends the output quietly.
 fn out(text: &str) {
     use std::io::Write;

@@ -145,12 +145,13 @@ pub fn excite_identity(x: &Tensor, y: &Tensor) -> Result<Tensor> {
 /// - `a`, `b`: shapes that broadcast together; returns the broadcast shape.
 pub fn excite_sum(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     let sum = a.broadcast_add(b)?.detach();
+    // t / s where s ≠ 0, else 0; the mask and the safe divisor serve both branches.
+    let nonzero = sum.ne(0.0)?;
+    let safe = nonzero.where_cond(&sum, &sum.ones_like()?)?;
+    let zeros = sum.zeros_like()?;
     let share = |t: &Tensor| -> Result<Tensor> {
         let t = t.detach().broadcast_as(sum.shape())?;
-        // t / s where s ≠ 0, else 0.
-        let nonzero = sum.ne(0.0)?;
-        let safe = nonzero.where_cond(&sum, &sum.ones_like()?)?;
-        Ok(nonzero.where_cond(&(t / safe)?, &sum.zeros_like()?)?)
+        Ok(nonzero.where_cond(&(t / &safe)?, &zeros)?)
     };
     let mut y = sum.clone();
     for t in [a, b] {
