@@ -7,7 +7,7 @@ mod common;
 use candle_core::{DType, Device, Tensor, Var};
 use common::*;
 use extremal::hook::Network;
-use extremal::mask::{area_penalty, reward, MaskGenerator, Pyramid, Reward};
+use extremal::mask::{area_penalty, reward, MaskGenerator, Pyramid, Reward, TieOrder};
 use extremal::models::{Model, ModelKind};
 
 /// Asserts `ours ≈ theirs` within 1e-4 absolute or 1e-4 relative to the largest value.
@@ -37,7 +37,8 @@ fn full_step(
     let full = gen.generate_full(p.as_tensor()).unwrap();
     let y = net(&pyramid.apply(&gen.crop(&full).unwrap()).unwrap().flip(&[3]).unwrap());
     let r = reward(&y, target, kind).unwrap();
-    let regul = (area_penalty(&full.reshape((3, ho * wo)).unwrap(), &areas).unwrap() * -300.0).unwrap();
+    let regul =
+        (area_penalty(&full.reshape((3, ho * wo)).unwrap(), &areas, TieOrder::Torch).unwrap() * -300.0).unwrap();
     let grads = (&r + &regul)
         .unwrap()
         .sum_all()
@@ -118,7 +119,7 @@ fn mask_generator_matches_torchray() {
 #[test]
 fn area_penalty_matches_torchray() {
     let g = load_fixture("torchray.safetensors");
-    let ours = area_penalty(&g["area_masks"], &[0.1, 0.3]).unwrap();
+    let ours = area_penalty(&g["area_masks"], &[0.1, 0.3], TieOrder::Torch).unwrap();
     assert_golden("area penalty", &ours, &g["area_penalty"]);
 }
 

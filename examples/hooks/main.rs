@@ -55,13 +55,13 @@ fn main() -> anyhow::Result<()> {
     );
 
     // Gradient at a site: Grad-CAM by hand.
-    // Hooks take native names: resolve aliases first.
-    let head = model.resolve("layer4")?;
-    let mut hooks = Hooks::new().grad(&head);
+    // Hooks take native names or aliases.
+    let head = "layer4";
+    let mut hooks = Hooks::new().grad(head);
     let logits = model.forward_hooked(&x, &mut hooks)?;
     let grads = logits.narrow(1, 285, 1)?.sum_all()?.backward()?;
-    let g = hooks.gradient(&grads, &head)?;
-    let act = hooks.activation(&head).unwrap();
+    let g = hooks.gradient(&grads, head)?;
+    let act = hooks.activation(head).unwrap();
     let cam = act
         .broadcast_mul(&g.mean_keepdim(D::Minus1)?.mean_keepdim(D::Minus2)?)?
         .sum_keepdim(1)?

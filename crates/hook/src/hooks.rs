@@ -3,7 +3,7 @@ use std::collections::HashMap;
 use candle_core::backprop::GradStore;
 use candle_core::{Tensor, Var};
 
-use crate::{Error, Result};
+use crate::{nearest_names, Error, Result};
 
 /// Something that sees, and may change, the activation at every site a forward pass crosses.
 pub trait Hook {
@@ -17,6 +17,15 @@ pub trait Hook {
     fn wants(&self, site: &str) -> bool {
         let _ = site;
         true
+    }
+
+    /// Called by [`Graph`](crate::Graph) (and so by every model of the zoo) before each
+    /// forward pass, with the network's sites and aliases, so that a hook may name sites by
+    /// alias (`layer4`) and refuse names the network does not have. The default accepts
+    /// anything.
+    fn bind(&mut self, sites: &[String], aliases: &[(String, String)]) -> Result<()> {
+        let _ = (sites, aliases);
+        Ok(())
     }
 }
 
@@ -42,6 +51,11 @@ pub enum Action {
 
 /// The standard hook: a list of [`Action`]s per site, applied in the order they were added.
 ///
+/// Sites may be named by their native name or by an alias of the network (`layer4`): a
+/// [`Graph`](crate::Graph) binds the aliases before its forward pass, and a name the network
+/// does not have is refused there with the nearest valid names. (A hand-written
+/// [`Network`](crate::Network) that does not call [`Hook::bind`] sees native names only.)
+///
 /// ```
 /// use candle_core::{Device, Tensor};
 /// use extremal_hook::{Graph, Hooks, Network, Node};
@@ -60,6 +74,8 @@ pub struct Hooks {
     recorded: HashMap<String, Tensor>,
     taps: HashMap<String, Var>,
     visited: Vec<String>,
+    /// Alias → native name, for the aliases the actions used.
+    aliases: HashMap<String, String>,
 }
 
 impl Hooks {
@@ -110,7 +126,12 @@ impl Hooks {
     /// The activation recorded at `site` (by [`Action::Read`] or [`Action::Grad`]), after
     /// any replacement or mask added before the read.
     pub fn activation(&self, site: &str) -> Option<&Tensor> {
-        self.recorded.get(site)
+        self.recorded.get(self.native(site))
+    }
+
+    /// `site`, or the native name it was bound to if it is an alias.
+    fn native<'a>(&'a self, site: &'a str) -> &'a str {
+        self.aliases.get(site).map_or(site, |s| s.as_str())
     }
 
     /// The gradient with respect to the activation at `site` (which needs [`Hooks::grad`]),
@@ -119,10 +140,11 @@ impl Hooks {
     /// # Shapes
     /// - returns: the shape of the activation at `site`.
     pub fn gradient(&self, grads: &GradStore, site: &str) -> Result<Tensor> {
-        let tap = self.taps.get(site).ok_or_else(|| Error::Site {
+        let tap = self.taps.get(self.native(site)).ok_or_else(|| Error::Site {
             site: site.to_string(),
-            message: "no gradient tap here: add `Hooks::grad` for this site before the forward pass, \
-                      with its native name (`Network::resolve` turns an alias such as `layer4` into it)"
+            message: "no gradient tap here: add `Hooks::grad` for this site before the forward pass \
+                      (a hand-written network that does not call `Hook::bind` needs the native name, \
+                      which `Network::resolve` gives)"
                 .into(),
         })?;
         match grads.get(tap.as_tensor()) {
@@ -135,6 +157,31 @@ impl Hooks {
 impl Hook for Hooks {
     fn wants(&self, site: &str) -> bool {
         self.actions.contains_key(site)
+    }
+
+    /// Moves the actions added under an alias to the native site (after the native name's
+    /// own actions), and refuses names that are neither.
+    fn bind(&mut self, sites: &[String], aliases: &[(String, String)]) -> Result<()> {
+        let mut names: Vec<String> = self.actions.keys().cloned().collect();
+        names.sort(); // a deterministic error when several names are wrong
+        for name in names {
+            if let Some((_, native)) = aliases.iter().find(|(a, _)| *a == name) {
+                if *native == name {
+                    continue;
+                }
+                let moved = self.actions.remove(&name).unwrap_or_default();
+                self.actions.entry(native.clone()).or_default().extend(moved);
+                self.aliases.insert(name, native.clone());
+            } else if !sites.contains(&name) {
+                let mut all = sites.to_vec();
+                all.extend(aliases.iter().map(|(a, _)| a.clone()));
+                return Err(Error::UnknownSite {
+                    nearest: nearest_names(&name, &all, 5),
+                    name,
+                });
+            }
+        }
+        Ok(())
     }
 
     fn visit(&mut self, site: &str, mut x: Tensor) -> Result<Tensor> {

@@ -5,7 +5,7 @@
 use candle_core::{DType, Tensor, Var};
 use extremal_hook::{Hooks, Network, Prefix};
 
-use crate::{area_penalty, reward, scalar, Adam, Error, Game, Result, Reward, Sgd};
+use crate::{area_penalty, reward, scalar, Adam, Error, Game, Result, Reward, Sgd, TieOrder};
 
 /// How the soft mask is optimised.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -422,7 +422,7 @@ fn optimise_soft(
         };
         let mt = m.as_tensor();
         let r = cs.game_scores(mt, cfg.game)?;
-        let penalty = area_penalty(mt, &[area])?;
+        let penalty = area_penalty(mt, &[area], TieOrder::Index)?;
         let loss = ((penalty.clone() * lambda)? - (r.clone() * scale)?)?.sum_all()?;
         history.push((scalar(&r)?, scalar(&penalty)?));
         let grads = loss.backward()?;

@@ -11,17 +11,18 @@
 //!
 //! ```
 //! use candle_core::{Device, Tensor};
-//! use extremal_mask::area_penalty;
+//! use extremal_mask::{area_penalty, TieOrder};
 //! // A 4-value mask asked to keep 1/2: the target is [0, 0, 1, 1] against the sorted mask.
 //! let m = Tensor::new(&[[0.0f32, 1.0, 0.0, 1.0]], &Device::Cpu)?;
-//! assert_eq!(area_penalty(&m, &[0.5])?.to_vec1::<f32>()?, vec![0.0]);
+//! assert_eq!(area_penalty(&m, &[0.5], TieOrder::Index)?.to_vec1::<f32>()?, vec![0.0]);
 //! let m = Tensor::new(&[[1.0f32, 1.0, 1.0, 1.0]], &Device::Cpu)?;
-//! assert_eq!(area_penalty(&m, &[0.5])?.to_vec1::<f32>()?, vec![0.5]);
+//! assert_eq!(area_penalty(&m, &[0.5], TieOrder::Index)?.to_vec1::<f32>()?, vec![0.5]);
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
 pub mod channels;
 mod optim;
+pub mod sort;
 pub mod spatial;
 
 pub use channels::{channel_masks, ChannelConfig, ChannelReport, Schedule};
@@ -134,20 +135,41 @@ pub fn reward(output: &Tensor, target: usize, kind: Reward) -> Result<Tensor> {
     }
 }
 
+/// How the area constraint ranks tied mask values. Its gradient reaches each value through its
+/// rank, and masks are full of ties (parameters start equal, and clamping makes whole regions
+/// exactly 0 or 1), so the order decides which of the tied values are pushed and which not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TieOrder {
+    /// By index: the first-listed tied value takes the lowest rank (a stable sort).
+    #[default]
+    Index,
+    /// As PyTorch's CPU `sort` ranks them ([`sort::torch_order`]): what TorchRay's area
+    /// constraint does, so image-space runs follow TorchRay's.
+    Torch,
+}
+
 /// The area constraint of each mask: `mean((sort_ascending(m) − r_a)²)` where `r_a` is
-/// `⌊n·(1 − a)⌋` zeros then ones (`n` values per mask, the count in f64).
+/// `⌊n·(1 − a)⌋` zeros then ones (`n` values per mask, the count in f64). Tied values are
+/// ranked by `ties`.
 ///
 /// # Shapes
 /// - `masks`: `(K, n)`, one flattened mask per row.
 /// - `areas`: `K` values in [0, 1].
 /// - returns: `(K,)`.
-pub fn area_penalty(masks: &Tensor, areas: &[f64]) -> Result<Tensor> {
+pub fn area_penalty(masks: &Tensor, areas: &[f64], ties: TieOrder) -> Result<Tensor> {
     let (k, n) = masks.dims2()?;
     if areas.len() != k {
         return Err(Error::Invalid(format!("{} areas for {k} masks", areas.len())));
     }
     // Sort without gradient, then gather (which has one): the gradient of the sorted values.
-    let order = masks.detach().arg_sort_last_dim(true)?;
+    let order = match ties {
+        TieOrder::Index => masks.detach().arg_sort_last_dim(true)?,
+        TieOrder::Torch => {
+            let rows = masks.detach().to_dtype(DType::F64)?.to_vec2::<f64>()?;
+            let order: Vec<u32> = rows.iter().flat_map(|row| sort::torch_order(row)).collect();
+            Tensor::from_vec(order, (k, n), masks.device())?
+        }
+    };
     let sorted = masks.contiguous()?.gather(&order, 1)?;
     let mut reference = Vec::with_capacity(k * n);
     for &a in areas {

@@ -12,7 +12,7 @@ use extremal_hook::Network;
 use extremal_ops::{gaussian_blur, has_avx2, Border};
 use rayon::prelude::*;
 
-use crate::{area_penalty, reward, Error, Game, Result, Reward, Sgd};
+use crate::{area_penalty, reward, Error, Game, Result, Reward, Sgd, TieOrder};
 
 /// How the input is perturbed where the mask is 0.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -734,6 +734,11 @@ pub struct ExtremalResult {
 /// maximises the game's reward for `target` when the image is seen through it (the rest of
 /// the image perturbed by the pyramid). `progress(iteration)` is called after each step.
 ///
+/// Step for step TorchRay's algorithm, down to the order in which its area constraint ranks
+/// tied mask values ([`TieOrder::Torch`]). The optimisation is chaotic, though: a change below
+/// float precision (one ulp at a few pixels, another thread count) moves TorchRay's own final
+/// masks as far as the two tools are apart (`python3 scripts/torchray_compare.py --noise-floor`).
+///
 /// # Shapes
 /// - `input`: `(1, 3, H, W)`, normalised as the network expects.
 pub fn extremal_perturbation(
@@ -788,7 +793,7 @@ pub fn extremal_perturbation(
             Game::Delete => r.neg()?,
             Game::Dual => (r.narrow(0, 0, k)? - r.narrow(0, k, k)?)?,
         };
-        let penalty = area_penalty(&full.reshape((k, ho * wo))?, &cfg.areas)?;
+        let penalty = area_penalty(&full.reshape((k, ho * wo))?, &cfg.areas, TieOrder::Torch)?;
         let regul = (penalty * -area_weight)?;
         let energy = (&r + &regul)?.sum_all()?;
         let grads = energy.neg()?.backward()?;

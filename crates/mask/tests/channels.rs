@@ -118,7 +118,7 @@ fn bad_requests_are_refused_with_the_channel_count() {
 #[test]
 fn area_penalty_gradient_flows_through_the_sort() {
     let m = candle_core::Var::new(&[[0.2f64, 0.9, 0.4, 0.7]], &Device::Cpu).unwrap();
-    let p = area_penalty(m.as_tensor(), &[0.5]).unwrap();
+    let p = area_penalty(m.as_tensor(), &[0.5], extremal_mask::TieOrder::Index).unwrap();
     // sorted [0.2, 0.4, 0.7, 0.9] against [0, 0, 1, 1]: (0.04 + 0.16 + 0.09 + 0.01) / 4.
     assert!((p.to_vec1::<f64>().unwrap()[0] - 0.075).abs() < 1e-12);
     let g = p.sum_all().unwrap().backward().unwrap();
