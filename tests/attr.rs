@@ -9,8 +9,8 @@ use std::collections::HashMap;
 use candle_core::{DType, Device, Tensor};
 use common::*;
 use extremal::attr::{
-    rise_masks_from_grids, ExcitationBackprop, GradCam, Gradient, IntegratedGradients, LinearApprox, Method, Occlusion,
-    Rise,
+    ExcitationBackprop, GradCam, Gradient, IntegratedGradients, LinearApprox, Method, Occlusion, Rise,
+    rise_masks_from_grids,
 };
 use extremal::models::{Model, ModelKind};
 

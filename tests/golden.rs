@@ -6,7 +6,7 @@ mod common;
 use candle_core::{DType, Device};
 use common::*;
 use extremal::hook::{Hooks, Network};
-use extremal::models::{load_input, Model, ModelKind};
+use extremal::models::{Model, ModelKind, load_input};
 
 fn random_model_matches_pytorch(kind: ModelKind, h: usize, w: usize) {
     let golden = load_fixture(&format!("{}_random.safetensors", kind.name()));

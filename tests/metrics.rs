@@ -5,7 +5,7 @@ mod common;
 
 use common::*;
 use extremal::attr::metrics::rise_blur_kernel;
-use extremal::attr::{causal_curve, Causal};
+use extremal::attr::{Causal, causal_curve};
 
 #[test]
 fn deletion_and_insertion_match_the_reference() {

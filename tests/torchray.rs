@@ -7,7 +7,7 @@ mod common;
 use candle_core::{DType, Device, Tensor, Var};
 use common::*;
 use extremal::hook::Network;
-use extremal::mask::{area_penalty, reward, MaskGenerator, Pyramid, Reward, TieOrder};
+use extremal::mask::{MaskGenerator, Pyramid, Reward, TieOrder, area_penalty, reward};
 use extremal::models::{Model, ModelKind};
 
 /// Asserts `ours ≈ theirs` within 1e-4 absolute or 1e-4 relative to the largest value.
@@ -31,11 +31,15 @@ fn full_step(
     (target, kind): (usize, Reward),
 ) -> (Tensor, Tensor, Tensor) {
     let areas = [0.05, 0.1, 0.2];
-    let gen = MaskGenerator::new((224, 224), 7, 21.0).unwrap();
-    let (ho, wo) = gen.shape_out();
+    let generator = MaskGenerator::new((224, 224), 7, 21.0).unwrap();
+    let (ho, wo) = generator.shape_out();
     let p = Var::from_tensor(params).unwrap();
-    let full = gen.generate_full(p.as_tensor()).unwrap();
-    let y = net(&pyramid.apply(&gen.crop(&full).unwrap()).unwrap().flip(&[3]).unwrap());
+    let full = generator.generate_full(p.as_tensor()).unwrap();
+    let y = net(&pyramid
+        .apply(&generator.crop(&full).unwrap())
+        .unwrap()
+        .flip(&[3])
+        .unwrap());
     let r = reward(&y, target, kind).unwrap();
     let regul =
         (area_penalty(&full.reshape((3, ho * wo)).unwrap(), &areas, TieOrder::Torch).unwrap() * -300.0).unwrap();
@@ -97,15 +101,15 @@ fn mask_generator_matches_torchray() {
         ("rand224", (224, 224)),
         ("rand298", (224, 298)),
     ] {
-        let gen = MaskGenerator::new(shape, 7, 21.0).unwrap();
+        let generator = MaskGenerator::new(shape, 7, 21.0).unwrap();
         let p = Var::from_tensor(&g[&format!("gen_{name}_params")]).unwrap();
-        let full = gen.generate_full(p.as_tensor()).unwrap();
+        let full = generator.generate_full(p.as_tensor()).unwrap();
         assert_golden(
             &format!("mask generator {name}"),
             &full,
             &g[&format!("gen_{name}_full")],
         );
-        assert_eq!(gen.crop(&full).unwrap().dims()[2..], [shape.0, shape.1]);
+        assert_eq!(generator.crop(&full).unwrap().dims()[2..], [shape.0, shape.1]);
         let r = &g[&format!("gen_{name}_weights")];
         let grads = (full * r).unwrap().sum_all().unwrap().backward().unwrap();
         assert_golden(

@@ -9,8 +9,8 @@ use std::path::Path;
 use std::time::Instant;
 
 use candle_core::{DType, Device};
-use extremal::mask::{channel_masks, ChannelConfig};
-use extremal::models::{load_input, Model};
+use extremal::mask::{ChannelConfig, channel_masks};
+use extremal::models::{Model, load_input};
 
 fn main() -> anyhow::Result<()> {
     let a: Vec<String> = std::env::args().collect();

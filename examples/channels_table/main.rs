@@ -11,13 +11,15 @@ use std::path::Path;
 use std::time::Instant;
 
 use candle_core::{DType, Device};
-use extremal::mask::channels::{channel_masks_at, ChannelSite};
+use extremal::mask::channels::{ChannelSite, channel_masks_at};
 use extremal::mask::{ChannelConfig, Schedule};
-use extremal::models::{load_input, Model, ModelKind};
+use extremal::models::{Model, ModelKind, load_input};
 
 fn main() -> anyhow::Result<()> {
     let model = Model::load(ModelKind::EfficientnetLite0, None, DType::F32, &Device::Cpu)?;
-    println!("| image | layer | keep | original | top activation | activation×gradient | paper schedule | soft (default) | extremal (refined) | seconds |");
+    println!(
+        "| image | layer | keep | original | top activation | activation×gradient | paper schedule | soft (default) | extremal (refined) | seconds |"
+    );
     println!("|---|---|---|---|---|---|---|---|---|---|");
     for image in ["chelsea", "coffee"] {
         let x = load_input(
@@ -52,8 +54,13 @@ fn main() -> anyhow::Result<()> {
                 let secs = t.elapsed().as_secs_f64();
                 println!(
                     "| {image} | {layer} (`{}`) | {keep} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | **{:.3}** | {secs:.1} |",
-                    r.site, r.original_score, r.baselines.top_activation, r.baselines.activation_x_gradient,
-                    paper.soft_kept_score, r.soft_kept_score, r.kept_score
+                    r.site,
+                    r.original_score,
+                    r.baselines.top_activation,
+                    r.baselines.activation_x_gradient,
+                    paper.soft_kept_score,
+                    r.soft_kept_score,
+                    r.kept_score
                 );
             }
         }

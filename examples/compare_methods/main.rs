@@ -8,9 +8,9 @@
 use candle_core::{DType, Device};
 use extremal::attr::metrics::saliency_point;
 use extremal::attr::{
-    attribute, causal_curve, Causal, ExcitationBackprop, GradCam, Gradient, IntegratedGradients, Method, Rise,
+    Causal, ExcitationBackprop, GradCam, Gradient, IntegratedGradients, Method, Rise, attribute, causal_curve,
 };
-use extremal::models::{load_input, Model, ModelKind};
+use extremal::models::{Model, ModelKind, load_input};
 
 fn main() -> anyhow::Result<()> {
     let model = Model::load(ModelKind::EfficientnetLite0, None, DType::F32, &Device::Cpu)?;

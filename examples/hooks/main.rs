@@ -5,9 +5,9 @@
 //! cargo run --release --example hooks
 //! ```
 
-use candle_core::{DType, Device, Tensor, D};
+use candle_core::{D, DType, Device, Tensor};
 use extremal::hook::{Hooks, Network};
-use extremal::models::{load_input, Model, ModelKind};
+use extremal::models::{Model, ModelKind, load_input};
 
 fn main() -> anyhow::Result<()> {
     let model = Model::load(ModelKind::EfficientnetLite0, None, DType::F32, &Device::Cpu)?;

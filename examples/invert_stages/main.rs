@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
-use extremal::invert::{invert, InvertConfig, Target};
-use extremal::models::{load_input, Model, ModelKind};
+use extremal::invert::{InvertConfig, Target, invert};
+use extremal::models::{Model, ModelKind, load_input};
 
 /// The picture of a normalised input `(1, 3, H, W)`.
 fn picture(model: &Model, image: &Tensor) -> anyhow::Result<image::RgbImage> {

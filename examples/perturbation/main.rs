@@ -7,8 +7,8 @@
 //! ```
 
 use candle_core::{DType, Device, Tensor};
-use extremal::mask::{extremal_perturbation, ExtremalConfig};
-use extremal::models::{load_input, Model, ModelKind};
+use extremal::mask::{ExtremalConfig, extremal_perturbation};
+use extremal::models::{Model, ModelKind, load_input};
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();

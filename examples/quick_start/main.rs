@@ -6,9 +6,9 @@
 //! ```
 
 use candle_core::{DType, Device};
-use extremal::attr::{attribute, metrics::saliency_point, ExcitationBackprop, GradCam, Gradient, Method};
+use extremal::attr::{ExcitationBackprop, GradCam, Gradient, Method, attribute, metrics::saliency_point};
 use extremal::mask::ExtremalConfig;
-use extremal::models::{load_input, Model, ModelKind};
+use extremal::models::{Model, ModelKind, load_input};
 
 fn main() -> anyhow::Result<()> {
     let model = Model::load(ModelKind::EfficientnetLite0, None, DType::F32, &Device::Cpu)?;

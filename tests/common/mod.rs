@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use candle_core::{DType, Device, Tensor};
-use extremal::models::{hub, Model, ModelKind};
+use extremal::models::{Model, ModelKind, hub};
 use extremal::ops::random::SeededRng;
 
 pub fn fixture(name: &str) -> PathBuf {
