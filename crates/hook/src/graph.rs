@@ -362,7 +362,7 @@ impl Network for Graph {
     }
 
     fn forward_hooked(&self, x: &Tensor, hook: &mut dyn Hook) -> Result<Tensor> {
-        hook.bind(&self.sites(), &self.aliases)?;
+        hook.bind(&|name| self.resolve(name))?;
         let x = hook.visit("input", x.clone())?;
         self.root.forward(&x, hook)
     }
@@ -388,7 +388,7 @@ impl Network for Graph {
     }
 
     fn suffix(&self, prefix: &Prefix, activation: &Tensor, hook: &mut dyn Hook) -> Result<Tensor> {
-        hook.bind(&self.sites(), &self.aliases)?;
+        hook.bind(&|name| self.resolve(name))?;
         if prefix.site == "input" {
             return self.root.forward(activation, hook);
         }

@@ -3,7 +3,7 @@ use std::collections::HashMap;
 use candle_core::backprop::GradStore;
 use candle_core::{Tensor, Var};
 
-use crate::{nearest_names, Error, Result};
+use crate::{Error, Result};
 
 /// Something that sees, and may change, the activation at every site a forward pass crosses.
 pub trait Hook {
@@ -20,11 +20,11 @@ pub trait Hook {
     }
 
     /// Called by [`Graph`](crate::Graph) (and so by every model of the zoo) before each
-    /// forward pass, with the network's sites and aliases, so that a hook may name sites by
-    /// alias (`layer4`) and refuse names the network does not have. The default accepts
-    /// anything.
-    fn bind(&mut self, sites: &[String], aliases: &[(String, String)]) -> Result<()> {
-        let _ = (sites, aliases);
+    /// forward pass with the network's [`Network::resolve`](crate::Network::resolve), so that a
+    /// hook may name sites by alias (`layer4`) and refuse names the network does not have.
+    /// The default accepts anything.
+    fn bind(&mut self, resolve: &dyn Fn(&str) -> Result<String>) -> Result<()> {
+        let _ = resolve;
         Ok(())
     }
 }
@@ -76,6 +76,8 @@ pub struct Hooks {
     visited: Vec<String>,
     /// Alias → native name, for the aliases the actions used.
     aliases: HashMap<String, String>,
+    /// Whether every action's site has been resolved (reset when an action is added).
+    bound: bool,
 }
 
 impl Hooks {
@@ -87,6 +89,7 @@ impl Hooks {
     /// Adds `action` at `site`.
     pub fn with(mut self, site: &str, action: Action) -> Self {
         self.actions.entry(site.to_string()).or_default().push(action);
+        self.bound = false;
         self
     }
 
@@ -160,27 +163,22 @@ impl Hook for Hooks {
     }
 
     /// Moves the actions added under an alias to the native site (after the native name's
-    /// own actions), and refuses names that are neither.
-    fn bind(&mut self, sites: &[String], aliases: &[(String, String)]) -> Result<()> {
+    /// own actions), and refuses names that are neither. Runs once per set of actions.
+    fn bind(&mut self, resolve: &dyn Fn(&str) -> Result<String>) -> Result<()> {
+        if self.bound {
+            return Ok(());
+        }
         let mut names: Vec<String> = self.actions.keys().cloned().collect();
         names.sort(); // a deterministic error when several names are wrong
         for name in names {
-            if let Some((_, native)) = aliases.iter().find(|(a, _)| *a == name) {
-                if *native == name {
-                    continue;
-                }
+            let native = resolve(&name)?;
+            if native != name {
                 let moved = self.actions.remove(&name).unwrap_or_default();
                 self.actions.entry(native.clone()).or_default().extend(moved);
-                self.aliases.insert(name, native.clone());
-            } else if !sites.contains(&name) {
-                let mut all = sites.to_vec();
-                all.extend(aliases.iter().map(|(a, _)| a.clone()));
-                return Err(Error::UnknownSite {
-                    nearest: nearest_names(&name, &all, 5),
-                    name,
-                });
+                self.aliases.insert(name, native);
             }
         }
+        self.bound = true;
         Ok(())
     }
 

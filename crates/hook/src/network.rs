@@ -137,7 +137,7 @@ pub trait Network {
             message: "this prefix holds no input".into(),
         })?;
         let input = crate::graph::fit_batch(input, activation.dim(0)?)?;
-        hook.bind(&self.sites(), &self.aliases())?;
+        hook.bind(&|name| self.resolve(name))?;
         let site = prefix.site.clone();
         let replacement = activation.clone();
         let mut started = false;
