@@ -158,8 +158,13 @@ impl ParamSource for RandomParams {
 pub enum ConvPadding {
     /// Fixed symmetric zero padding.
     Fixed(usize),
-    /// TensorFlow "SAME", computed from each input's size.
+    /// Fixed zero padding, possibly different on each side.
+    Explicit(Padding),
+    /// TensorFlow "SAME" (ONNX `SAME_UPPER`), computed from each input's size: the odd pixel
+    /// goes after.
     Same,
+    /// ONNX `SAME_LOWER`: as [`ConvPadding::Same`] with the odd pixel before.
+    SameLower,
 }
 
 /// A 2-D convolution.
@@ -167,6 +172,7 @@ pub struct Conv {
     weight: Tensor,
     bias: Option<Tensor>,
     stride: usize,
+    dilation: usize,
     groups: usize,
     padding: ConvPadding,
 }
@@ -195,13 +201,30 @@ impl Conv {
         } else {
             None
         };
-        Ok(Self {
+        Ok(Self::new(weight, bias, stride, 1, groups, padding))
+    }
+
+    /// A convolution from its tensors.
+    ///
+    /// # Shapes
+    /// - `weight`: `(C_out, C_in / groups, kh, kw)`.
+    /// - `bias`: `(C_out,)`.
+    pub fn new(
+        weight: Tensor,
+        bias: Option<Tensor>,
+        stride: usize,
+        dilation: usize,
+        groups: usize,
+        padding: ConvPadding,
+    ) -> Self {
+        Self {
             weight,
             bias,
             stride,
+            dilation,
             groups,
             padding,
-        })
+        }
     }
 }
 
@@ -211,9 +234,14 @@ impl Conv {
         let (_, _, kh, kw) = self.weight.dims4()?;
         let padding = match self.padding {
             ConvPadding::Fixed(p) => Padding::uniform(p),
-            ConvPadding::Same => {
-                let (top, bottom) = same_padding(h, kh, self.stride, 1);
-                let (left, right) = same_padding(w, kw, self.stride, 1);
+            ConvPadding::Explicit(p) => p,
+            ConvPadding::Same | ConvPadding::SameLower => {
+                let (mut top, mut bottom) = same_padding(h, kh, self.stride, self.dilation);
+                let (mut left, mut right) = same_padding(w, kw, self.stride, self.dilation);
+                if matches!(self.padding, ConvPadding::SameLower) {
+                    std::mem::swap(&mut top, &mut bottom);
+                    std::mem::swap(&mut left, &mut right);
+                }
                 Padding {
                     top,
                     bottom,
@@ -225,7 +253,7 @@ impl Conv {
         Ok(Conv2dConfig {
             padding,
             stride: self.stride,
-            dilation: 1,
+            dilation: self.dilation,
             groups: self.groups,
         })
     }
@@ -268,6 +296,7 @@ impl Conv {
             weight: w.to_dtype(dtype)?.contiguous()?,
             bias: Some(b.to_dtype(dtype)?),
             stride: self.stride,
+            dilation: self.dilation,
             groups: self.groups,
             padding: self.padding,
         };
@@ -341,6 +370,12 @@ impl BatchNorm {
         let b = p.param(&format!("{prefix}.bias"), &[c], ParamKind::BnBias)?;
         let m = p.param(&format!("{prefix}.running_mean"), &[c], ParamKind::BnMean)?;
         let v = p.param(&format!("{prefix}.running_var"), &[c], ParamKind::BnVar)?;
+        Self::from_statistics(&w, &b, &m, &v, eps)
+    }
+
+    /// From γ, β, the running mean and variance (each `(C,)`) and ε, folded in f64.
+    pub fn from_statistics(w: &Tensor, b: &Tensor, m: &Tensor, v: &Tensor, eps: f64) -> Result<Self> {
+        let c = w.elem_count();
         let dtype = w.dtype();
         // Fold in f64: scale = γ / √(σ² + ε), shift = β − μ·scale.
         let (w, b, m, v) = (
@@ -359,8 +394,16 @@ impl BatchNorm {
 }
 
 impl Module for BatchNorm {
+    /// Normalises dimension 1 of `x`, which may have any rank of at least 2.
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let y = x.broadcast_mul(&self.scale)?.broadcast_add(&self.shift)?;
+        let (scale, shift) = if x.rank() == 4 {
+            (self.scale.clone(), self.shift.clone())
+        } else {
+            let mut dims = vec![1; x.rank().max(2)];
+            dims[1] = self.scale.elem_count();
+            (self.scale.reshape(dims.clone())?, self.shift.reshape(dims)?)
+        };
+        let y = x.broadcast_mul(&scale)?.broadcast_add(&shift)?;
         if extremal_ops::excitation_backprop() {
             // Excitation backprop passes the signal through normalisation unchanged.
             return Ok(extremal_ops::excite_identity(x, &y)?);

@@ -1,0 +1,134 @@
+//! Four small CNNs exported by both of PyTorch's ONNX exporters (`scripts/onnx_golden.py`)
+//! against PyTorch's own logits, activations, input gradients and forward-hook replacements.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use candle_core::{DType, Device, IndexOp, Tensor, Var};
+use extremal_hook::{Hooks, Network};
+use extremal_onnx::OnnxNetwork;
+
+fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/onnx")
+}
+
+struct Golden {
+    tensors: HashMap<String, Tensor>,
+    site: String,
+    replace: String,
+    target: usize,
+}
+
+fn golden(model: &str) -> Golden {
+    let path = fixtures().join(format!("{model}.safetensors"));
+    let bytes = std::fs::read(&path).unwrap();
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    let meta = meta.metadata().clone().unwrap();
+    Golden {
+        tensors: candle_core::safetensors::load(&path, &Device::Cpu).unwrap(),
+        site: meta["site"].clone(),
+        replace: meta["replace"].clone(),
+        target: meta["target"].parse().unwrap(),
+    }
+}
+
+/// Largest difference relative to the largest reference value.
+fn rel(a: &Tensor, b: &Tensor) -> f32 {
+    assert_eq!(a.dims(), b.dims());
+    let d = (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    let m = b
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    d / m
+}
+
+fn check(model: &str, exporter: &str) {
+    let g = golden(model);
+    let path = fixtures().join(format!("{model}_{exporter}.onnx"));
+    let net = OnnxNetwork::load(&path, DType::F32, &Device::Cpu).unwrap();
+    let x = &g.tensors["x"];
+    let tag = format!("{model}_{exporter}");
+
+    let logits = net.forward(x).unwrap();
+    let e = rel(&logits, &g.tensors["logits"]);
+    let a = net.activation(x, &g.site).unwrap();
+    let e_act = rel(&a, &g.tensors["activation"]);
+
+    let xv = Var::from_tensor(x).unwrap();
+    let y = net.forward(xv.as_tensor()).unwrap();
+    let grads = y.i((0, g.target)).unwrap().backward().unwrap();
+    let e_grad = rel(grads.get(xv.as_tensor()).unwrap(), &g.tensors["input_grad"]);
+
+    let r = net.activation(x, &g.replace).unwrap();
+    let r = ((r * 0.5).unwrap() + 0.25).unwrap();
+    let mut hooks = Hooks::new().replace(&g.replace, r);
+    let replaced = net.forward_hooked(x, &mut hooks).unwrap();
+    let e_rep = rel(&replaced, &g.tensors["replaced"]);
+    println!(
+        "{tag}: logits {e:.1e}, `{}` {e_act:.1e}, input gradient {e_grad:.1e}, `{}` replaced {e_rep:.1e} (of the largest value)",
+        g.site, g.replace
+    );
+    for (what, v) in [
+        ("logits", e),
+        ("activation", e_act),
+        ("input gradient", e_grad),
+        ("replaced", e_rep),
+    ] {
+        assert!(v <= 1e-4, "{tag}: {what} differs by {v:e} of the largest value");
+    }
+
+    // The suffix from the site reproduces the logits, also for a batch of masked activations.
+    let prefix = net.prefix(x, &g.site).unwrap();
+    let again = net.suffix(&prefix, prefix.activation(), &mut Hooks::new()).unwrap();
+    assert!(rel(&again, &logits) <= 1e-6, "{tag}: suffix differs");
+    let act = prefix.activation();
+    let masks: Vec<Tensor> = (0..3).map(|k| (act * (0.5 * k as f64)).unwrap()).collect();
+    let batch = Tensor::cat(&masks, 0).unwrap();
+    let ys = net.suffix(&prefix, &batch, &mut Hooks::new()).unwrap();
+    for (k, m) in masks.iter().enumerate() {
+        let one = net.suffix(&prefix, m, &mut Hooks::new()).unwrap();
+        assert!(
+            rel(&ys.i(k..k + 1).unwrap(), &one) <= 1e-5,
+            "{tag}: batched suffix row {k} differs"
+        );
+    }
+}
+
+#[test]
+fn residual() {
+    check("residual", "ts");
+    check("residual", "dynamo");
+}
+
+#[test]
+fn mobilenet() {
+    check("mobilenet", "ts");
+    check("mobilenet", "dynamo");
+}
+
+#[test]
+fn inception() {
+    check("inception", "ts");
+    check("inception", "dynamo");
+}
+
+#[test]
+fn convnext() {
+    check("convnext", "ts");
+    check("convnext", "dynamo");
+}
