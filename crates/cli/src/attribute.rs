@@ -191,7 +191,7 @@ fn run_baseline(
     let map = map?;
     let seconds = start.elapsed().as_secs_f64();
     let report = json!({
-        "model": model.kind().name(),
+        "model": model.name(),
         "method": method.name(),
         "target": target,
         "label": model.labels().get(target).cloned().unwrap_or_default(),
@@ -210,7 +210,7 @@ fn run_baseline(
     if !render::report(args.out.as_deref(), "report.json", &report, args.json)? {
         crate::out(&format!(
             "{} {} for class {} ({}) in {seconds:.2} s\n",
-            model.kind().name(),
+            model.name(),
             method.name(),
             target,
             model.labels().get(target).cloned().unwrap_or_default()
@@ -263,7 +263,7 @@ pub(crate) fn run(args: &AttributeArgs) -> Result<()> {
         })
         .collect::<Result<_>>()?;
     let report = json!({
-        "model": model.kind().name(),
+        "model": model.name(),
         "target": target,
         "label": model.labels().get(target).cloned().unwrap_or_default(),
         "game": args.game,
@@ -292,7 +292,7 @@ pub(crate) fn run(args: &AttributeArgs) -> Result<()> {
     if !render::report(args.out.as_deref(), "report.json", &report, args.json)? {
         let mut text = format!(
             "{} class {} ({}), {} game, {} reward; unperturbed reward {:.4}\n",
-            model.kind().name(),
+            model.name(),
             target,
             model.labels().get(target).cloned().unwrap_or_default(),
             args.game,

@@ -3,9 +3,8 @@
 use std::time::Instant;
 
 use anyhow::{bail, Result};
-use candle_core::{DType, Tensor, Var};
+use candle_core::{Tensor, Var};
 use extremal_hook::Network;
-use extremal_models::Model;
 use serde_json::json;
 
 use crate::{device, out, ModelArgs};
@@ -45,14 +44,10 @@ pub(crate) fn run(args: &BenchArgs) -> Result<()> {
     if args.batch == 0 || args.passes == 0 {
         bail!("--batch and --passes must be at least 1");
     }
-    let kind = args.model.kind()?;
     let dev = device(&args.model.device)?;
     // The time does not depend on the weights' values: without --weights, random weights of
     // the right shapes are used and nothing is downloaded.
-    let model = match &args.model.weights {
-        Some(_) => args.model.load()?,
-        None => Model::random(kind, 0, DType::F32, &dev)?.0,
-    };
+    let model = args.model.open(true)?;
     let size = args.size.unwrap_or(model.preprocess().size);
     let x = Tensor::randn(0f32, 1.0, (args.batch, 3, size, size), &dev)?;
     let forward_s = time(args.passes, || {
@@ -70,7 +65,7 @@ pub(crate) fn run(args: &BenchArgs) -> Result<()> {
         Ok(())
     })?;
     let report = json!({
-        "model": kind.name(),
+        "model": model.name(),
         "batch": args.batch,
         "size": size,
         "threads": candle_core::utils::get_num_threads(),
@@ -82,7 +77,7 @@ pub(crate) fn run(args: &BenchArgs) -> Result<()> {
     } else {
         out(&format!(
             "{} batch {} at {size}x{size}: forward {:.4} s, forward+backward to the input {:.4} s (median of {} passes)\n",
-            kind.name(),
+            model.name(),
             args.batch,
             forward_s,
             forward_backward_s,

@@ -93,7 +93,7 @@ pub fn run(args: &ChannelsArgs) -> Result<()> {
         Some(k) => reports.iter().find(|r| r.keep == k).unwrap(),
         None => reports.last().unwrap(),
     };
-    let mut obj = report_json(model.kind().name(), &args.layer, chosen);
+    let mut obj = report_json(model.name(), &args.layer, chosen);
     if args.sweep.is_some() {
         obj["sweep"] = json!(reports
             .iter()
@@ -149,7 +149,7 @@ pub fn run(args: &ChannelsArgs) -> Result<()> {
         let r = chosen;
         let mut text = format!(
             "{} at {} ({} channels), class {} ({}):\n  original score {:.4}\n  kept score     {:.4} with {} channels (soft top-{}: {:.4}, {} swaps)\n  baselines      top activation {:.4}, activation x gradient {:.4}\n  kept channels  {:?}\n",
-            model.kind().name(),
+            model.name(),
             r.site,
             r.channels_total,
             r.target,

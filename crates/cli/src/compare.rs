@@ -109,7 +109,7 @@ pub(crate) fn run(args: &CompareArgs) -> Result<()> {
 
     let (_, _, h, w) = x.dims4()?;
     let report = json!({
-        "model": model.kind().name(),
+        "model": model.name(),
         "target": target,
         "label": label,
         "shape": [h, w],
@@ -127,7 +127,7 @@ pub(crate) fn run(args: &CompareArgs) -> Result<()> {
         render::save_png(&render::sheet(&tiles, 4), &dir.join("methods.png"))?;
     }
     if !render::report(args.out.as_deref(), "report.json", &report, args.json)? {
-        let mut text = format!("{} class {target} ({label}), {h}x{w}\n", model.kind().name());
+        let mut text = format!("{} class {target} ({label}), {h}x{w}\n", model.name());
         let scored = args.scores;
         text.push_str(&if scored {
             format!("{:<32} {:>9} {:>9}  seconds\n", "method", "deletion", "insertion")

@@ -194,7 +194,7 @@ pub(crate) fn run(args: &InvertArgs) -> Result<()> {
     let inv = run_inversion(&model, &x, &args.layer, &[target], &cfg)?;
     let seconds = start.elapsed().as_secs_f64();
     let obj = json!({
-        "model": model.kind().name(),
+        "model": model.name(),
         "layer": args.layer,
         "site": inv.site,
         "relative_error": inv.relative_errors[0],
@@ -215,7 +215,7 @@ pub(crate) fn run(args: &InvertArgs) -> Result<()> {
     } else {
         crate::out(&format!(
             "{} at {}: relative feature error {:.4} after {} iterations ({:.3} s each)\n",
-            model.kind().name(),
+            model.name(),
             inv.site,
             inv.relative_errors[0],
             cfg.iterations,

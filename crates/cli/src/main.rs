@@ -7,7 +7,8 @@ use anyhow::{bail, Result};
 use candle_core::{DType, Device, Tensor};
 use clap::{Args, Parser, Subcommand};
 use extremal_hook::Network;
-use extremal_models::{load_input, Model, ModelKind};
+use extremal_models::{load_input, Model, Preprocess};
+use extremal_onnx::OnnxOptions;
 use serde_json::json;
 
 mod attribute;
@@ -107,12 +108,21 @@ struct ChannelsArgs {
 
 #[derive(Args)]
 struct ModelArgs {
-    /// Model: efficientnet-lite0, resnet18/34/50/101/152, vgg16, googlenet.
+    /// Model: efficientnet-lite0, resnet18/34/50/101/152, vgg16, googlenet, or the path of an
+    /// ONNX file (`model.onnx`).
     #[arg(long, default_value = "efficientnet-lite0")]
     model: String,
     /// Weight file (.safetensors, .pth); default: the model's pretrained weights, fetched once.
     #[arg(long)]
     weights: Option<PathBuf>,
+    /// Class names, one per line (default: ImageNet's for 1000 classes, `class i` otherwise).
+    #[arg(long)]
+    labels: Option<PathBuf>,
+    /// Input preprocessing: a preset (imagenet, minus-one-to-one, unit) and/or size=N,
+    /// mean=R/G/B, std=R/G/B, scale=S, comma separated (default: the model's own; ImageNet's
+    /// at 224 for ONNX files).
+    #[arg(long)]
+    preprocess: Option<String>,
     /// Device: cpu or cuda (needs a build with `--features cuda`).
     #[arg(long, default_value = "cpu")]
     device: String,
@@ -161,25 +171,33 @@ fn device(name: &str) -> Result<Device> {
 }
 
 impl ModelArgs {
-    fn kind(&self) -> Result<ModelKind> {
-        Ok(self.model.parse::<ModelKind>()?)
+    /// Loads the model; with `random_weights`, a zoo model without `--weights` gets seeded
+    /// random weights instead of downloading its own (for shapes and timings).
+    fn open(&self, random_weights: bool) -> Result<Model> {
+        let dev = device(&self.device)?;
+        let options = OnnxOptions {
+            preprocess: self.preprocess.as_deref().map(str::parse::<Preprocess>).transpose()?,
+            labels: self.labels.clone(),
+        };
+        Ok(extremal_onnx::open_model(
+            &self.model,
+            self.weights.as_deref(),
+            &options,
+            random_weights,
+            DType::F32,
+            &dev,
+        )?)
     }
 
     fn load(&self) -> Result<Model> {
-        let kind = self.kind()?;
-        let dev = device(&self.device)?;
-        Ok(Model::load(kind, self.weights.as_deref(), DType::F32, &dev)?)
+        self.open(false)
     }
 }
 
 fn layers(args: &LayersArgs) -> Result<()> {
-    let kind = args.model.kind()?;
     let dev = device(&args.model.device)?;
     // Shapes do not depend on the weights: without --weights, nothing is downloaded.
-    let model = match &args.model.weights {
-        Some(_) => args.model.load()?,
-        None => Model::random(kind, 0, DType::F32, &dev)?.0,
-    };
+    let model = args.model.open(true)?;
     let size = model.preprocess().size;
     let x = Tensor::zeros((1, 3, size, size), DType::F32, &dev)?;
     let mut shapes: Vec<(String, Vec<usize>)> = Vec::new();
@@ -209,7 +227,7 @@ fn layers(args: &LayersArgs) -> Result<()> {
             aliases.iter().map(|(a, n)| (a.clone(), json!(n))).collect();
         out(&format!(
             "{}\n",
-            json!({"model": kind.name(), "input": [1, 3, size, size], "sites": sites, "aliases": aliases})
+            json!({"model": model.name(), "input": [1, 3, size, size], "sites": sites, "aliases": aliases})
         ));
     } else {
         let width = shapes.iter().map(|(s, _)| s.len()).max().unwrap_or(0);
@@ -257,7 +275,7 @@ fn classify(args: &ClassifyArgs) -> Result<()> {
         let logits = logits.squeeze(0)?.to_vec1::<f32>()?;
         out(&format!(
             "{}\n",
-            json!({"model": model.kind().name(), "top": top, "logits": logits})
+            json!({"model": model.name(), "top": top, "logits": logits})
         ));
     } else {
         let text: String = preds

@@ -2,7 +2,7 @@ use std::path::Path;
 use std::str::FromStr;
 
 use candle_core::{DType, Device, Tensor, D};
-use extremal_hook::{Graph, Hook, Network, Prefix};
+use extremal_hook::{Hook, Network, Prefix};
 
 use crate::layers::{ParamSource, RandomParams, WeightLoader};
 use crate::{efficientnet, googlenet, hub, resnet, vgg, Error, Preprocess, Result, Weights};
@@ -130,10 +130,12 @@ pub struct Prediction {
     pub logit: f32,
 }
 
-/// A model of the zoo: a site graph with its preprocessing and labels.
+/// A model: a network with named sites (a model of the zoo, or any [`Network`], e.g. an ONNX
+/// file's), with its preprocessing and labels.
 pub struct Model {
-    kind: ModelKind,
-    graph: Graph,
+    name: String,
+    kind: Option<ModelKind>,
+    net: Box<dyn Network + Send + Sync>,
     preprocess: Preprocess,
     labels: Vec<String>,
     device: Device,
@@ -161,18 +163,43 @@ impl Model {
             ModelKind::EfficientnetLite0 => efficientnet::efficientnet_lite0(p, classes)?,
             k => resnet::resnet(p, k.resnet_depth().expect("a ResNet"), classes)?,
         };
-        Ok(Self {
-            kind,
-            graph,
-            preprocess: kind.preprocess(),
-            labels: if classes == 1000 {
-                crate::imagenet_labels()
-            } else {
-                (0..classes).map(|i| format!("class {i}")).collect()
-            },
+        let mut model = Self::from_network(kind.name(), graph, kind.preprocess(), classes, dtype, device);
+        model.kind = Some(kind);
+        Ok(model)
+    }
+
+    /// Wraps any network: `name` is what reports call it, `classes` the size of its output
+    /// (the labels are ImageNet's for 1000 classes, `class i` otherwise; see
+    /// [`Model::with_labels`]).
+    pub fn from_network(
+        name: &str,
+        net: impl Network + Send + Sync + 'static,
+        preprocess: Preprocess,
+        classes: usize,
+        dtype: DType,
+        device: &Device,
+    ) -> Self {
+        Self {
+            name: name.to_string(),
+            kind: None,
+            net: Box::new(net),
+            preprocess,
+            labels: default_labels(classes),
             device: device.clone(),
             dtype,
-        })
+        }
+    }
+
+    /// The same model with these class names (one per output).
+    pub fn with_labels(mut self, labels: Vec<String>) -> Self {
+        self.labels = labels;
+        self
+    }
+
+    /// The same model with another preprocessing.
+    pub fn with_preprocess(mut self, preprocess: Preprocess) -> Self {
+        self.preprocess = preprocess;
+        self
     }
 
     /// Builds `kind` from loaded weights; fails on missing, misshapen or extra tensors.
@@ -228,9 +255,15 @@ impl Model {
         Ok((model, p.made))
     }
 
-    /// Which model this is.
-    pub fn kind(&self) -> ModelKind {
+    /// Which model of the zoo this is (`None` for other networks).
+    pub fn kind(&self) -> Option<ModelKind> {
         self.kind
+    }
+
+    /// The model's name in reports: the zoo's name (`resnet50`) or the one given to
+    /// [`Model::from_network`] (an ONNX file's name).
+    pub fn name(&self) -> &str {
+        &self.name
     }
 
     /// The preprocessing of the model's input.
@@ -253,9 +286,9 @@ impl Model {
         self.dtype
     }
 
-    /// The site graph.
-    pub fn graph(&self) -> &Graph {
-        &self.graph
+    /// The network.
+    pub fn network(&self) -> &(dyn Network + Send + Sync) {
+        self.net.as_ref()
     }
 
     /// The `k` most probable classes of each image.
@@ -289,6 +322,15 @@ impl Model {
     }
 }
 
+/// ImageNet's labels for 1000 classes, `class i` otherwise.
+pub(crate) fn default_labels(classes: usize) -> Vec<String> {
+    if classes == 1000 {
+        crate::imagenet_labels()
+    } else {
+        (0..classes).map(|i| format!("class {i}")).collect()
+    }
+}
+
 /// Fails with a clear error if `t` holds NaN or infinite values.
 pub(crate) fn check_finite(t: &Tensor, what: &str) -> Result<()> {
     let s = t
@@ -306,18 +348,24 @@ pub(crate) fn check_finite(t: &Tensor, what: &str) -> Result<()> {
 
 impl Network for Model {
     fn sites(&self) -> Vec<String> {
-        self.graph.sites()
+        self.net.sites()
     }
     fn aliases(&self) -> Vec<(String, String)> {
-        self.graph.aliases()
+        self.net.aliases()
+    }
+    fn resolve(&self, name: &str) -> extremal_hook::Result<String> {
+        self.net.resolve(name)
     }
     fn forward_hooked(&self, x: &Tensor, hook: &mut dyn Hook) -> extremal_hook::Result<Tensor> {
-        self.graph.forward_hooked(x, hook)
+        self.net.forward_hooked(x, hook)
+    }
+    fn forward_to(&self, x: &Tensor, site: &str) -> extremal_hook::Result<Tensor> {
+        self.net.forward_to(x, site)
     }
     fn prefix(&self, x: &Tensor, site: &str) -> extremal_hook::Result<Prefix> {
-        self.graph.prefix(x, site)
+        self.net.prefix(x, site)
     }
     fn suffix(&self, prefix: &Prefix, activation: &Tensor, hook: &mut dyn Hook) -> extremal_hook::Result<Tensor> {
-        self.graph.suffix(prefix, activation, hook)
+        self.net.suffix(prefix, activation, hook)
     }
 }

@@ -20,6 +20,81 @@ pub struct Preprocess {
     pub std: [f32; 3],
 }
 
+impl std::str::FromStr for Preprocess {
+    type Err = Error;
+
+    /// Parses `--preprocess`: comma-separated parts, a preset (`imagenet`: torchvision's
+    /// mean/std; `minus-one-to-one`: [-1, 1]; `unit`: [0, 1] as is) and/or `size=N`,
+    /// `mean=R/G/B` (or one value for all), `std=R/G/B`, `scale=S` (the model reads RGB
+    /// values in [0, S], e.g. 255). The default preset is `imagenet`, the default size 224.
+    /// E.g. `minus-one-to-one,size=299` or `mean=0.5,std=0.25`.
+    fn from_str(s: &str) -> Result<Self> {
+        let bad = |m: String| Error::Model(format!("--preprocess `{s}`: {m}"));
+        let mut p = Preprocess::imagenet(224);
+        let mut scale = 1.0f32;
+        let triple = |v: &str| -> Result<[f32; 3]> {
+            let xs: Vec<f32> = v
+                .split('/')
+                .map(|x| {
+                    x.trim()
+                        .parse::<f32>()
+                        .map_err(|_| bad(format!("`{x}` is not a number")))
+                })
+                .collect::<Result<_>>()?;
+            match xs.as_slice() {
+                [a] => Ok([*a; 3]),
+                [a, b, c] => Ok([*a, *b, *c]),
+                _ => Err(bad("give one value or three separated by `/`".into())),
+            }
+        };
+        for part in s.split(',').map(str::trim).filter(|x| !x.is_empty()) {
+            match part.split_once('=') {
+                None => {
+                    let size = p.size;
+                    p = match part {
+                        "imagenet" => Preprocess::imagenet(size),
+                        "minus-one-to-one" | "inception" => Preprocess::minus_one_to_one(size),
+                        "unit" => Preprocess {
+                            size,
+                            mean: [0.0; 3],
+                            std: [1.0; 3],
+                        },
+                        other => {
+                            return Err(bad(format!(
+                                "unknown preset `{other}` (imagenet, minus-one-to-one, unit)"
+                            )))
+                        }
+                    }
+                }
+                Some(("size", v)) => {
+                    p.size = v
+                        .parse::<usize>()
+                        .ok()
+                        .filter(|&n| (8..=4096).contains(&n))
+                        .ok_or_else(|| bad(format!("size `{v}` is not a number from 8 to 4096")))?
+                }
+                Some(("mean", v)) => p.mean = triple(v)?,
+                Some(("std", v)) => p.std = triple(v)?,
+                Some(("scale", v)) => {
+                    scale = v
+                        .parse::<f32>()
+                        .ok()
+                        .filter(|x| x.is_finite() && *x > 0.0)
+                        .ok_or_else(|| bad(format!("scale `{v}` is not a positive number")))?
+                }
+                Some((k, _)) => return Err(bad(format!("unknown key `{k}` (size, mean, std, scale)"))),
+            }
+        }
+        if p.std.iter().any(|&x| !(x.is_finite() && x > 0.0)) || p.mean.iter().any(|x| !x.is_finite()) {
+            return Err(bad("std must be positive and mean finite".into()));
+        }
+        // (S·rgb − mean) / std = (rgb − mean/S) / (std/S).
+        p.mean = p.mean.map(|m| m / scale);
+        p.std = p.std.map(|d| d / scale);
+        Ok(p)
+    }
+}
+
 impl Preprocess {
     /// torchvision's ImageNet normalisation.
     pub fn imagenet(size: usize) -> Self {

@@ -61,6 +61,8 @@ pub struct OnnxNetwork {
     output_slot: usize,
     /// The static input shape of the file, `None` for symbolic dimensions.
     input_shape: Vec<Option<usize>>,
+    /// The output shape the file declares, if it declares one.
+    output_shape: Option<Vec<Option<usize>>>,
     /// Site names of each slot, in the order they are visited (innermost module first).
     names: Vec<Vec<String>>,
     /// Native site name → slot.
@@ -130,6 +132,11 @@ impl OnnxNetwork {
     /// The input shape the file declares: `None` for symbolic (dynamic) dimensions.
     pub fn input_shape(&self) -> &[Option<usize>] {
         &self.input_shape
+    }
+
+    /// The output shape the file declares (`None` inside: symbolic), if it declares one.
+    pub fn output_shape(&self) -> Option<&[Option<usize>]> {
+        self.output_shape.as_deref()
     }
 
     /// The default-domain opset of the file.
@@ -604,6 +611,17 @@ impl<'a> Builder<'a> {
             .first()
             .map(|o| o.name.clone())
             .ok_or_else(|| self.invalid("the graph has no output"))?;
+        let output_shape = graph.output[0]
+            .r#type
+            .as_ref()
+            .and_then(|t| t.tensor_type.as_ref())
+            .and_then(|t| t.shape.as_ref())
+            .map(|s| {
+                s.dim
+                    .iter()
+                    .map(|d| d.dim_value.and_then(|v| usize::try_from(v).ok()).filter(|&v| v > 0))
+                    .collect::<Vec<_>>()
+            });
 
         // Nodes: constants are evaluated, nodes that read only constants are folded, the rest
         // become steps.
@@ -866,6 +884,7 @@ impl<'a> Builder<'a> {
             input_slot,
             output_slot,
             input_shape,
+            output_shape,
             names,
             site_slot,
             sites,

@@ -1553,7 +1553,7 @@ impl Op {
                     .iter()
                     .try_fold(1usize, |a, &d| a.checked_mul(d))
                     .ok_or("shape overflows")?;
-                if n > 1 << 28 {
+                if n > 1 << 24 {
                     return err(format!("a constant of {n} values is too large"));
                 }
                 Ok(vec![match v {
@@ -1592,7 +1592,7 @@ impl Op {
                 if out
                     .iter()
                     .try_fold(1usize, |a, &d| a.checked_mul(d))
-                    .is_none_or(|n| n > 1 << 28)
+                    .is_none_or(|n| n > 1 << 24)
                 {
                     return err("Expand to a shape that is too large");
                 }
