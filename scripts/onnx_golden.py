@@ -48,12 +48,14 @@ class Block(nn.Module):
         self.downsample = None
         if stride != 1 or c_in != c_out:
             self.downsample = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out))
+        # TorchRay's excitation backprop needs the residual sum as a module (its EltwiseSum).
+        self.skip = None
 
     def forward(self, x):
         y = self.relu(self.bn1(self.conv1(x)))
         y = self.bn2(self.conv2(y))
         s = x if self.downsample is None else self.downsample(x)
-        return self.relu(y + s)
+        return self.relu(y + s if self.skip is None else self.skip(y, s))
 
 
 class ResidualNet(nn.Module):
@@ -192,6 +194,26 @@ MODELS = {
 }
 
 
+def torchray_maps(model, x, target):
+    """TorchRay's guided backprop, deconvnet, excitation backprop (at `layer1` and `layer2`)
+    and contrastive excitation backprop (`layer1`, contrast at `avgpool`) of the residual net."""
+    import copy
+    from torchray.attribution.deconvnet import deconvnet
+    from torchray.attribution.excitation_backprop import (
+        EltwiseSum, contrastive_excitation_backprop, excitation_backprop)
+    from torchray.attribution.guided_backprop import guided_backprop
+    out = {"guided_backprop": guided_backprop(model, x, target), "deconvnet": deconvnet(model, x, target)}
+    net = copy.deepcopy(model)
+    for m in net.modules():
+        if isinstance(m, Block):
+            m.skip = EltwiseSum()
+    out["excitation_backprop_layer1"] = excitation_backprop(net, x, target, saliency_layer="layer1")
+    out["excitation_backprop_layer2"] = excitation_backprop(net, x, target, saliency_layer="layer2")
+    out["contrastive_excitation_backprop"] = contrastive_excitation_backprop(
+        net, x, target, saliency_layer="layer1", contrast_layer="avgpool")
+    return {k: v.detach().contiguous() for k, v in out.items()}
+
+
 def main():
     os.makedirs(OUT, exist_ok=True)
     only = sys.argv[1:]
@@ -226,9 +248,12 @@ def main():
             else:
                 torch.onnx.export(model, (x,), path, dynamo=True, external_data=False)
             print(f"{path}: {os.path.getsize(path)} bytes")
+        out = {"x": x, "logits": logits.detach(), "activation": acts["a"].contiguous(), "input_grad": xg.grad,
+               "replaced": replaced}
+        if name == "residual":
+            out.update(torchray_maps(model, x, target))
         save_file(
-            {"x": x, "logits": logits.detach(), "activation": acts["a"].contiguous(), "input_grad": xg.grad,
-             "replaced": replaced},
+            out,
             f"{OUT}/{name}.safetensors",
             metadata={"site": site, "replace": replace, "target": str(target)},
         )

@@ -132,3 +132,37 @@ fn convnext() {
     check("convnext", "ts");
     check("convnext", "dynamo");
 }
+
+/// The backpropagation rules run on ONNX models as on the zoo: guided backprop, deconvnet and
+/// (contrastive) excitation backprop against TorchRay on the residual net, both exporters.
+#[test]
+fn residual_attribution_matches_torchray() {
+    use extremal_attr::{ExcitationBackprop, Gradient, Method};
+    let g = golden("residual");
+    let x = &g.tensors["x"];
+    for exporter in ["ts", "dynamo"] {
+        let net = OnnxNetwork::load(
+            &fixtures().join(format!("residual_{exporter}.onnx")),
+            DType::F32,
+            &Device::Cpu,
+        )
+        .unwrap();
+        let ebp = |layer: &str, contrastive| ExcitationBackprop {
+            layer: layer.into(),
+            contrastive,
+        };
+        let methods: Vec<(&str, Box<dyn Method>)> = vec![
+            ("guided_backprop", Box::new(Gradient::guided())),
+            ("deconvnet", Box::new(Gradient::deconvnet())),
+            ("excitation_backprop_layer1", Box::new(ebp("layer1", false))),
+            ("excitation_backprop_layer2", Box::new(ebp("layer2", false))),
+            ("contrastive_excitation_backprop", Box::new(ebp("layer1", true))),
+        ];
+        for (key, m) in methods {
+            let got = m.saliency(&net, x, g.target).unwrap();
+            let e = rel(&got, &g.tensors[key]);
+            println!("residual_{exporter} {key}: {e:.1e} of the largest value");
+            assert!(e <= 1e-4, "residual_{exporter} {key}: differs by {e:e}");
+        }
+    }
+}
