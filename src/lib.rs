@@ -7,7 +7,8 @@
 //! - [`mask`]: the extremal-mask engine (area constraint, games, optimisers, channel masks);
 //! - [`invert`]: feature inversion, to render what channels encode;
 //! - [`attr`]: the attribution baselines (gradient, guided backprop, Grad-CAM, RISE, …);
-//! - [`eval`]: dataset runs (VOC/COCO ground truth, class maps, shards).
+//! - [`eval`]: dataset runs (VOC/COCO ground truth, class maps, shards);
+//! - [`onnx`]: any ONNX classifier as a model, with a site at every node output.
 //!
 //! ```
 //! use candle_core::{DType, Device, Tensor};
@@ -29,6 +30,7 @@ pub use extremal_hook as hook;
 pub use extremal_invert as invert;
 pub use extremal_mask as mask;
 pub use extremal_models as models;
+pub use extremal_onnx as onnx;
 pub use extremal_ops as ops;
 
 /// The README's Rust code, compiled and run as a doctest.
@@ -54,6 +56,8 @@ pub mod tutorials {
     pub struct YourOwnModel;
     #[doc = include_str!("../docs/07-comparing-methods.md")]
     pub struct ComparingMethods;
+    #[doc = include_str!("../docs/08-onnx.md")]
+    pub struct Onnx;
     #[doc = include_str!("../docs/reference.md")]
     pub struct Reference;
 }

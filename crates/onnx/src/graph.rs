@@ -174,19 +174,10 @@ impl OnnxNetwork {
 
     /// Runs the steps for which `run[i]` holds, in order, on `env`, visiting sites with
     /// `hook`. `keep` slots are not freed after their last use.
-    fn execute(
-        &self,
-        env: &mut [Option<Value>],
-        run: &[bool],
-        hook: &mut dyn Hook,
-        keep: &[bool],
-        batch: usize,
-    ) -> Result<()> {
+    fn execute(&self, env: &mut [Option<Value>], run: &[bool], hook: &mut dyn Hook, keep: &[bool]) -> Result<()> {
         let ctx = RunCtx {
             dtype: self.dtype,
             device: &self.device,
-            batch,
-            export_batch: self.input_shape.first().copied().flatten(),
         };
         let mut skip = vec![false; self.steps.len()];
         for (i, s) in self.steps.iter().enumerate() {
@@ -360,25 +351,144 @@ impl Network for OnnxNetwork {
     fn forward_hooked(&self, x: &Tensor, hook: &mut dyn Hook) -> extremal_hook::Result<Tensor> {
         hook.bind(&|name| self.resolve(name))?;
         self.check_input(x)?;
-        let x = hook.visit("input", x.to_dtype(self.dtype)?)?;
-        let batch = x.dim(0)?;
-        let mut env = self.fresh_env();
-        env[self.input_slot] = Some(Value::Float(x));
-        let keep = vec![false; env.len()];
-        self.execute(&mut env, &vec![true; self.steps.len()], hook, &keep, batch)?;
-        Ok(self.output(&mut env)?)
+        self.by_image(x.dim(0)?, |b| self.forward_hooked_one(&narrow(x, b)?, hook))
     }
 
     fn forward_to(&self, x: &Tensor, site: &str) -> extremal_hook::Result<Tensor> {
-        let native = self.resolve(site)?;
         self.check_input(x)?;
+        self.by_image(x.dim(0)?, |b| self.forward_to_one(&narrow(x, b)?, site))
+    }
+
+    fn prefix(&self, x: &Tensor, site: &str) -> extremal_hook::Result<Prefix> {
+        self.check_input(x)?;
+        let n = x.dim(0)?;
+        if !self.one_by_one(n)? {
+            return self.prefix_one(x, site);
+        }
+        // A file that fixes its batch at 1: one prefix per image, stacked.
+        let parts: Vec<Prefix> = (0..n)
+            .map(|b| self.prefix_one(&x.narrow(0, b, 1)?, site))
+            .collect::<extremal_hook::Result<_>>()?;
+        let cat = |ts: Vec<&Tensor>| Tensor::cat(&ts, 0);
+        let activation = cat(parts.iter().map(|p| p.activation()).collect())?;
+        let saved = (0..parts[0].saved().len())
+            .map(|i| {
+                let t = &parts[0].saved()[i];
+                if t.dtype() == DType::I64 {
+                    Ok(t.clone())
+                } else {
+                    cat(parts.iter().map(|p| &p.saved()[i]).collect())
+                }
+            })
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        Ok(Prefix::new(parts[0].site(), activation, saved))
+    }
+
+    fn suffix(&self, prefix: &Prefix, activation: &Tensor, hook: &mut dyn Hook) -> extremal_hook::Result<Tensor> {
+        hook.bind(&|name| self.resolve(name))?;
+        let n = activation.dim(0)?;
+        if !self.one_by_one(n)? {
+            return self.suffix_one(prefix, activation, hook);
+        }
+        let m = prefix.activation().dim(0)?;
+        self.by_image(n, |b| {
+            let pick = |t: &Tensor| -> candle_core::Result<Tensor> {
+                if t.dtype() == DType::I64 || t.rank() == 0 || t.dim(0)? == 1 {
+                    Ok(t.clone())
+                } else {
+                    t.narrow(0, b, 1)
+                }
+            };
+            let own = if m == 1 {
+                prefix.clone()
+            } else {
+                let saved = prefix
+                    .saved()
+                    .iter()
+                    .map(pick)
+                    .collect::<candle_core::Result<Vec<_>>>()?;
+                Prefix::new(prefix.site(), pick(prefix.activation())?, saved)
+            };
+            self.suffix_one(&own, &narrow(activation, b)?, hook)
+        })
+    }
+}
+
+impl OnnxNetwork {
+    /// Whether a batch of `n` runs image by image: the file fixes its batch at 1 (a static
+    /// export; its reshapes and index tables assume one image). A file that fixes another
+    /// batch size runs only that one.
+    fn one_by_one(&self, n: usize) -> extremal_hook::Result<bool> {
+        match self.input_shape.first().copied().flatten() {
+            Some(1) => Ok(n > 1),
+            Some(b) if b != n => Err(Error::Run {
+                node: "input".into(),
+                op: "input".into(),
+                message: format!(
+                    "the file fixes its batch size at {b}, the input has {n}: re-export with batch 1 or a dynamic batch"
+                ),
+            }
+            .into()),
+            _ => Ok(false),
+        }
+    }
+
+    /// Runs `one(b)` on each image `b` of a batch of `n` when the file needs it, else once on
+    /// the whole batch (`b == usize::MAX`), and checks that the output keeps the batch.
+    fn by_image(
+        &self,
+        n: usize,
+        mut one: impl FnMut(usize) -> extremal_hook::Result<Tensor>,
+    ) -> extremal_hook::Result<Tensor> {
+        let y = if self.one_by_one(n)? {
+            let parts = (0..n).map(&mut one).collect::<extremal_hook::Result<Vec<_>>>()?;
+            Tensor::cat(&parts, 0)?
+        } else {
+            one(usize::MAX)?
+        };
+        if y.rank() == 0 || y.dim(0)? != n {
+            return Err(Error::Run {
+                node: "output".into(),
+                op: "output".into(),
+                message: format!(
+                    "a batch of {n} gave an output of shape {:?}: the file fixes its batch size; re-export with a dynamic batch",
+                    y.dims()
+                ),
+            }
+            .into());
+        }
+        Ok(y)
+    }
+}
+
+/// Image `b` of `t` (all of it for `usize::MAX`).
+fn narrow(t: &Tensor, b: usize) -> candle_core::Result<Tensor> {
+    if b == usize::MAX {
+        Ok(t.clone())
+    } else {
+        t.narrow(0, b, 1)
+    }
+}
+
+impl OnnxNetwork {
+    fn forward_hooked_one(&self, x: &Tensor, hook: &mut dyn Hook) -> extremal_hook::Result<Tensor> {
+        let x = hook.visit("input", x.to_dtype(self.dtype)?)?;
+        let mut env = self.fresh_env();
+        env[self.input_slot] = Some(Value::Float(x));
+        let keep = vec![false; env.len()];
+        self.execute(&mut env, &vec![true; self.steps.len()], hook, &keep)?;
+        Ok(self.output(&mut env)?)
+    }
+
+    fn forward_to_one(&self, x: &Tensor, site: &str) -> extremal_hook::Result<Tensor> {
+        let native = self.resolve(site)?;
         let slot = self.slot_of(&native);
         let mut env = self.fresh_env();
         env[self.input_slot] = Some(Value::Float(x.to_dtype(self.dtype)?));
         let mut keep = vec![false; env.len()];
         keep[slot] = true;
         let mut silent = Silent;
-        self.execute(&mut env, &self.upstream(slot), &mut silent, &keep, x.dim(0)?)?;
+        self.execute(&mut env, &self.upstream(slot), &mut silent, &keep)?;
         match env[slot].take() {
             Some(Value::Float(t)) => Ok(t),
             _ => Err(Error::Hook(extremal_hook::Error::Site {
@@ -389,9 +499,8 @@ impl Network for OnnxNetwork {
         }
     }
 
-    fn prefix(&self, x: &Tensor, site: &str) -> extremal_hook::Result<Prefix> {
+    fn prefix_one(&self, x: &Tensor, site: &str) -> extremal_hook::Result<Prefix> {
         let native = self.resolve(site)?;
-        self.check_input(x)?;
         let x = x.to_dtype(self.dtype)?;
         if native == "input" {
             return Ok(Prefix::new("input", x.detach(), vec![]));
@@ -407,7 +516,7 @@ impl Network for OnnxNetwork {
         }
         let mut env = self.fresh_env();
         env[self.input_slot] = Some(Value::Float(x.clone()));
-        self.execute(&mut env, &prefix_steps, &mut Silent, &keep, x.dim(0)?)?;
+        self.execute(&mut env, &prefix_steps, &mut Silent, &keep)?;
         let activation = match &env[slot] {
             Some(Value::Float(t)) => t.detach(),
             _ => {
@@ -433,8 +542,7 @@ impl Network for OnnxNetwork {
         Ok(Prefix::new(&native, activation, saved))
     }
 
-    fn suffix(&self, prefix: &Prefix, activation: &Tensor, hook: &mut dyn Hook) -> extremal_hook::Result<Tensor> {
-        hook.bind(&|name| self.resolve(name))?;
+    fn suffix_one(&self, prefix: &Prefix, activation: &Tensor, hook: &mut dyn Hook) -> extremal_hook::Result<Tensor> {
         let native = prefix.site();
         let Some(&slot) = self.site_slot.get(native).or(if native == "input" {
             Some(&self.input_slot)
@@ -476,7 +584,7 @@ impl Network for OnnxNetwork {
         }
         env[slot] = Some(Value::Float(a));
         let keep = vec![false; env.len()];
-        self.execute(&mut env, &suffix, hook, &keep, n)?;
+        self.execute(&mut env, &suffix, hook, &keep)?;
         Ok(self.output(&mut env)?)
     }
 }
@@ -673,8 +781,6 @@ impl<'a> Builder<'a> {
                 let ctx = RunCtx {
                     dtype: self.dtype,
                     device: self.device,
-                    batch: 1,
-                    export_batch: None,
                 };
                 let vals: Vec<Option<Value>> = ins.iter().map(|s| s.and_then(|s| self.constants[s].clone())).collect();
                 let outs = op

@@ -12,10 +12,6 @@ use crate::value::{broadcast_shape, ints_binary, ints_where, Ints, Value};
 pub(crate) struct RunCtx<'a> {
     pub dtype: DType,
     pub device: &'a Device,
-    /// The batch size of this pass.
-    pub batch: usize,
-    /// The input's batch size fixed in the file (a static export), if any.
-    pub export_batch: Option<usize>,
 }
 
 /// An error message of building (the operator is refused) or running a node.
@@ -823,7 +819,7 @@ fn binary_ints(op: Binary, a: &Ints, b: &Ints) -> OpResult<Ints> {
 }
 
 /// Resolves a Reshape target against the input's dimensions.
-fn reshape_target(dims: &[usize], target: &[i64], allowzero: bool, ctx: &RunCtx) -> OpResult<Vec<usize>> {
+fn reshape_target(dims: &[usize], target: &[i64], allowzero: bool) -> OpResult<Vec<usize>> {
     let mut out = Vec::with_capacity(target.len());
     let mut hole = None;
     for (i, &t) in target.iter().enumerate() {
@@ -835,13 +831,6 @@ fn reshape_target(dims: &[usize], target: &[i64], allowzero: bool, ctx: &RunCtx)
             0 if !allowzero => out.push(*dims.get(i).ok_or("a 0 in the shape has no input dimension to copy")?),
             t if t >= 0 => out.push(usize::try_from(t).map_err(|_| "dimension too large")?),
             _ => return err(format!("invalid target shape {target:?}")),
-        }
-    }
-    // A file exported with a fixed batch size writes it into its reshapes; a pass with another
-    // batch keeps its batch in front.
-    if let Some(b0) = ctx.export_batch {
-        if ctx.batch != b0 && dims.first() == Some(&ctx.batch) && out.first() == Some(&b0) && hole != Some(0) {
-            out[0] = ctx.batch;
         }
     }
     let total: usize = dims.iter().product();
@@ -1315,7 +1304,7 @@ impl Op {
             Op::Reshape { allowzero } => {
                 let v = x()?;
                 let target = ints(input(1)?)?;
-                let dims = reshape_target(&v.dims(), &target.data, *allowzero, ctx)?;
+                let dims = reshape_target(&v.dims(), &target.data, *allowzero)?;
                 reshape(v, dims)
             }
             Op::Transpose(perm) => {

@@ -92,6 +92,16 @@ fn check(model: &str, exporter: &str) {
         assert!(v <= 1e-4, "{tag}: {what} differs by {v:e} of the largest value");
     }
 
+    // A batch gives each image's logits (a file that fixes its batch at 1 runs image by image).
+    let x2 = Tensor::cat(&[x, &(x * 0.5).unwrap()], 0).unwrap();
+    let y2 = net.forward(&x2).unwrap();
+    assert!(rel(&y2.i(0..1).unwrap(), &logits) <= 1e-5, "{tag}: batch row 0 differs");
+    let half = net.forward(&(x * 0.5).unwrap()).unwrap();
+    assert!(rel(&y2.i(1..2).unwrap(), &half) <= 1e-5, "{tag}: batch row 1 differs");
+    let p2 = net.prefix(&x2, &g.site).unwrap();
+    let s2 = net.suffix(&p2, p2.activation(), &mut Hooks::new()).unwrap();
+    assert!(rel(&s2, &y2) <= 1e-5, "{tag}: batched prefix and suffix differ");
+
     // The suffix from the site reproduces the logits, also for a batch of masked activations.
     let prefix = net.prefix(x, &g.site).unwrap();
     let again = net.suffix(&prefix, prefix.activation(), &mut Hooks::new()).unwrap();
