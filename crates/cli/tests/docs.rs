@@ -177,7 +177,7 @@ fn check(long: bool) {
         .collect();
     files.sort();
     files.push((root().join("README.md"), false));
-    let mut checked = 0;
+    let (mut checked, mut failures) = (0, Vec::new());
     for (path, only_extremal) in &files {
         for case in cases(path, *only_extremal, long) {
             let args: Vec<&str> = case.args.iter().map(String::as_str).collect();
@@ -196,18 +196,21 @@ fn check(long: bool) {
             while expected.last().is_some_and(|l| l.is_empty()) {
                 expected.pop();
             }
-            assert!(
-                matches(&expected, &actual),
-                "{}:{}: `extremal {}` printed\n{}\nbut the document shows\n{}",
-                case.file,
-                case.line,
-                case.args.join(" "),
-                text,
-                expected.join("\n")
-            );
+            if !matches(&expected, &actual) {
+                failures.push(format!(
+                    "{}:{}: `extremal {}` printed\n{}\nbut the document shows\n{}",
+                    case.file,
+                    case.line,
+                    case.args.join(" "),
+                    text,
+                    expected.join("\n")
+                ));
+            }
             checked += 1;
         }
     }
+    // Every mismatch at once, so that one run shows all the pages to update.
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
     let kind = if long { "long " } else { "" };
     println!("{checked} {kind}shell commands of docs/ and the README print what the documents show");
     assert!(checked > 0);
