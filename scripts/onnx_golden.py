@@ -185,12 +185,39 @@ class ConvNeXtStyle(nn.Module):
         return self.head(self.norm(x.mean((-2, -1))))
 
 
+# --- the remaining operators: slicing with steps, split, pads, transposed convolution,
+# softmax, squeeze/unsqueeze, expand, asymmetric "same" padding, global max pooling ---
+class Odds(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 4, 2, padding=0)
+        self.up = nn.ConvTranspose2d(8, 6, 3, stride=2, padding=1, output_padding=1)
+        self.mix = nn.Conv2d(6, 6, 3, padding=1, groups=2)
+        self.norm = nn.BatchNorm2d(6)
+        self.fc = nn.Linear(6 + 6 + 3, 10)
+
+    def forward(self, x):
+        y = self.conv(F.pad(x, (1, 2, 1, 2)))               # asymmetric pads, as TF "SAME"
+        y = self.up(F.relu(y))                               # transposed convolution
+        a, b = torch.split(y, [2, 4], dim=1)                 # split
+        y = torch.cat([b, a * torch.sigmoid(a)[:, :1]], 1)   # broadcast over channels
+        y = self.norm(self.mix(y))                           # a batch norm after a grouped conv
+        y = F.pad(y, (1, 1, 0, 0), mode="replicate")        # edge padding
+        y = y[:, :, 1:-1:2, ::2]                             # slices with steps
+        att = torch.softmax(y.flatten(2), dim=-1).view_as(y)  # softmax over positions
+        pooled = (y * att).sum((2, 3))                        # attention pooling
+        peak = F.adaptive_max_pool2d(y, 1).squeeze(-1).squeeze(-1)
+        colour = x.mean((2, 3)).unsqueeze(1).expand(-1, 2, -1)[:, 0]
+        return self.fc(torch.cat([pooled, peak, colour], 1))
+
+
 MODELS = {
     # name: (class, site to read, module whose output is replaced)
     "residual": (ResidualNet, "layer2", "layer1"),
     "mobilenet": (MobileNetStyle, "blocks.1.se", "blocks.0"),
     "inception": (InceptionStyle, "mixed", "mixed.branch3x3"),
     "convnext": (ConvNeXtStyle, "stages.0.1", "stages.0.0"),
+    "odds": (Odds, "up", "conv"),
 }
 
 

@@ -326,6 +326,7 @@ pub(crate) fn build(node: &NodeProto, k: &Consts, opset: i64, dtype: DType) -> O
             let a = Attrs::new(
                 node,
                 &[
+                    "auto_pad",
                     "dilations",
                     "group",
                     "kernel_shape",
@@ -334,6 +335,9 @@ pub(crate) fn build(node: &NodeProto, k: &Consts, opset: i64, dtype: DType) -> O
                     "output_padding",
                 ],
             )?;
+            if !matches!(a.string("auto_pad").as_deref(), None | Some("NOTSET")) {
+                return err("auto_pad is not supported for ConvTranspose; export with explicit pads");
+            }
             if a.int("group", 1) != 1 {
                 return err("grouped transposed convolutions are not supported");
             }
@@ -1321,7 +1325,28 @@ impl Op {
                 }
                 match v {
                     Value::Float(t) => one(c(c(t.permute(perm))?.contiguous())?),
-                    Value::Int(_) => err("transposing an integer tensor is not supported"),
+                    Value::Int(i) => {
+                        // Exporters transpose small integer tables (pads) on the way to Pad.
+                        let out_dims: Vec<usize> = perm.iter().map(|&p| i.dims[p]).collect();
+                        let mut strides = vec![1usize; rank];
+                        for d in (0..rank.saturating_sub(1)).rev() {
+                            strides[d] = strides[d + 1] * i.dims[d + 1];
+                        }
+                        let n = i.data.len();
+                        let mut data = Vec::with_capacity(n);
+                        let mut idx = vec![0usize; rank];
+                        for _ in 0..n {
+                            data.push(i.data[idx.iter().zip(&perm).map(|(&k, &p)| k * strides[p]).sum::<usize>()]);
+                            for d in (0..rank).rev() {
+                                idx[d] += 1;
+                                if idx[d] < out_dims[d] {
+                                    break;
+                                }
+                                idx[d] = 0;
+                            }
+                        }
+                        Ok(vec![Value::Int(Ints::new(out_dims, data))])
+                    }
                 }
             }
             Op::Concat(a) => {

@@ -176,3 +176,11 @@ fn residual_attribution_matches_torchray() {
         }
     }
 }
+
+/// Slices with steps, split, constant and edge pads, a transposed convolution, softmax,
+/// squeeze/unsqueeze/expand, global max pooling and the exporters' shape chains.
+#[test]
+fn odds() {
+    check("odds", "ts");
+    check("odds", "dynamo");
+}
