@@ -6,7 +6,8 @@ Needs torch, onnx, onnxscript, safetensors (not needed by CI). Run from the repo
 
     python3 scripts/onnx_golden.py
 
-Writes tests/fixtures/onnx/<model>_<exporter>.onnx (exporter `ts`: TorchScript, opset 17, dynamic
+Writes tests/fixtures/onnx/<model>_<exporter>.onnx (and external/residual.onnx, the residual net
+with its weights as ONNX external data) (exporter `ts`: TorchScript, opset 17, dynamic
 batch; `dynamo`: torch.export, the default since PyTorch 2.9, static batch 1) and
 tests/fixtures/onnx/<model>.safetensors holding, for the input `x` (1x3x32x32):
 `logits`, `activation` (the output of the module named in the metadata key `site`),
@@ -275,6 +276,12 @@ def main():
             else:
                 torch.onnx.export(model, (x,), path, dynamo=True, external_data=False)
             print(f"{path}: {os.path.getsize(path)} bytes")
+        if name == "residual":
+            # The weights as ONNX external data, in a file beside the model.
+            path = f"{OUT}/external/residual.onnx"
+            os.makedirs(f"{OUT}/external", exist_ok=True)
+            torch.onnx.export(model, (x,), path, dynamo=True, external_data=True)
+            print(f"{path}: {os.path.getsize(path)} bytes, {os.listdir(f'{OUT}/external')}")
         out = {"x": x, "logits": logits.detach(), "activation": acts["a"].contiguous(), "input_grad": xg.grad,
                "replaced": replaced}
         if name == "residual":

@@ -1606,7 +1606,7 @@ impl Op {
                 if out
                     .iter()
                     .try_fold(1usize, |a, &d| a.checked_mul(d))
-                    .map_or(true, |n| n > 1 << 24)
+                    .map_or(true, |n| n > 1 << 26)
                 {
                     return err("Expand to a shape that is too large");
                 }

@@ -184,3 +184,20 @@ fn odds() {
     check("odds", "ts");
     check("odds", "dynamo");
 }
+
+/// Weights as ONNX external data (a `.onnx.data` file beside the model).
+#[test]
+fn external_data() {
+    let g = golden("residual");
+    let net = OnnxNetwork::load(&fixtures().join("external/residual.onnx"), DType::F32, &Device::Cpu).unwrap();
+    let e = rel(&net.forward(&g.tensors["x"]).unwrap(), &g.tensors["logits"]);
+    println!("residual with external data: logits {e:.1e} of the largest value");
+    assert!(e <= 1e-4);
+    // Loaded from its bytes, the model has no folder to find its data in.
+    let bytes = std::fs::read(fixtures().join("external/residual.onnx")).unwrap();
+    let err = OnnxNetwork::from_bytes(&bytes, None, DType::F32, &Device::Cpu)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("external file"), "{err}");
+}
