@@ -107,21 +107,27 @@ fn read_zip_pth(bytes: &[u8]) -> candle_core::Result<Map> {
         .ok_or_else(|| candle_core::Error::Msg("no data.pkl in the archive".into()))?
         .clone();
     let dir = pkl.strip_suffix("data.pkl").unwrap_or("").to_string();
-    let mut buf = Vec::new();
-    zip.by_name(&pkl)
-        .map_err(candle_core::Error::wrap)?
-        .read_to_end(&mut buf)?;
+    // Checkpoints store their entries uncompressed; a compressed entry may inflate to a few
+    // times the file, never more (a zip bomb is refused before it is inflated).
+    let budget = bytes.len().saturating_mul(4).saturating_add(1 << 20);
+    let mut entry = |name: &str| -> candle_core::Result<Vec<u8>> {
+        let f = zip.by_name(name).map_err(candle_core::Error::wrap)?;
+        if f.size() > budget as u64 {
+            candle_core::bail!("entry {name} claims {} bytes, more than such a file can hold", f.size())
+        }
+        let mut data = Vec::with_capacity(f.size() as usize);
+        f.take(budget as u64 + 1).read_to_end(&mut data)?;
+        if data.len() > budget {
+            candle_core::bail!("entry {name} inflates to more than such a file can hold")
+        }
+        Ok(data)
+    };
+    let buf = entry(&pkl)?;
     let mut stack = Stack::empty();
     stack.read_loop(&mut Cursor::new(&buf))?;
     let obj = stack.finalize()?;
-    let mut storage = |key: &str| -> candle_core::Result<Vec<u8>> {
-        let mut data = Vec::new();
-        zip.by_name(&format!("{dir}data/{key}"))
-            .map_err(candle_core::Error::wrap)?
-            .read_to_end(&mut data)?;
-        Ok(data)
-    };
-    rebuild_state_dict(obj, &mut storage)
+    let mut storage = |key: &str| -> candle_core::Result<Vec<u8>> { entry(&format!("{dir}data/{key}")) };
+    rebuild_state_dict(obj, &mut storage, bytes.len())
 }
 
 fn read_legacy_pth(bytes: &[u8]) -> candle_core::Result<Map> {
@@ -160,12 +166,18 @@ fn read_legacy_pth(bytes: &[u8]) -> candle_core::Result<Map> {
         if pos + 8 > bytes.len() {
             candle_core::bail!("the file ends inside storage {key} (truncated?)")
         }
-        let count = u64::from_le_bytes(bytes[pos..pos + 8].try_into().expect("8 bytes")) as usize;
+        let count = u64::from_le_bytes(bytes[pos..pos + 8].try_into().expect("8 bytes"));
         pos += 8;
-        let len = count * size;
-        if pos + len > bytes.len() {
-            candle_core::bail!("the file ends inside storage {key} (truncated?)")
-        }
+        // Checked: a crafted count must not wrap around into a small length.
+        let len = usize::try_from(count)
+            .ok()
+            .and_then(|c| c.checked_mul(size))
+            .filter(|&len| pos.checked_add(len).is_some_and(|end| end <= bytes.len()))
+            .ok_or_else(|| {
+                candle_core::Error::Msg(format!(
+                    "storage {key} claims {count} elements, more than the file holds (truncated or corrupt?)"
+                ))
+            })?;
         data.insert(key, bytes[pos..pos + len].to_vec());
         pos += len;
     }
@@ -174,7 +186,7 @@ fn read_legacy_pth(bytes: &[u8]) -> candle_core::Result<Map> {
             .cloned()
             .ok_or_else(|| candle_core::Error::Msg(format!("missing storage {key}")))
     };
-    rebuild_state_dict(obj, &mut storage)
+    rebuild_state_dict(obj, &mut storage, bytes.len())
 }
 
 fn storage_dtype(class_name: &str) -> Option<DType> {
@@ -226,9 +238,11 @@ fn collect_storage_types(obj: &Object, out: &mut HashMap<String, usize>) {
 
 /// Finds the state dict in `obj` (the object itself, or its `state_dict` / `model` entry) and
 /// rebuilds every tensor in it.
+/// `file_len` bounds what a tensor may expand to: no tensor holds more bytes than its file.
 fn rebuild_state_dict(
     obj: Object,
     storage: &mut dyn FnMut(&str) -> candle_core::Result<Vec<u8>>,
+    file_len: usize,
 ) -> candle_core::Result<Map> {
     let obj = match obj {
         Object::Build { args, .. } => *args,
@@ -241,7 +255,7 @@ fn rebuild_state_dict(
     for wrapper in ["state_dict", "model", "model_state_dict"] {
         if let Some((_, v)) = items.iter().find(|(k, _)| *k == Object::Unicode(wrapper.into())) {
             if matches!(v, Object::Dict(_) | Object::Build { .. }) {
-                return rebuild_state_dict(v.clone(), storage);
+                return rebuild_state_dict(v.clone(), storage, file_len);
             }
         }
     }
@@ -249,7 +263,7 @@ fn rebuild_state_dict(
     let mut cache: HashMap<String, Vec<u8>> = HashMap::new();
     for (k, v) in items {
         let Object::Unicode(name) = k else { continue };
-        if let Some(t) = rebuild_tensor(v, storage, &mut cache)? {
+        if let Some(t) = rebuild_tensor(v, storage, &mut cache, file_len)? {
             out.insert(name, t);
         }
     }
@@ -260,6 +274,7 @@ fn rebuild_tensor(
     v: Object,
     storage: &mut dyn FnMut(&str) -> candle_core::Result<Vec<u8>>,
     cache: &mut HashMap<String, Vec<u8>>,
+    file_len: usize,
 ) -> candle_core::Result<Option<Tensor>> {
     let Object::Reduce { callable, args } = v else {
         return Ok(None);
@@ -278,7 +293,7 @@ fn rebuild_tensor(
             if a.is_empty() {
                 return Ok(None);
             }
-            return rebuild_tensor(a.remove(0), storage, cache);
+            return rebuild_tensor(a.remove(0), storage, cache, file_len);
         }
         _ => return Ok(None),
     };
@@ -299,11 +314,12 @@ fn rebuild_tensor(
         candle_core::bail!("unsupported storage type {sclass}")
     };
     let int = |o: &Object| -> candle_core::Result<usize> {
-        match o {
-            Object::Int(i) => Ok(*i as usize),
-            Object::Long(i) => Ok(*i as usize),
+        let v: i64 = match o {
+            Object::Int(i) => *i as i64,
+            Object::Long(i) => *i as i64,
             other => candle_core::bail!("expected an integer, got {other:?}"),
-        }
+        };
+        usize::try_from(v).map_err(|_| candle_core::Error::Msg(format!("negative size, stride or offset {v}")))
     };
     let ints = |o: &Object| -> candle_core::Result<Vec<usize>> {
         match o {
@@ -319,7 +335,25 @@ fn rebuild_tensor(
     }
     let raw = &cache[key];
     let esize = stored_size(sclass);
-    let numel: usize = size.iter().product();
+    if size.len() != stride.len() {
+        candle_core::bail!(
+            "tensor in storage {key}: {} sizes but {} strides",
+            size.len(),
+            stride.len()
+        )
+    }
+    let too_large = || {
+        candle_core::Error::Msg(format!(
+            "a tensor of shape {size:?} in storage {key} is larger than the file"
+        ))
+    };
+    // Every size is checked before anything is allocated: the tensor's own bytes fit in the file
+    // (a stride-0 tensor cannot expand to terabytes), and its last element in its storage.
+    let numel = size
+        .iter()
+        .try_fold(1usize, |a, &d| a.checked_mul(d))
+        .filter(|&n| n.checked_mul(esize).is_some_and(|b| b <= file_len))
+        .ok_or_else(too_large)?;
     // Gather with the strides, in f64/i64, then convert.
     // The element decoder, chosen once per tensor rather than per element.
     let decode: fn(&[u8]) -> f64 = match sclass.as_str() {
@@ -332,14 +366,15 @@ fn rebuild_tensor(
         _ => |b| b[0] as f64,
     };
     let read = |i: usize| -> f64 { decode(&raw[i * esize..(i + 1) * esize]) };
-    let max_index = offset
-        + size
-            .iter()
-            .zip(&stride)
-            .map(|(s, st)| s.saturating_sub(1) * st)
-            .sum::<usize>();
-    if numel > 0 && (max_index + 1) * esize > raw.len() {
-        candle_core::bail!("storage {key} is too short for a tensor of shape {size:?} (truncated?)")
+    let max_index = size.iter().zip(&stride).try_fold(offset, |acc, (s, st)| {
+        s.saturating_sub(1).checked_mul(*st).and_then(|x| acc.checked_add(x))
+    });
+    let fits = max_index
+        .and_then(|m| m.checked_add(1))
+        .and_then(|m| m.checked_mul(esize))
+        .is_some_and(|end| end <= raw.len());
+    if numel > 0 && !fits {
+        candle_core::bail!("storage {key} is too short for a tensor of shape {size:?} (truncated or corrupt?)")
     }
     let mut vals = Vec::with_capacity(numel);
     let mut idx = vec![0usize; size.len()];

@@ -131,3 +131,28 @@ fn truncated_and_garbage_files_are_refused() {
     let e = Weights::load(&missing).unwrap_err().to_string();
     assert!(e.contains("cannot read the file"), "{e}");
 }
+
+/// Crafted legacy checkpoints (`scripts/crafted_weights.py`): each number an attacker picks is
+/// checked before it becomes a size or an offset, and nothing larger than the file is allocated.
+#[test]
+fn crafted_legacy_checkpoints_are_refused_before_allocating() {
+    let crafted = |name: &str| fixture(&format!("crafted/{name}.pth"));
+    for (name, needle) in [
+        ("negoffset", "negative size, stride or offset -1"),
+        (
+            "hugecount",
+            "claims 4611686018427387903 elements, more than the file holds",
+        ),
+        ("hugestride", "too short for a tensor of shape [2]"),
+        (
+            "stride0",
+            "a tensor of shape [1099511627776] in storage 0 is larger than the file",
+        ),
+    ] {
+        let e = Weights::load(&crafted(name)).unwrap_err().to_string();
+        assert!(e.contains(needle), "{name}: {e}");
+    }
+    // The same writer with honest numbers: an offset-1 view of a 4-element storage.
+    let w = Weights::load(&crafted("valid")).unwrap();
+    assert_eq!(w.get("w").unwrap().to_vec1::<f32>().unwrap(), vec![2.0, 3.0, 4.0]);
+}
