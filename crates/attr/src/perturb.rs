@@ -13,6 +13,20 @@ use crate::{class_score, Error, Method, Result};
 /// # Shapes
 /// - returns: `(N, 1, H, W)`, f32.
 pub fn rise_masks(n: usize, (h, w): (usize, usize), cells: usize, p: f64, seed: u64, dev: &Device) -> Result<Tensor> {
+    let mut rng = SeededRng::new(seed);
+    rise_masks_next(&mut rng, n, (h, w), cells, p, dev)
+}
+
+/// The next `n` masks of the stream `rng` draws: masks made in chunks are the masks made at
+/// once, so that RISE needs memory for one chunk, not for all its masks.
+fn rise_masks_next(
+    rng: &mut SeededRng,
+    n: usize,
+    (h, w): (usize, usize),
+    cells: usize,
+    p: f64,
+    dev: &Device,
+) -> Result<Tensor> {
     if cells < 2 || cells > h.min(w) {
         return Err(Error::Invalid(format!(
             "RISE needs 2 ≤ cells ≤ min(H, W) = {}, got {cells}",
@@ -23,7 +37,6 @@ pub fn rise_masks(n: usize, (h, w): (usize, usize), cells: usize, p: f64, seed: 
         return Err(Error::Invalid(format!("RISE's p is a probability, got {p}")));
     }
     let (ch, cw) = (h.div_ceil(cells), w.div_ceil(cells));
-    let mut rng = SeededRng::new(seed);
     let mut grids = Vec::with_capacity(n * cells * cells);
     let mut shifts = Vec::with_capacity(n);
     for _ in 0..n {
@@ -124,24 +137,35 @@ impl Method for Rise {
 
     fn saliency(&self, net: &dyn Network, x: &Tensor, target: usize) -> Result<Tensor> {
         let (_, _, h, w) = x.dims4()?;
-        let masks = match &self.given {
-            Some(m) => m.to_dtype(x.dtype())?.to_device(x.device())?,
-            None => rise_masks(self.masks, (h, w), self.cells, self.p, self.seed, x.device())?.to_dtype(x.dtype())?,
-        };
-        let n = masks.dim(0)?;
-        if masks.dims()[1..] != [1, h, w] {
-            return Err(Error::Invalid(format!(
-                "RISE masks {:?} do not fit the input {:?}",
-                masks.dims(),
-                x.dims()
-            )));
+        if let Some(masks) = &self.given {
+            if masks.rank() != 4 || masks.dims()[1..] != [1, h, w] {
+                return Err(Error::Invalid(format!(
+                    "RISE masks {:?} do not fit the input {:?}",
+                    masks.dims(),
+                    x.dims()
+                )));
+            }
         }
+        let n = match &self.given {
+            Some(m) => m.dim(0)?,
+            None => self.masks,
+        };
+        if n == 0 {
+            return Err(Error::Invalid(
+                "RISE needs at least one mask (--rise-masks 1 or more)".into(),
+            ));
+        }
+        // Masks are made a batch at a time: memory for one batch, whatever their number.
+        let mut rng = SeededRng::new(self.seed);
         let x = x.detach();
         let mut sal = Tensor::zeros((1, h * w), DType::F64, x.device())?;
         let mut start = 0;
         while start < n {
             let b = self.batch.max(1).min(n - start);
-            let m = masks.narrow(0, start, b)?;
+            let m = match &self.given {
+                Some(m) => m.narrow(0, start, b)?.to_dtype(x.dtype())?.to_device(x.device())?,
+                None => rise_masks_next(&mut rng, b, (h, w), self.cells, self.p, x.device())?.to_dtype(x.dtype())?,
+            };
             let scores = sigmoid(&class_score(&net.forward(&x.broadcast_mul(&m)?)?, target)?)?;
             let part = scores.t()?.matmul(&m.reshape((b, h * w))?)?;
             sal = (sal + part.to_dtype(DType::F64)?)?;

@@ -12,7 +12,7 @@ use extremal_eval::{
 };
 use extremal_hook::Network;
 use extremal_mask::ExtremalConfig;
-use extremal_models::load_input;
+use extremal_models::load_input_within;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
@@ -140,6 +140,9 @@ pub(crate) fn run(args: &EvaluateArgs) -> Result<()> {
     let (Some(dir), Some(out)) = (&args.dataset, &args.out) else {
         bail!("evaluate needs --dataset DIR and --out FILE.jsonl (or: evaluate merge FILE… --out table.json)");
     };
+    if args.limit == Some(0) {
+        bail!("--limit 0 scores nothing; give 1 or more pairs (or leave it out for all)");
+    }
     let metric = args.metric.as_str();
     let causal = match metric {
         "pointing" => None,
@@ -229,7 +232,14 @@ pub(crate) fn run(args: &EvaluateArgs) -> Result<()> {
             let x = match &cached {
                 Some((j, x)) if *j == i => x.clone(),
                 _ => {
-                    let x = load_input(&item.path, model.preprocess(), keep_aspect, DType::F32, model.device())?;
+                    let x = load_input_within(
+                        &item.path,
+                        model.preprocess(),
+                        keep_aspect,
+                        args.model.max_pixels,
+                        DType::F32,
+                        model.device(),
+                    )?;
                     cached = Some((i, x.clone()));
                     x
                 }

@@ -7,7 +7,7 @@ use anyhow::{bail, Result};
 use candle_core::{DType, Device, Tensor};
 use clap::{Args, Parser, Subcommand};
 use extremal_hook::Network;
-use extremal_models::{load_input, Model, Preprocess};
+use extremal_models::{load_input_within, Model, Preprocess};
 use extremal_onnx::OnnxOptions;
 use serde_json::json;
 
@@ -123,6 +123,10 @@ struct ModelArgs {
     /// at 224 for ONNX files).
     #[arg(long)]
     preprocess: Option<String>,
+    /// The most pixels an input image may have, decoded or resized (a decompression bomb or a
+    /// very thin image with --keep-aspect is refused, not allocated).
+    #[arg(long, default_value_t = extremal_models::DEFAULT_MAX_PIXELS)]
+    max_pixels: u64,
     /// Device: cpu or cuda (needs a build with `--features cuda`).
     #[arg(long, default_value = "cpu")]
     device: String,
@@ -251,7 +255,14 @@ impl ModelArgs {
     /// Loads the model and one input image (or tensor) for `command`.
     fn load_with_image(&self, input: &std::path::Path, keep_aspect: bool, command: &str) -> Result<(Model, Tensor)> {
         let model = self.load()?;
-        let x = load_input(input, model.preprocess(), keep_aspect, DType::F32, model.device())?;
+        let x = load_input_within(
+            input,
+            model.preprocess(),
+            keep_aspect,
+            self.max_pixels,
+            DType::F32,
+            model.device(),
+        )?;
         if x.dim(0)? != 1 {
             bail!(
                 "{}: {command} takes one image, the tensor holds {}",
@@ -264,8 +275,11 @@ impl ModelArgs {
 }
 
 fn classify(args: &ClassifyArgs) -> Result<()> {
+    if args.top == 0 {
+        bail!("--top 0 shows nothing; give 1 or more");
+    }
     let (model, x) = args.model.load_with_image(&args.input, args.keep_aspect, "classify")?;
-    let (preds, logits) = model.classify(&x, args.top.max(1))?;
+    let (preds, logits) = model.classify(&x, args.top)?;
     let preds = &preds[0];
     if args.json {
         let top: Vec<_> = preds
@@ -301,10 +315,18 @@ fn class_target(logits: &Tensor, target: Option<usize>) -> Result<usize> {
 }
 
 /// Writes to stdout; a closed pipe (`extremal layers | head`) ends the output quietly.
+/// Any other failure to write stdout (a full disk: `> /dev/full`) is kept here and makes the
+/// command fail at its end.
+static STDOUT_ERROR: std::sync::OnceLock<std::io::Error> = std::sync::OnceLock::new();
+
 fn out(text: &str) {
     use std::io::Write;
     let mut stdout = std::io::stdout().lock();
-    let _ = stdout.write_all(text.as_bytes()).and_then(|_| stdout.flush());
+    if let Err(e) = stdout.write_all(text.as_bytes()).and_then(|_| stdout.flush()) {
+        if e.kind() != std::io::ErrorKind::BrokenPipe {
+            let _ = STDOUT_ERROR.set(e);
+        }
+    }
 }
 
 fn run(cli: Cli) -> Result<()> {
@@ -342,6 +364,10 @@ fn main() -> ExitCode {
     keep_freed_memory();
     let cli = Cli::parse();
     match run(cli) {
+        Ok(()) if STDOUT_ERROR.get().is_some() => {
+            eprintln!("error: cannot write the output: {}", STDOUT_ERROR.get().expect("set"));
+            ExitCode::FAILURE
+        }
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");

@@ -299,6 +299,11 @@ pub fn channel_masks_at(
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<ChannelReport> {
     let c = cs.channels;
+    if cfg.iterations == Some(0) {
+        return Err(Error::Invalid(
+            "at least one iteration is needed (--iterations 1 or more)".into(),
+        ));
+    }
     if cfg.keep == 0 || cfg.keep > c {
         return Err(Error::Invalid(format!(
             "--keep {} is not possible at `{}`: it has {c} channels (keep 1…{c})",

@@ -760,6 +760,12 @@ pub fn extremal_perturbation(
     if cfg.iterations == 0 {
         return Err(Error::Invalid("at least one iteration is needed".into()));
     }
+    if !(cfg.smooth >= 0.0 && cfg.smooth.is_finite()) {
+        return Err(Error::Invalid(format!(
+            "smooth is a fraction of the image's side (0: none), got {}",
+            cfg.smooth
+        )));
+    }
     let k = cfg.areas.len();
     let pyramid = match cfg.perturbation {
         Perturbation::Blur => Pyramid::blur(input, cfg.levels, cfg.max_blur)?,

@@ -161,20 +161,49 @@ impl Preprocess {
 /// # Shapes
 /// - returns: `(1, 3, H, W)`, f32.
 pub fn read_image(path: &Path) -> Result<Tensor> {
+    read_image_within(path, DEFAULT_MAX_PIXELS)
+}
+
+/// How many pixels an image may have, decoded or resized, unless the caller raises it
+/// (`--max-pixels`): 50 million, 600 MB as float RGB.
+pub const DEFAULT_MAX_PIXELS: u64 = 50_000_000;
+
+/// [`read_image`] with a budget: an image of more than `max_pixels` pixels is refused from its
+/// header, before it is decoded (a small PNG can declare 20000×20000 pixels).
+///
+/// # Shapes
+/// - returns: `(1, 3, H, W)`, f32.
+pub fn read_image_within(path: &Path, max_pixels: u64) -> Result<Tensor> {
+    use image::ImageDecoder;
     let fail = |message: String| Error::Input {
         path: path.display().to_string(),
         message,
     };
-    let img = image::ImageReader::open(path)
+    let decoder = image::ImageReader::open(path)
         .map_err(|e| fail(format!("cannot open the file: {e}")))?
         .with_guessed_format()
         .map_err(|e| fail(format!("cannot read the file: {e}")))?
-        .decode()
+        .into_decoder()
         .map_err(|e| {
             fail(format!(
                 "not a readable image ({e}); give a PNG, JPEG, … or a .safetensors tensor"
             ))
         })?;
+    let (w, h) = decoder.dimensions();
+    let pixels = w as u64 * h as u64;
+    if pixels > max_pixels {
+        return Err(fail(format!(
+            "a {w}x{h} image has {pixels} pixels, over the budget of {max_pixels} (raise it with --max-pixels)"
+        )));
+    }
+    if pixels == 0 {
+        return Err(fail(format!("a {w}x{h} image has no pixels")));
+    }
+    let img = image::DynamicImage::from_decoder(decoder).map_err(|e| {
+        fail(format!(
+            "not a readable image ({e}); give a PNG, JPEG, … or a .safetensors tensor"
+        ))
+    })?;
     let rgb = img.to_rgb32f();
     let (w, h) = (rgb.width() as usize, rgb.height() as usize);
     let t = Tensor::from_vec(rgb.into_raw(), (h, w, 3), &Device::Cpu)?;
@@ -188,6 +217,22 @@ pub fn read_image(path: &Path) -> Result<Tensor> {
 /// # Shapes
 /// - returns: `(N, 3, H, W)` in `dtype` on `device`.
 pub fn load_input(path: &Path, pre: &Preprocess, keep_aspect: bool, dtype: DType, device: &Device) -> Result<Tensor> {
+    load_input_within(path, pre, keep_aspect, DEFAULT_MAX_PIXELS, dtype, device)
+}
+
+/// [`load_input`] with a pixel budget for the decoded image and for its resized size (see
+/// [`read_image_within`]).
+///
+/// # Shapes
+/// - returns: `(N, 3, H, W)` in `dtype` on `device`.
+pub fn load_input_within(
+    path: &Path,
+    pre: &Preprocess,
+    keep_aspect: bool,
+    max_pixels: u64,
+    dtype: DType,
+    device: &Device,
+) -> Result<Tensor> {
     let fail = |message: String| Error::Input {
         path: path.display().to_string(),
         message,
@@ -206,11 +251,20 @@ pub fn load_input(path: &Path, pre: &Preprocess, keep_aspect: bool, dtype: DType
             let names: Vec<String> = ts.keys().cloned().collect();
             fail(format!("no tensor named `input` (found: {})", names.join(", ")))
         })?;
+        if !matches!(x.dtype(), DType::F32 | DType::F64 | DType::F16 | DType::BF16) {
+            return Err(fail(format!(
+                "tensor `input` holds {:?} values; it must be a normalised float tensor (f32)",
+                x.dtype()
+            )));
+        }
         let x = match x.rank() {
             3 => x.unsqueeze(0)?,
             4 => x,
             r => return Err(fail(format!("tensor `input` has rank {r}; expected (N, 3, H, W)"))),
         };
+        if x.dim(2)? == 0 || x.dim(3)? == 0 {
+            return Err(fail(format!("tensor `input` has shape {:?}: an empty image", x.dims())));
+        }
         if x.dim(1)? != 3 {
             return Err(fail(format!(
                 "tensor `input` has shape {:?}; expected (N, 3, H, W)",
@@ -219,9 +273,19 @@ pub fn load_input(path: &Path, pre: &Preprocess, keep_aspect: bool, dtype: DType
         }
         x.to_dtype(DType::F32)?
     } else {
-        let rgb = read_image(path)?;
+        let rgb = read_image_within(path, max_pixels)?;
         let (_, _, h, w) = rgb.dims4()?;
         let (th, tw) = pre.target_size(h, w, keep_aspect);
+        // The resize holds the target and one interpolation matrix per axis (out × in).
+        let target = th as u64 * tw as u64;
+        let weights = th as u64 * h as u64 + tw as u64 * w as u64;
+        if target.max(weights) > max_pixels || th == 0 || tw == 0 {
+            return Err(fail(format!(
+                "resizing this {w}x{h} image to {tw}x{th} needs {} values, over the budget of {max_pixels}; \
+                 drop --keep-aspect or raise --max-pixels",
+                target.max(weights)
+            )));
+        }
         let rgb = extremal_ops::resize_bilinear(&rgb, th, tw).map_err(|e| fail(e.to_string()))?;
         pre.normalize(&rgb)?
     };

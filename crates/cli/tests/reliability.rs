@@ -1,0 +1,191 @@
+//! Crafted files and odd flags (issue 16): each ends with one line that names the problem, or
+//! runs in bounded memory, inside 4 GB of address space; never a panic or an abort.
+
+mod common;
+
+use std::process::Command;
+
+use common::*;
+
+const MODEL: &str = "tests/fixtures/onnx/residual_ts.onnx";
+
+/// Runs `extremal args` under `ulimit -v 4000000` (4 GB of address space), at most `seconds`;
+/// returns the exit code (124: still running when stopped) and stderr.
+fn limited(args: &[&str], seconds: u32) -> (i32, String) {
+    let bin = env!("CARGO_BIN_EXE_extremal");
+    let quoted: Vec<String> = args.iter().map(|a| format!("'{a}'")).collect();
+    let out = Command::new("timeout")
+        .args([&seconds.to_string(), "sh", "-c"])
+        .arg(format!("ulimit -v 4000000; exec {bin} {}", quoted.join(" ")))
+        .current_dir(root())
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn refused(args: &[&str], needle: &str) {
+    let (code, err) = limited(args, 120);
+    assert_eq!(code, 1, "{args:?}: {err}");
+    assert!(
+        err.starts_with("error: ") && err.trim_end().lines().count() == 1,
+        "{args:?}: {err}"
+    );
+    assert!(err.contains(needle), "{args:?}: expected `{needle}` in {err}");
+}
+
+#[test]
+fn crafted_checkpoints_are_refused_within_4_gb() {
+    for (name, needle) in [
+        ("negoffset", "negative size, stride or offset -1"),
+        ("hugecount", "more than the file holds"),
+        ("hugestride", "too short for a tensor"),
+        ("stride0", "larger than the file"),
+    ] {
+        let path = format!("tests/fixtures/crafted/{name}.pth");
+        refused(&["layers", "--model", "resnet18", "--weights", &path], needle);
+    }
+}
+
+#[test]
+fn image_bombs_and_thin_images_are_refused_within_4_gb() {
+    // 438 KB of PNG that decodes to 20000x20000 pixels.
+    refused(
+        &["classify", "--model", MODEL, "tests/fixtures/crafted/bomb.png"],
+        "a 20000x20000 image has 400000000 pixels, over the budget of 50000000 (raise it with --max-pixels)",
+    );
+    // 1x5000 pixels, resized keeping its aspect.
+    refused(
+        &[
+            "classify",
+            "--model",
+            MODEL,
+            "tests/fixtures/crafted/tall.png",
+            "--keep-aspect",
+        ],
+        "resizing this 1x5000 image to 32x160000 needs",
+    );
+    let v = ok_json(&[
+        "classify",
+        "--model",
+        MODEL,
+        "tests/fixtures/crafted/tall.png",
+        "--json",
+    ]);
+    assert_eq!(v["logits"].as_array().unwrap().len(), 10);
+}
+
+#[test]
+fn rise_with_a_hundred_million_masks_runs_in_bounded_memory() {
+    // The masks are made a batch at a time: the run is still going after 10 s, not aborted.
+    let (code, err) = limited(
+        &[
+            "attribute",
+            "--model",
+            MODEL,
+            "assets/chelsea.png",
+            "--method",
+            "rise",
+            "--rise-masks",
+            "100000000",
+        ],
+        10,
+    );
+    assert_eq!(code, 124, "{err}");
+    assert!(!err.contains("memory allocation"), "{err}");
+    refused(
+        &[
+            "attribute",
+            "--model",
+            MODEL,
+            "assets/chelsea.png",
+            "--method",
+            "rise",
+            "--rise-masks",
+            "0",
+        ],
+        "RISE needs at least one mask",
+    );
+}
+
+#[test]
+fn odd_flags_are_refused_with_one_line() {
+    let img = "assets/chelsea.png";
+    refused(
+        &["classify", "--model", MODEL, img, "--top", "0"],
+        "--top 0 shows nothing",
+    );
+    refused(
+        &[
+            "channels",
+            "--model",
+            MODEL,
+            img,
+            "--layer",
+            "layer2",
+            "--keep",
+            "4",
+            "--iterations",
+            "0",
+        ],
+        "at least one iteration is needed",
+    );
+    refused(
+        &["attribute", "--model", MODEL, img, "--smooth=-1", "--iterations", "2"],
+        "smooth is a fraction of the image's side",
+    );
+    refused(
+        &[
+            "evaluate",
+            "--model",
+            MODEL,
+            "--method",
+            "center",
+            "--dataset",
+            "tests/fixtures/voc-mini",
+            "--out",
+            "/tmp/x.jsonl",
+            "--limit",
+            "0",
+        ],
+        "--limit 0 scores nothing",
+    );
+}
+
+#[test]
+fn inputs_that_are_not_images_are_refused() {
+    let ints = tmp("ints.safetensors");
+    let x = candle_core::Tensor::zeros((1, 3, 8, 8), candle_core::DType::U8, &candle_core::Device::Cpu).unwrap();
+    candle_core::safetensors::save(&std::collections::HashMap::from([("input".to_string(), x)]), &ints).unwrap();
+    refused(
+        &["classify", "--model", MODEL, ints.to_str().unwrap()],
+        "must be a normalised float tensor",
+    );
+    let empty = tmp("empty.safetensors");
+    let x = candle_core::Tensor::zeros((1, 3, 0, 0), candle_core::DType::F32, &candle_core::Device::Cpu).unwrap();
+    candle_core::safetensors::save(&std::collections::HashMap::from([("input".to_string(), x)]), &empty).unwrap();
+    refused(
+        &["classify", "--model", MODEL, empty.to_str().unwrap()],
+        "an empty image",
+    );
+}
+
+#[test]
+fn a_failed_write_to_stdout_is_an_error() {
+    let full = std::fs::File::create("/dev/full");
+    let Ok(full) = full else { return };
+    let out = Command::new(env!("CARGO_BIN_EXE_extremal"))
+        .args(["classify", "--model", MODEL, "assets/chelsea.png", "--json"])
+        .current_dir(root())
+        .stdout(full)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("cannot write the output: No space left on device"),
+        "{err}"
+    );
+}
