@@ -316,7 +316,7 @@ fn rebuild_tensor(
     let int = |o: &Object| -> candle_core::Result<usize> {
         let v: i64 = match o {
             Object::Int(i) => *i as i64,
-            Object::Long(i) => *i as i64,
+            Object::Long(i) => *i,
             other => candle_core::bail!("expected an integer, got {other:?}"),
         };
         usize::try_from(v).map_err(|_| candle_core::Error::Msg(format!("negative size, stride or offset {v}")))
