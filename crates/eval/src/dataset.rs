@@ -135,8 +135,8 @@ impl Item {
                         let a = if a < 0 { a + n as i64 } else { a };
                         a.clamp(0, n as i64) as usize
                     };
-                    let (ys, ye) = (clip(*y0, h), clip(y1 + 1, h));
-                    let (xs, xe) = (clip(*x0, w), clip(x1 + 1, w));
+                    let (ys, ye) = (clip(*y0, h), clip(y1.saturating_add(1), h));
+                    let (xs, xe) = (clip(*x0, w), clip(x1.saturating_add(1), w));
                     for y in ys..ye {
                         m[y * w + xs..y * w + xe.max(xs)].iter_mut().for_each(|v| *v = true);
                     }
@@ -220,6 +220,22 @@ impl Dataset {
     }
 }
 
+/// The largest image side and pixel count an annotation may declare (its ground truth is
+/// drawn at that size).
+const MAX_SIDE: f64 = 65536.0;
+const MAX_PIXELS: f64 = (1u64 << 28) as f64;
+
+/// A declared image size, checked: `(width, height)`.
+fn image_size(w: f64, h: f64) -> std::result::Result<(usize, usize), String> {
+    let side = |v: f64| v.is_finite() && (1.0..=MAX_SIDE).contains(&v);
+    if !(side(w) && side(h) && w * h <= MAX_PIXELS) {
+        return Err(format!(
+            "image size {w}x{h} is not a plausible image size (1 to {MAX_SIDE} per side, {MAX_PIXELS} pixels)"
+        ));
+    }
+    Ok((w as usize, h as usize))
+}
+
 fn read(path: &Path) -> Result<String> {
     std::fs::read_to_string(path).map_err(|e| Error::Dataset {
         path: path.display().to_string(),
@@ -284,7 +300,7 @@ fn voc_item(dir: &Path, name: &str) -> Result<Item> {
         .children()
         .find(|c| c.has_tag_name("size"))
         .ok_or_else(|| bad("no <size>".into()))?;
-    let (w, h) = (number(size, "width")? as usize, number(size, "height")? as usize);
+    let (w, h) = image_size(number(size, "width")?, number(size, "height")?).map_err(bad)?;
     let mut objects = Vec::new();
     for o in root.children().filter(|c| c.has_tag_name("object")) {
         let cls = child(o, "name").ok_or_else(|| bad("an <object> without <name>".into()))?;
@@ -297,8 +313,14 @@ fn voc_item(dir: &Path, name: &str) -> Result<Item> {
             .children()
             .find(|c| c.has_tag_name("bndbox"))
             .ok_or_else(|| bad("an <object> without <bndbox>".into()))?;
-        // TorchRay: int(coordinate) − 1.
-        let c = |tag: &str| -> Result<i64> { Ok(number(b, tag)?.trunc() as i64 - 1) };
+        // TorchRay: int(coordinate) − 1 (held to ±2^40: any box beyond the image is clipped).
+        let c = |tag: &str| -> Result<i64> {
+            let v = number(b, tag)?;
+            if v.is_nan() {
+                return Err(bad(format!("<{tag}> is not a number")));
+            }
+            Ok(v.clamp(-(2f64.powi(40)), 2f64.powi(40)).trunc() as i64 - 1)
+        };
         objects.push(Object {
             class,
             difficult,
@@ -360,7 +382,7 @@ fn load_coco(dir: &Path, subset: &str) -> Result<Dataset> {
             Item {
                 name,
                 path: dir.join(subset).join(file),
-                size: (int(im, "width")? as usize, int(im, "height")? as usize),
+                size: image_size(int(im, "width")? as f64, int(im, "height")? as f64).map_err(bad)?,
                 objects: Vec::new(),
             },
         ));

@@ -177,15 +177,7 @@ fn mutated_files_never_panic() {
     ] {
         let original = fixture(name);
         for _ in 0..60 {
-            let mut b = original.clone();
-            for _ in 0..1 + rng.next_u64() % 4 {
-                let i = (rng.next_u64() % b.len() as u64) as usize;
-                b[i] = match rng.next_u64() % 3 {
-                    0 => rng.next_u64() as u8,
-                    1 => b[i] ^ (1 << (rng.next_u64() % 8)),
-                    _ => 0xff,
-                };
-            }
+            let b = rng.mutate(&original);
             match load(&b) {
                 Ok(net) => {
                     loaded += 1;

@@ -52,4 +52,41 @@ impl SeededRng {
         let v: Vec<f64> = (0..n).map(|_| lo + (hi - lo) * self.uniform()).collect();
         Ok(Tensor::from_vec(v, shape, device)?)
     }
+
+    /// `bytes` with one to four random edits (bit flips, random or boundary bytes, little-endian
+    /// boundary integers, removed, repeated or truncated runs): the mutation step of the
+    /// seeded fuzz tests of every reader of untrusted bytes.
+    pub fn mutate(&mut self, bytes: &[u8]) -> Vec<u8> {
+        const BOUNDARY: [u64; 8] = [0, 1, 0x7f, 0xff, 0x7fff_ffff, 0xffff_ffff, 1 << 62, u64::MAX];
+        let mut b = bytes.to_vec();
+        for _ in 0..1 + self.next_u64() % 4 {
+            if b.is_empty() {
+                b.push(self.next_u64() as u8);
+                continue;
+            }
+            let n = b.len() as u64;
+            let i = (self.next_u64() % n) as usize;
+            match self.next_u64() % 7 {
+                0 => b[i] ^= 1 << (self.next_u64() % 8),
+                1 => b[i] = self.next_u64() as u8,
+                2 => b[i] = [0u8, 0x7f, 0x80, 0xff][(self.next_u64() % 4) as usize],
+                3 => {
+                    let v = BOUNDARY[(self.next_u64() % BOUNDARY.len() as u64) as usize].to_le_bytes();
+                    let k = (b.len() - i).min(1 << (self.next_u64() % 4));
+                    b[i..i + k].copy_from_slice(&v[..k]);
+                }
+                4 => {
+                    let k = ((self.next_u64() % 64) as usize).min(b.len() - i);
+                    b.drain(i..i + k);
+                }
+                5 => {
+                    let k = ((self.next_u64() % 64) as usize).min(b.len() - i);
+                    let run: Vec<u8> = b[i..i + k].to_vec();
+                    b.splice(i..i, run);
+                }
+                _ => b.truncate(i),
+            }
+        }
+        b
+    }
 }
