@@ -124,7 +124,7 @@ fn read_zip_pth(bytes: &[u8]) -> candle_core::Result<Map> {
     };
     let buf = entry(&pkl)?;
     let mut stack = Stack::empty();
-    stack.read_loop(&mut Cursor::new(&buf))?;
+    unpickle(|| stack.read_loop(&mut Cursor::new(&buf)))?;
     let obj = stack.finalize()?;
     let mut storage = |key: &str| -> candle_core::Result<Vec<u8>> { entry(&format!("{dir}data/{key}")) };
     rebuild_state_dict(obj, &mut storage, bytes.len())
@@ -139,7 +139,7 @@ fn read_legacy_pth(bytes: &[u8]) -> candle_core::Result<Map> {
     let next = |pos: &mut usize| -> candle_core::Result<Object> {
         let mut cur = Cursor::new(&bytes[*pos..]);
         let mut stack = Stack::empty();
-        stack.read_loop(&mut cur)?;
+        unpickle(|| stack.read_loop(&mut cur))?;
         *pos += cur.position() as usize;
         stack.finalize()
     };
@@ -187,6 +187,16 @@ fn read_legacy_pth(bytes: &[u8]) -> candle_core::Result<Map> {
             .ok_or_else(|| candle_core::Error::Msg(format!("missing storage {key}")))
     };
     rebuild_state_dict(obj, &mut storage, bytes.len())
+}
+
+/// Runs candle's unpickler on untrusted bytes: a panic inside it (its LONG1 decoder overflows
+/// on lengths over 8 bytes when overflow checks are on) becomes an error, and prints nothing.
+fn unpickle<T>(f: impl FnOnce() -> candle_core::Result<T>) -> candle_core::Result<T> {
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    std::panic::set_hook(hook);
+    r.unwrap_or_else(|_| candle_core::bail!("the pickle is malformed"))
 }
 
 fn storage_dtype(class_name: &str) -> Option<DType> {
