@@ -340,6 +340,17 @@ fn imagenet_map(format: Format, model_classes: usize) -> Result<ClassMap> {
 }
 
 fn run_merge(files: &[PathBuf], out: &std::path::Path, json: bool) -> Result<()> {
+    // The table never replaces one of the journals it is made from.
+    let same = |a: &std::path::Path, b: &std::path::Path| match (a.canonicalize(), b.canonicalize()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => a == b,
+    };
+    if let Some(f) = files.iter().find(|f| same(f, out)) {
+        bail!(
+            "--out {} is one of the journals being merged; give the table another name",
+            f.display()
+        );
+    }
     let mut records = Vec::new();
     for f in files {
         records.extend(read_records(f)?);

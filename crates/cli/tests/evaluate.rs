@@ -27,12 +27,16 @@ fn ok(args: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
+/// The records of a journal, sorted; its first line is extremal's header.
 fn lines(path: &Path) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_to_string(path)
-        .unwrap()
-        .lines()
-        .map(str::to_string)
-        .collect();
+    let text = std::fs::read_to_string(path).unwrap();
+    let mut v: Vec<String> = text.lines().map(str::to_string).collect();
+    assert_eq!(
+        v.first().map(String::as_str),
+        Some(r#"{"extremal_journal":1}"#),
+        "{text}"
+    );
+    v.remove(0);
     v.sort();
     v
 }
@@ -261,4 +265,58 @@ fn fine_tuned_weights_are_scored_class_for_class() {
         ],
         "--class-map identity",
     );
+}
+
+fn evaluate_fails(out: &str, needle: &str) {
+    fails_with(
+        &[
+            "evaluate",
+            "--method",
+            "center",
+            "--dataset",
+            "tests/fixtures/voc-mini",
+            "--out",
+            out,
+        ],
+        needle,
+    );
+}
+
+/// Journals refuse company and files they did not write (issue 16, class 2).
+#[test]
+fn journals_are_locked_identified_and_regular_files() {
+    // A second writer while one holds the journal.
+    let held = fresh("held.jsonl");
+    let journal = extremal_eval::Journal::open(&held).unwrap();
+    evaluate_fails(held.to_str().unwrap(), "another extremal run is writing this journal");
+    drop(journal);
+
+    // A file extremal did not write is left as it is.
+    let precious = fresh("precious.jsonl");
+    std::fs::write(&precious, "precious").unwrap();
+    evaluate_fails(precious.to_str().unwrap(), "is not a journal extremal wrote");
+    assert_eq!(std::fs::read_to_string(&precious).unwrap(), "precious");
+
+    // Not a regular file.
+    evaluate_fails("/dev/full", "is not a regular file");
+    evaluate_fails("/dev/stdout", "is not a regular file");
+
+    // merge never writes over one of its inputs.
+    let shard = fresh("merge-me.jsonl");
+    ok(&[
+        "evaluate",
+        "--method",
+        "center",
+        "--dataset",
+        "tests/fixtures/voc-mini",
+        "--out",
+        shard.to_str().unwrap(),
+    ]);
+    let before = std::fs::read(&shard).unwrap();
+    let s = shard.to_str().unwrap();
+    fails_with(
+        &["evaluate", "merge", s, "--out", s],
+        "is one of the journals being merged",
+    );
+    assert_eq!(std::fs::read(&shard).unwrap(), before);
 }

@@ -1,7 +1,7 @@
 //! Records of a dataset run, one JSON line per (image, class): shards, resuming, merging.
 
 use std::collections::{BTreeMap, HashSet};
-use std::io::{BufRead, Seek, Write};
+use std::io::{BufRead, Read, Seek, Write};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -91,9 +91,23 @@ impl Record {
     }
 }
 
-/// An append-only JSON-lines file of records that survives interruption: on opening, the
-/// records already there are read (their pairs are done), and a last line cut short by an
-/// interruption is dropped; every record is written as one line and flushed.
+/// The first line of every journal: a JSON object that says extremal wrote the file, so that
+/// extremal never truncates or appends to a file it did not write.
+const HEADER: &str = r#"{"extremal_journal":1}"#;
+
+/// The longest line a journal may hold (a record is a few hundred bytes).
+const MAX_LINE: u64 = 1 << 20;
+
+/// An append-only JSON-lines file of records that survives interruption and refuses company:
+/// - its first line is a header (`{"extremal_journal":1}`), so every line parses as JSON, and
+///   a file that does not start with it (or with a record, as journals of earlier versions
+///   do) is refused, never truncated or appended to;
+/// - it is held with an exclusive lock while open: a second writer (two shards given the same
+///   `--out`) is refused at start;
+/// - on opening, the records already there are read (their pairs are done), lines of at most
+///   1 MiB, and a last line cut short by an interruption is dropped;
+/// - every record is written as one line and flushed;
+/// - it must be a regular file (not `/dev/stdout`, `/dev/full`).
 pub struct Journal {
     file: std::fs::File,
     path: PathBuf,
@@ -104,12 +118,27 @@ pub struct Journal {
 impl Journal {
     /// Opens (or creates) the journal at `path`.
     pub fn open(path: &Path) -> Result<Self> {
+        let shown = path.display().to_string();
         let io = |e: std::io::Error| Error::Io {
-            path: path.display().to_string(),
+            path: shown.clone(),
             source: e,
         };
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(io)?;
+        let refuse = |message: String| Error::Dataset {
+            path: shown.clone(),
+            message,
+        };
+        match std::fs::metadata(path) {
+            Ok(m) if !m.is_file() => {
+                return Err(refuse(
+                    "is not a regular file; --out takes a file path (FILE.jsonl)".into(),
+                ))
+            }
+            Ok(_) => {}
+            Err(_) => {
+                if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                    std::fs::create_dir_all(dir).map_err(io)?;
+                }
+            }
         }
         let mut file = std::fs::OpenOptions::new()
             .create(true)
@@ -118,6 +147,15 @@ impl Journal {
             .write(true)
             .open(path)
             .map_err(io)?;
+        match fs4::FileExt::try_lock(&file) {
+            Ok(()) => {}
+            Err(fs4::TryLockError::WouldBlock) => {
+                return Err(refuse(
+                    "another extremal run is writing this journal; give each shard its own --out".into(),
+                ))
+            }
+            Err(fs4::TryLockError::Error(e)) => return Err(io(e)),
+        }
         let mut done = Vec::new();
         let mut good = 0u64;
         {
@@ -126,24 +164,53 @@ impl Journal {
             let mut n = 0;
             loop {
                 line.clear();
-                let read = reader.read_line(&mut line).map_err(io)?;
+                let read = (&mut reader).take(MAX_LINE + 1).read_line(&mut line).map_err(io)?;
                 if read == 0 {
                     break;
                 }
                 n += 1;
-                if !line.ends_with('\n') {
+                if read as u64 > MAX_LINE {
+                    return Err(refuse(format!(
+                        "line {n} is longer than 1 MiB: not a journal extremal wrote"
+                    )));
+                }
+                let complete = line.ends_with('\n');
+                let text = line.trim_end();
+                if n == 1 {
+                    let ours = if complete {
+                        text == HEADER || serde_json::from_str::<Record>(text).is_ok()
+                    } else {
+                        // A header cut short by an interruption.
+                        !text.is_empty() && HEADER.starts_with(text)
+                    };
+                    if !ours {
+                        return Err(refuse(
+                            "is not a journal extremal wrote (its first line is neither extremal's header nor a \
+                             record): refusing to change it; give another --out"
+                                .into(),
+                        ));
+                    }
+                    if text == HEADER {
+                        good += read as u64;
+                        continue;
+                    }
+                }
+                if !complete {
                     break; // cut short: dropped below
                 }
-                let record: Record = serde_json::from_str(line.trim_end()).map_err(|e| Error::Dataset {
-                    path: path.display().to_string(),
-                    message: format!("line {n} is not a record ({e}); is this the right file?"),
-                })?;
+                let record: Record = serde_json::from_str(text)
+                    .map_err(|e| refuse(format!("line {n} is not a record ({e}); is this the right file?")))?;
                 done.push(record);
                 good += read as u64;
             }
         }
         file.set_len(good).map_err(io)?;
         file.seek(std::io::SeekFrom::End(0)).map_err(io)?;
+        if good == 0 {
+            file.write_all(format!("{HEADER}\n").as_bytes())
+                .and_then(|_| file.flush())
+                .map_err(io)?;
+        }
         Ok(Self {
             file,
             path: path.to_path_buf(),
@@ -170,18 +237,34 @@ impl Journal {
     }
 }
 
-/// Reads the records of a journal (a shard's output), without changing it.
+/// Reads the records of a journal (a shard's output), without changing it: the header and a
+/// last line cut short are skipped.
 pub fn read_records(path: &Path) -> Result<Vec<Record>> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::Io {
-        path: path.display().to_string(),
+    let shown = path.display().to_string();
+    let meta = std::fs::metadata(path).map_err(|e| Error::Io {
+        path: shown.clone(),
         source: e,
     })?;
-    text.lines()
+    if !meta.is_file() {
+        return Err(Error::Dataset {
+            path: shown,
+            message: "is not a regular file".into(),
+        });
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| Error::Io {
+        path: shown.clone(),
+        source: e,
+    })?;
+    let complete = text.ends_with('\n');
+    let lines: Vec<&str> = text.lines().collect();
+    let last = lines.len();
+    lines
+        .into_iter()
         .enumerate()
-        .filter(|(_, l)| !l.trim().is_empty())
+        .filter(|(i, l)| !l.trim().is_empty() && !(*i == 0 && l.trim() == HEADER) && (complete || i + 1 < last))
         .map(|(i, l)| {
             serde_json::from_str(l).map_err(|e| Error::Dataset {
-                path: path.display().to_string(),
+                path: shown.clone(),
                 message: format!("line {} is not a record ({e})", i + 1),
             })
         })
