@@ -261,7 +261,11 @@ pub fn read_records(path: &Path) -> Result<Vec<Record>> {
     lines
         .into_iter()
         .enumerate()
-        .filter(|(i, l)| !l.trim().is_empty() && !(*i == 0 && l.trim() == HEADER) && (complete || i + 1 < last))
+        .filter(|(i, l)| {
+            let header = *i == 0 && l.trim() == HEADER;
+            let cut_short = !complete && i + 1 == last;
+            !(l.trim().is_empty() || header || cut_short)
+        })
         .map(|(i, l)| {
             serde_json::from_str(l).map_err(|e| Error::Dataset {
                 path: shown.clone(),
