@@ -939,7 +939,7 @@ impl<'a> Builder<'a> {
                 .collect()
         };
         for i in 0..steps.len() {
-            if !matches!(steps[i].op, Op::Conv(_)) {
+            if !matches!(steps[i].op, Op::Conv(..)) {
                 continue;
             }
             let mut members = Vec::new();
@@ -980,7 +980,7 @@ impl<'a> Builder<'a> {
                 members,
                 inner,
                 out: cur,
-                fused: Op::FusedConv(fused),
+                fused,
             });
         }
 

@@ -72,11 +72,39 @@ pub(crate) enum Reduce {
     Min,
 }
 
+/// The most values one tensor of a pass may hold (2^28, 1 GiB of f32): a crafted file cannot
+/// make an operator allocate more (a pad of 65536, a 1×1 convolution to a million channels).
+pub(crate) const MAX_VALUES: usize = 1 << 28;
+
+/// What bounds a convolution's output: its output channels and the rows and columns its
+/// padding adds.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Growth {
+    pub channels: usize,
+    pub rows: usize,
+    pub cols: usize,
+}
+
+/// Refuses an output of `n` values (`None`: too many to count) over [`MAX_VALUES`].
+fn limit(what: &str, n: Option<usize>) -> OpResult<()> {
+    match n {
+        Some(n) if n <= MAX_VALUES => Ok(()),
+        Some(n) => err(format!(
+            "{what} would hold {n} values, over the limit of {MAX_VALUES} per tensor"
+        )),
+        None => err(format!("{what} would hold more values than can be counted")),
+    }
+}
+
+fn count(dims: &[usize]) -> Option<usize> {
+    dims.iter().try_fold(1usize, |a, &d| a.checked_mul(d))
+}
+
 /// A built operator.
 pub(crate) enum Op {
-    Conv(Conv),
+    Conv(Conv, Growth),
     /// A convolution with a batch norm and an activation folded in (made by the fusion pass).
-    FusedConv(FusedConv),
+    FusedConv(FusedConv, Growth),
     ConvTranspose {
         weight: Tensor,
         bias: Option<Tensor>,
@@ -309,18 +337,32 @@ pub(crate) fn build(node: &NodeProto, k: &Consts, opset: i64, dtype: DType) -> O
                     w.dims()[0]
                 ));
             }
-            let padding = match auto_pad(&a)? {
-                Some(p) => p,
-                None => ConvPadding::Explicit(pads4(a.ints("pads"))?),
+            let dilation = pair(a.ints("dilations"), 1, "dilations")?;
+            let (kh, kw) = (w.dims()[2], w.dims()[3]);
+            let (padding, rows, cols) = match auto_pad(&a)? {
+                // "SAME" pads by less than the kernel's extent.
+                Some(p) => (p, kh * dilation, kw * dilation),
+                None => {
+                    let p = pads4(a.ints("pads"))?;
+                    (ConvPadding::Explicit(p), p.top + p.bottom, p.left + p.right)
+                }
             };
-            Op::Conv(Conv::new(
-                w,
-                bias,
-                pair(a.ints("strides"), 1, "strides")?,
-                pair(a.ints("dilations"), 1, "dilations")?,
-                groups as usize,
-                padding,
-            ))
+            let growth = Growth {
+                channels: w.dims()[0],
+                rows,
+                cols,
+            };
+            Op::Conv(
+                Conv::new(
+                    w,
+                    bias,
+                    pair(a.ints("strides"), 1, "strides")?,
+                    dilation,
+                    groups as usize,
+                    padding,
+                ),
+                growth,
+            )
         }
         "ConvTranspose" => {
             let a = Attrs::new(
@@ -1032,19 +1074,13 @@ impl Op {
         let fx = || -> OpResult<Tensor> { float(x()?, ctx) };
         let one = |t: Tensor| Ok(vec![Value::Float(t)]);
         match self {
-            Op::Conv(conv) => {
-                let t = fx()?;
-                if t.rank() != 4 {
-                    return err(format!("expected a 4-D input, got {:?}", t.dims()));
-                }
+            Op::Conv(conv, g) => {
+                let t = conv_input(fx()?, g)?;
                 let y = c(conv.forward(&t))?;
                 one(o(act.apply(&y))?)
             }
-            Op::FusedConv(f) => {
-                let t = fx()?;
-                if t.rank() != 4 {
-                    return err(format!("expected a 4-D input, got {:?}", t.dims()));
-                }
+            Op::FusedConv(f, g) => {
+                let t = conv_input(fx()?, g)?;
                 one(c(f.forward(&t))?)
             }
             Op::ConvTranspose {
@@ -1055,7 +1091,21 @@ impl Op {
                 output_padding,
                 dilation,
             } => {
-                let y = c(fx()?.conv_transpose2d(weight, *padding, *output_padding, *stride, *dilation))?;
+                let t = fx()?;
+                let (n, _, h, w) = t
+                    .dims4()
+                    .map_err(|_| format!("expected a 4-D input, got {:?}", t.dims()))?;
+                let (_, c_out, kh, kw) = weight.dims4().map_err(|e| e.to_string())?;
+                let side = |x: usize, k: usize| {
+                    x.checked_mul(*stride)?
+                        .checked_add(k.checked_mul(*dilation)?)?
+                        .checked_add(*output_padding)
+                };
+                limit(
+                    "the transposed convolution's output",
+                    side(h, kh).zip(side(w, kw)).and_then(|(a, b)| count(&[n, c_out, a, b])),
+                )?;
+                let y = c(t.conv_transpose2d(weight, *padding, *output_padding, *stride, *dilation))?;
                 let y = match bias {
                     Some(b) => c(y.broadcast_add(&c(b.reshape((1, b.elem_count(), 1, 1)))?))?,
                     None => y,
@@ -1142,9 +1192,10 @@ impl Op {
                     (Value::Int(a), Value::Int(bb)) => Ok(vec![Value::Int(binary_ints(*b, a, bb)?)]),
                     _ => {
                         let (a, bb) = (float(l, ctx)?, float(r, ctx)?);
-                        if broadcast_shape(a.dims(), bb.dims()).is_none() {
+                        let Some(shape) = broadcast_shape(a.dims(), bb.dims()) else {
                             return err(format!("shapes {:?} and {:?} do not broadcast", a.dims(), bb.dims()));
-                        }
+                        };
+                        limit("the broadcast result", count(&shape))?;
                         one(c(binary_float(*b, &a, &bb))?)
                     }
                 }
@@ -1160,6 +1211,7 @@ impl Op {
                         let shape = broadcast_shape(&cond.dims, a.dims())
                             .and_then(|s| broadcast_shape(&s, b.dims()))
                             .ok_or("Where: shapes do not broadcast")?;
+                        limit("the selection", count(&shape))?;
                         let m = c(c(Tensor::from_vec(
                             cond.data.iter().map(|&v| u8::from(v != 0)).collect::<Vec<u8>>(),
                             cond.dims.clone(),
@@ -1271,6 +1323,8 @@ impl Op {
             }
             Op::MatMul => {
                 let (a, b) = (float(input(0)?, ctx)?, float(input(1)?, ctx)?);
+                let rows = a.dims().iter().rev().skip(1).product::<usize>();
+                limit("the product", rows.checked_mul(*b.dims().last().unwrap_or(&1)))?;
                 one(c(a.broadcast_matmul(&b))?)
             }
             Op::Gemm {
@@ -1287,6 +1341,12 @@ impl Op {
                 if *trans_b {
                     b = c(b.t())?;
                 }
+                limit(
+                    "the product",
+                    a.dims()
+                        .first()
+                        .and_then(|m| m.checked_mul(*b.dims().last().unwrap_or(&1))),
+                )?;
                 let mut y = c(c(a.matmul(&b))? * *alpha)?;
                 if let Some(cv) = inputs.get(2).and_then(|v| v.as_ref()) {
                     y = c(y.broadcast_add(&c(float(cv, ctx)? * *beta)?))?;
@@ -1375,6 +1435,10 @@ impl Op {
                     return Ok(vec![Value::Int(Ints::new(dims, data))]);
                 }
                 let ts: Vec<Tensor> = vals.iter().map(|v| float(v, ctx)).collect::<OpResult<_>>()?;
+                limit(
+                    "the concatenation",
+                    ts.iter().try_fold(0usize, |a, t| a.checked_add(t.elem_count())),
+                )?;
                 one(c(Tensor::cat(&ts, ax))?)
             }
             Op::Split {
@@ -1464,6 +1528,18 @@ impl Op {
                 if pads.len() != 2 * rank {
                     return err(format!("{} pads for a rank-{rank} input", pads.len()));
                 }
+                let grown: Option<Vec<usize>> = t
+                    .dims()
+                    .iter()
+                    .enumerate()
+                    .map(|(d, &n)| {
+                        let n = (n as i64)
+                            .checked_add(pads[d].max(0))?
+                            .checked_add(pads[d + rank].max(0))?;
+                        usize::try_from(n).ok()
+                    })
+                    .collect();
+                limit("the padded tensor", grown.as_deref().and_then(count))?;
                 let mut y = t;
                 for d in 0..rank {
                     let (b, e) = (pads[d], pads[d + rank]);
@@ -1531,6 +1607,8 @@ impl Op {
                         }
                     })
                     .collect::<OpResult<_>>()?;
+                let inner: usize = dims[..ax].iter().chain(&dims[ax + 1..]).product();
+                limit("the gathered tensor", flat.len().checked_mul(inner))?;
                 let taken = take(v, ax, &flat)?;
                 // The output replaces axis `ax` by the indices' shape.
                 let mut out = dims[..ax].to_vec();
@@ -1639,6 +1717,18 @@ impl Op {
     }
 }
 
+/// A convolution's 4-D input, refused when its output could exceed [`MAX_VALUES`].
+fn conv_input(t: Tensor, g: &Growth) -> OpResult<Tensor> {
+    let (n, _, h, w) = t
+        .dims4()
+        .map_err(|_| format!("expected a 4-D input, got {:?}", t.dims()))?;
+    limit(
+        "the convolution's output",
+        count(&[n, g.channels, h.saturating_add(g.rows), w.saturating_add(g.cols)]),
+    )?;
+    Ok(t)
+}
+
 fn check_pool(t: &Tensor, p: &Pool2d) -> OpResult<()> {
     let (_, _, h, w) = t
         .dims4()
@@ -1673,12 +1763,12 @@ pub(crate) fn fusable_activation(op: &Op) -> Option<Activation> {
 }
 
 /// Makes the fused kernel of a convolution chain.
-pub(crate) fn fuse(conv: &Op, bn: Option<&Op>, act: Activation) -> Option<FusedConv> {
-    let Op::Conv(conv) = conv else { return None };
+pub(crate) fn fuse(conv: &Op, bn: Option<&Op>, act: Activation) -> Option<Op> {
+    let Op::Conv(conv, growth) = conv else { return None };
     let bn = match bn {
         Some(Op::BatchNorm(b)) => Some(b),
         Some(_) => return None,
         None => None,
     };
-    conv.fuse(bn, act).ok()
+    Some(Op::FusedConv(conv.fuse(bn, act).ok()?, *growth))
 }

@@ -87,6 +87,14 @@ pub(crate) fn broadcast_shape(a: &[usize], b: &[usize]) -> Option<Vec<usize>> {
     Some(out)
 }
 
+/// The length of a host integer tensor of `dims`, if it is at most 2^24 (shape tables are
+/// tiny; a crafted broadcast is refused instead of allocated).
+fn host_len(dims: &[usize]) -> Option<usize> {
+    dims.iter()
+        .try_fold(1usize, |a, &d| a.checked_mul(d))
+        .filter(|&n| n <= 1 << 24)
+}
+
 /// The flat index into `shape` (right-aligned, broadcast) of the output position `idx` of
 /// `out`.
 fn broadcast_index(out: &[usize], shape: &[usize], mut flat: usize) -> usize {
@@ -110,7 +118,7 @@ fn broadcast_index(out: &[usize], shape: &[usize], mut flat: usize) -> usize {
 /// An element-wise binary operation on host integers, with broadcasting.
 pub(crate) fn ints_binary(a: &Ints, b: &Ints, f: impl Fn(i64, i64) -> Option<i64>) -> Option<Ints> {
     let out = broadcast_shape(&a.dims, &b.dims)?;
-    let n: usize = out.iter().product();
+    let n = host_len(&out)?;
     let mut data = Vec::with_capacity(n);
     for i in 0..n {
         let x = a.data[broadcast_index(&out, &a.dims, i)];
@@ -123,7 +131,7 @@ pub(crate) fn ints_binary(a: &Ints, b: &Ints, f: impl Fn(i64, i64) -> Option<i64
 /// `Where(cond, a, b)` on host integers, with broadcasting.
 pub(crate) fn ints_where(c: &Ints, a: &Ints, b: &Ints) -> Option<Ints> {
     let out = broadcast_shape(&broadcast_shape(&c.dims, &a.dims)?, &b.dims)?;
-    let n: usize = out.iter().product();
+    let n = host_len(&out)?;
     let data = (0..n)
         .map(|i| {
             if c.data[broadcast_index(&out, &c.dims, i)] != 0 {

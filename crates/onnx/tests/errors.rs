@@ -190,3 +190,37 @@ fn mutated_files_never_panic() {
     println!("mutated files: {loaded} loaded, {refused} refused");
     assert!(refused > 0);
 }
+
+/// Operators that would make more values than any tensor may hold are refused before they
+/// allocate: a pad found by `scripts/fuzz.sh` (128 GB), and a pad of 60000 written by hand.
+#[test]
+fn outputs_larger_than_the_limit_are_refused() {
+    let bytes =
+        std::fs::read(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/crafted/pad.onnx")).unwrap();
+    let net = load(&bytes).unwrap();
+    let x = Tensor::zeros((1, 3, 16, 16), DType::F32, &Device::Cpu).unwrap();
+    let e = net.forward(&x).err().expect("the crafted pad is refused").to_string();
+    assert!(e.contains("over the limit of 268435456 per tensor"), "{e}");
+    let mut pad = node("Pad", &["x", "p"], &["y"]);
+    pad.attribute.push(AttributeProto {
+        name: "mode".into(),
+        s: b"constant".to_vec(),
+        r#type: 3,
+        ..Default::default()
+    });
+    let mut m = ModelProto::decode(model(vec![pad], 17, 1, 4, 4).as_slice()).unwrap();
+    m.graph.as_mut().unwrap().initializer.push(TensorProto {
+        name: "p".into(),
+        dims: vec![8],
+        data_type: 7,
+        int64_data: vec![0, 0, 60000, 60000, 0, 0, 60000, 60000],
+        ..Default::default()
+    });
+    let net = load(&m.encode_to_vec()).unwrap();
+    let e = net
+        .forward(&Tensor::zeros((1, 1, 4, 4), DType::F32, &Device::Cpu).unwrap())
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("the padded tensor would hold"), "{e}");
+}
