@@ -199,7 +199,7 @@ fn outputs_larger_than_the_limit_are_refused() {
         std::fs::read(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/crafted/pad.onnx")).unwrap();
     let net = load(&bytes).unwrap();
     let x = Tensor::zeros((1, 3, 16, 16), DType::F32, &Device::Cpu).unwrap();
-    let e = net.forward(&x).err().expect("the crafted pad is refused").to_string();
+    let e = net.forward(&x).expect_err("the crafted pad is refused").to_string();
     assert!(e.contains("over the limit of 268435456 per tensor"), "{e}");
     let mut pad = node("Pad", &["x", "p"], &["y"]);
     pad.attribute.push(AttributeProto {
