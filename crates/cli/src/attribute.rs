@@ -10,6 +10,7 @@ use extremal_mask::{extremal_perturbation, reward, ExtremalConfig};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
+use crate::outdir::OutDir;
 use crate::{render, ModelArgs};
 use extremal_models::Preprocess;
 
@@ -177,6 +178,7 @@ impl Method for ExtremalSaliency {
 /// `--method` other than extremal: one saliency map, `overlay.png` and `saliency.safetensors`.
 fn run_baseline(
     args: &AttributeArgs,
+    mut out: Option<OutDir>,
     method: &dyn Method,
     model: &extremal_models::Model,
     x: &candle_core::Tensor,
@@ -198,16 +200,19 @@ fn run_baseline(
         "shape": map.dims(),
         "seconds": seconds,
     });
-    if let Some(dir) = &args.out {
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-        render::save_tensor(&map, "saliency", &dir.join("saliency.safetensors"))?;
+    if let Some(dir) = out.as_mut() {
+        render::save_tensor(&map, "saliency", &dir.path("saliency.safetensors"))?;
         let rgb = model.preprocess().denormalize(x)?.squeeze(0)?;
         render::save_png(
             &render::heat_overlay(&rgb, &map.squeeze(0)?.squeeze(0)?)?,
-            &dir.join("overlay.png"),
+            &dir.path("overlay.png"),
         )?;
     }
-    if !render::report(args.out.as_deref(), "report.json", &report, args.json)? {
+    let printed = render::report(out.as_mut(), "report.json", &report, args.json)?;
+    if let Some(o) = out.as_mut() {
+        o.commit()?;
+    }
+    if !printed {
         crate::out(&format!(
             "{} {} for class {} ({}) in {seconds:.2} s\n",
             model.name(),
@@ -220,6 +225,7 @@ fn run_baseline(
 }
 
 pub(crate) fn run(args: &AttributeArgs) -> Result<()> {
+    let mut out = args.out.as_deref().map(OutDir::prepare).transpose()?;
     let (model, x) = args.model.load_with_image(&args.input, args.keep_aspect, "attribute")?;
     let method = baseline(&args.method.method, &args.method.options, model.preprocess())?;
     let cfg = ExtremalConfig {
@@ -237,7 +243,7 @@ pub(crate) fn run(args: &AttributeArgs) -> Result<()> {
     let logits = model.forward(&x)?;
     let target = crate::class_target(&logits, args.target)?;
     if let Some(method) = &method {
-        return run_baseline(args, method.as_ref(), &model, &x, target);
+        return run_baseline(args, out, method.as_ref(), &model, &x, target);
     }
     let unperturbed = reward(&logits, target, cfg.reward)?
         .to_dtype(DType::F64)?
@@ -273,23 +279,26 @@ pub(crate) fn run(args: &AttributeArgs) -> Result<()> {
         "areas": areas,
     });
 
-    if let Some(dir) = &args.out {
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-        render::save_tensor(&masks, "masks", &dir.join("masks.safetensors"))?;
-        render::save_tensor(&masks.sum_keepdim(0)?, "saliency", &dir.join("saliency.safetensors"))?;
+    if let Some(dir) = out.as_mut() {
+        render::save_tensor(&masks, "masks", &dir.path("masks.safetensors"))?;
+        render::save_tensor(&masks.sum_keepdim(0)?, "saliency", &dir.path("saliency.safetensors"))?;
         let rgb = model.preprocess().denormalize(&x)?.squeeze(0)?;
         for (i, a) in cfg.areas.iter().enumerate() {
             let m = masks.get(i)?; // (1, H, W)
             let seen = rgb.broadcast_mul(&m.to_dtype(rgb.dtype())?)?;
-            render::save_png(&render::rgb_image(&seen)?, &dir.join(format!("masked-{a}.png")))?;
+            render::save_png(&render::rgb_image(&seen)?, &dir.path(&format!("masked-{a}.png")))?;
             let heat = m.squeeze(0)?;
             render::save_png(
                 &render::heat_overlay(&rgb, &heat)?,
-                &dir.join(format!("overlay-{a}.png")),
+                &dir.path(&format!("overlay-{a}.png")),
             )?;
         }
     }
-    if !render::report(args.out.as_deref(), "report.json", &report, args.json)? {
+    let printed = render::report(out.as_mut(), "report.json", &report, args.json)?;
+    if let Some(o) = out.as_mut() {
+        o.commit()?;
+    }
+    if !printed {
         let mut text = format!(
             "{} class {} ({}), {} game, {} reward; unperturbed reward {:.4}\n",
             model.name(),

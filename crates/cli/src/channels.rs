@@ -1,12 +1,13 @@
 //! `extremal channels`.
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use candle_core::Tensor;
 use extremal_mask::channels::{channel_masks_at, ChannelSite};
 use extremal_mask::{ChannelConfig, ChannelReport, Schedule};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{json, Value};
 
+use crate::outdir::OutDir;
 use crate::render;
 use crate::ChannelsArgs;
 
@@ -41,6 +42,7 @@ fn report_json(model: &str, layer: &str, r: &ChannelReport) -> Value {
 }
 
 pub fn run(args: &ChannelsArgs) -> Result<()> {
+    let mut out = args.out.as_deref().map(OutDir::prepare).transpose()?;
     let (model, x) = args.model.load_with_image(&args.input, args.keep_aspect, "channels")?;
     let schedule: Schedule = args.schedule.parse()?;
     let base = ChannelConfig {
@@ -102,8 +104,7 @@ pub fn run(args: &ChannelsArgs) -> Result<()> {
         obj["extremal_keep"] = json!(extremal);
     }
 
-    if let Some(dir) = &args.out {
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    if let Some(dir) = out.as_mut() {
         // Channel saliency Σ_k m_k·Φ^k(x), upsampled to the input.
         let a = site.activation();
         if a.rank() == 4 {
@@ -114,12 +115,15 @@ pub fn run(args: &ChannelsArgs) -> Result<()> {
             let (_, _, h, w) = x.dims4()?;
             let v = extremal_ops::resize_bilinear(&v, h, w)?.squeeze(0)?.squeeze(0)?;
             let rgb = model.preprocess().denormalize(&x)?.squeeze(0)?;
-            render::save_png(&render::heat_overlay(&rgb, &v)?, &dir.join("saliency.png"))?;
+            render::save_png(&render::heat_overlay(&rgb, &v)?, &dir.path("saliency.png"))?;
         }
         if args.sweep.is_some() {
             let pts: Vec<(f64, f64)> = reports.iter().map(|r| (r.keep as f64, r.kept_score)).collect();
-            render::save_png(&render::line_plot(&pts, original, true), &dir.join("sweep.png"))?;
+            render::save_png(&render::line_plot(&pts, original, true), &dir.path("sweep.png"))?;
         }
+        // The computed result first: an interrupted rendering does not lose it.
+        std::fs::write(dir.path("channels.json"), serde_json::to_string_pretty(&obj)?)?;
+        dir.commit()?;
         if args.render {
             let errors = crate::invert::render_sheet(
                 &model,
@@ -133,14 +137,12 @@ pub fn run(args: &ChannelsArgs) -> Result<()> {
                     seed: args.render_seed,
                     ..Default::default()
                 },
-                &dir.join("render.png"),
+                &dir.path("render.png"),
             )?;
             obj["render"] = json!({"file": "render.png", "relative_errors": errors});
+            std::fs::write(dir.path("channels.json"), serde_json::to_string_pretty(&obj)?)?;
+            dir.commit()?;
         }
-        render::write_atomic(
-            &dir.join("channels.json"),
-            serde_json::to_string_pretty(&obj)?.as_bytes(),
-        )?;
     }
 
     if args.json {

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use candle_core::DType;
 use extremal_attr::{attribute, causal_curve, Causal, Method};
 use extremal_hook::Network;
@@ -13,6 +13,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
 use crate::attribute::{baseline, ExtremalSaliency, MethodOptions};
+use crate::outdir::OutDir;
 use crate::{render, ModelArgs};
 
 /// Every method, in the order `compare` shows them.
@@ -56,6 +57,7 @@ pub(crate) struct CompareArgs {
 }
 
 pub(crate) fn run(args: &CompareArgs) -> Result<()> {
+    let mut out = args.out.as_deref().map(OutDir::prepare).transpose()?;
     let (model, x) = args.model.load_with_image(&args.input, args.keep_aspect, "compare")?;
     let mut methods: Vec<Box<dyn Method>> = Vec::new();
     for name in &args.methods {
@@ -115,18 +117,21 @@ pub(crate) fn run(args: &CompareArgs) -> Result<()> {
         "shape": [h, w],
         "methods": rows,
     });
-    if let Some(dir) = &args.out {
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    if let Some(dir) = out.as_mut() {
         let rgb = model.preprocess().denormalize(&x)?.squeeze(0)?;
         let mut tiles = vec![(render::rgb_image(&rgb)?, format!("{target} {label}"))];
         for (name, map) in &maps {
-            render::save_tensor(map, "saliency", &dir.join(format!("saliency-{name}.safetensors")))?;
+            render::save_tensor(map, "saliency", &dir.path(&format!("saliency-{name}.safetensors")))?;
             let heat = map.squeeze(0)?.squeeze(0)?.to_dtype(DType::F32)?;
             tiles.push((render::heat_overlay(&rgb, &heat)?, name.to_string()));
         }
-        render::save_png(&render::sheet(&tiles, 4), &dir.join("methods.png"))?;
+        render::save_png(&render::sheet(&tiles, 4), &dir.path("methods.png"))?;
     }
-    if !render::report(args.out.as_deref(), "report.json", &report, args.json)? {
+    let printed = render::report(out.as_mut(), "report.json", &report, args.json)?;
+    if let Some(o) = out.as_mut() {
+        o.commit()?;
+    }
+    if !printed {
         let mut text = format!("{} class {target} ({label}), {h}x{w}\n", model.name());
         let scored = args.scores;
         text.push_str(&if scored {

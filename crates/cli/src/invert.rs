@@ -11,6 +11,7 @@ use extremal_models::Model;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{json, Value};
 
+use crate::outdir::OutDir;
 use crate::{render, ModelArgs};
 
 /// Settings of the inversion optimiser shared by `invert` and `channels --render`.
@@ -177,6 +178,7 @@ pub(crate) fn picture(model: &Model, image: &Tensor) -> Result<image::RgbImage> 
 }
 
 pub(crate) fn run(args: &InvertArgs) -> Result<()> {
+    let mut out = args.out.as_deref().map(OutDir::prepare).transpose()?;
     let (model, x) = args.model.load_with_image(&args.input, args.keep_aspect, "invert")?;
     let cfg = args.options.config()?;
     let site = model.resolve(&args.layer)?;
@@ -205,10 +207,10 @@ pub(crate) fn run(args: &InvertArgs) -> Result<()> {
         "tv_weight": inv.tv_weight,
         "seconds_per_iteration": seconds / cfg.iterations as f64,
     });
-    if let Some(dir) = &args.out {
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-        render::save_tensor(&inv.images, "image", &dir.join("inversion.safetensors"))?;
-        render::save_png(&picture(&model, &inv.images.squeeze(0)?)?, &dir.join("inversion.png"))?;
+    if let Some(dir) = out.as_mut() {
+        render::save_tensor(&inv.images, "image", &dir.path("inversion.safetensors"))?;
+        render::save_png(&picture(&model, &inv.images.squeeze(0)?)?, &dir.path("inversion.png"))?;
+        dir.commit()?;
     }
     if args.json {
         crate::out(&format!("{obj}\n"));

@@ -17,6 +17,7 @@ mod channels;
 mod compare;
 mod evaluate;
 mod invert;
+mod outdir;
 mod render;
 
 #[derive(Parser)]
@@ -254,6 +255,10 @@ fn layers(args: &LayersArgs) -> Result<()> {
 impl ModelArgs {
     /// Loads the model and one input image (or tensor) for `command`.
     fn load_with_image(&self, input: &std::path::Path, keep_aspect: bool, command: &str) -> Result<(Model, Tensor)> {
+        // The input is checked before the model is loaded (its weights may be downloaded).
+        if !input.is_file() {
+            bail!("input {}: no such file", input.display());
+        }
         let model = self.load()?;
         let x = load_input_within(
             input,
@@ -362,6 +367,7 @@ fn main() -> ExitCode {
         std::env::remove_var("RUST_LIB_BACKTRACE");
     }
     keep_freed_memory();
+    outdir::install_interrupt_cleanup();
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) if STDOUT_ERROR.get().is_some() => {

@@ -2,9 +2,11 @@
 
 use std::path::Path;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use candle_core::{DType, Tensor};
 use image::{Rgb, RgbImage};
+
+use crate::outdir::OutDir;
 
 /// The "jet" colour map at `t ∈ [0, 1]`.
 fn jet(t: f32) -> [f32; 3] {
@@ -105,16 +107,18 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         ".{}.partial",
         path.file_name().and_then(|n| n.to_str()).unwrap_or("out")
     ));
-    std::fs::write(&tmp, bytes)?;
-    std::fs::rename(&tmp, path)?;
-    Ok(())
+    let r = std::fs::write(&tmp, bytes).and_then(|_| std::fs::rename(&tmp, path));
+    if r.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    r.with_context(|| format!("cannot write {}", path.display()))
 }
 
-/// Writes `report` as `dir/report.json` (pretty, atomically) when `dir` is given, and prints it
+/// Writes `report` as `name` in the output folder (pretty) when there is one, and prints it
 /// as one line when `json`; returns whether it printed (the caller prints text otherwise).
-pub fn report(dir: Option<&Path>, name: &str, report: &serde_json::Value, json: bool) -> Result<bool> {
+pub fn report(dir: Option<&mut OutDir>, name: &str, report: &serde_json::Value, json: bool) -> Result<bool> {
     if let Some(dir) = dir {
-        write_atomic(&dir.join(name), serde_json::to_string_pretty(report)?.as_bytes())?;
+        std::fs::write(dir.path(name), serde_json::to_string_pretty(report)?.as_bytes())?;
     }
     if json {
         crate::out(&format!("{report}\n"));
@@ -122,23 +126,17 @@ pub fn report(dir: Option<&Path>, name: &str, report: &serde_json::Value, json: 
     Ok(json)
 }
 
-/// Saves a PNG atomically.
+/// Saves a PNG (into an [`OutDir`]'s staging folder: it appears when the folder is committed).
 pub fn save_png(img: &RgbImage, path: &Path) -> Result<()> {
-    let mut buf = std::io::Cursor::new(Vec::new());
-    img.write_to(&mut buf, image::ImageFormat::Png)?;
-    write_atomic(path, &buf.into_inner())
+    img.save_with_format(path, image::ImageFormat::Png)
+        .with_context(|| format!("cannot write {}", path.display()))
 }
 
-/// Saves one tensor as a safetensors file (f32, under `name`), atomically.
+/// Saves one tensor as a safetensors file (f32, under `name`).
 pub fn save_tensor(t: &Tensor, name: &str, path: &Path) -> Result<()> {
-    let tmp = path.with_file_name(format!(
-        ".{}.partial",
-        path.file_name().and_then(|n| n.to_str()).unwrap_or("out")
-    ));
     let t = t.to_dtype(DType::F32)?.contiguous()?;
-    candle_core::safetensors::save(&std::collections::HashMap::from([(name.to_string(), t)]), &tmp)?;
-    std::fs::rename(&tmp, path)?;
-    Ok(())
+    candle_core::safetensors::save(&std::collections::HashMap::from([(name.to_string(), t)]), path)
+        .with_context(|| format!("cannot write {}", path.display()))
 }
 
 /// An RGB image `(3, H, W)` in [0, 1] as a PNG image.

@@ -189,3 +189,186 @@ fn a_failed_write_to_stdout_is_an_error() {
         "{err}"
     );
 }
+
+/// Results are written as a unit (issue 16, class 3).
+mod results {
+    use super::*;
+    use std::path::{Path, PathBuf};
+    use std::time::{Duration, Instant};
+
+    fn fresh_dir(name: &str) -> PathBuf {
+        let d = tmp(name);
+        let _ = std::fs::remove_dir_all(&d);
+        d
+    }
+
+    fn files(dir: &Path) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(dir)
+            .map(|r| {
+                r.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+
+    /// Staging folders beside `dir` (none may survive a run).
+    fn staging(dir: &Path) -> Vec<String> {
+        let name = dir.file_name().unwrap().to_string_lossy().into_owned();
+        files(dir.parent().unwrap())
+            .into_iter()
+            .filter(|f| f.starts_with(&format!(".{name}.extremal-partial-")))
+            .collect()
+    }
+
+    fn interrupt(child: &mut std::process::Child) -> i32 {
+        Command::new("kill")
+            .args(["-INT", &child.id().to_string()])
+            .status()
+            .unwrap();
+        child.wait().unwrap().code().unwrap_or(-1)
+    }
+
+    #[test]
+    fn a_rerun_leaves_no_file_of_the_earlier_run() {
+        let d = fresh_dir("rerun");
+        let ds = d.to_str().unwrap();
+        let run = |areas: &str| {
+            ok_json(&[
+                "attribute",
+                "--model",
+                MODEL,
+                "assets/chelsea.png",
+                "--areas",
+                areas,
+                "--iterations",
+                "2",
+                "--out",
+                ds,
+                "--json",
+            ])
+        };
+        run("0.05,0.2");
+        assert!(files(&d).contains(&"masked-0.05.png".to_string()));
+        run("0.1");
+        let now = files(&d);
+        assert!(!now.iter().any(|f| f.contains("0.05") || f.contains("0.2")), "{now:?}");
+        assert!(now.contains(&"masked-0.1.png".to_string()) && now.contains(&"report.json".to_string()));
+        assert!(staging(&d).is_empty());
+        // Files the user put there are not extremal's to remove.
+        std::fs::write(d.join("notes.txt"), "mine").unwrap();
+        run("0.1");
+        assert!(d.join("notes.txt").exists());
+    }
+
+    #[test]
+    fn an_interrupted_run_writes_nothing_and_leaves_no_temporary_file() {
+        let d = fresh_dir("interrupted");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_extremal"))
+            .args([
+                "attribute",
+                "--model",
+                MODEL,
+                "assets/chelsea.png",
+                "--iterations",
+                "100000",
+                "--out",
+            ])
+            .arg(&d)
+            .current_dir(root())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_secs(2));
+        assert_eq!(interrupt(&mut child), 130);
+        assert_eq!(files(&d), Vec::<String>::new());
+        assert!(staging(&d).is_empty(), "{:?}", staging(&d));
+    }
+
+    #[test]
+    fn an_interrupted_render_keeps_the_computed_channels() {
+        let d = fresh_dir("render");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_extremal"))
+            .args([
+                "channels",
+                "--model",
+                MODEL,
+                "assets/chelsea.png",
+                "--layer",
+                "layer2",
+                "--keep",
+                "4",
+                "--iterations",
+                "10",
+                "--render",
+                "--render-iterations",
+                "100000",
+                "--out",
+            ])
+            .arg(&d)
+            .current_dir(root())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let start = Instant::now();
+        while !d.join("channels.json").exists() && start.elapsed() < Duration::from_secs(120) {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        std::thread::sleep(Duration::from_millis(500));
+        assert_eq!(interrupt(&mut child), 130);
+        let now = files(&d);
+        assert!(
+            now.contains(&"channels.json".to_string()) && now.contains(&"saliency.png".to_string()),
+            "{now:?}"
+        );
+        assert!(!now.contains(&"render.png".to_string()), "{now:?}");
+        assert!(staging(&d).is_empty());
+    }
+
+    #[test]
+    fn out_and_input_are_checked_before_any_work() {
+        let start = Instant::now();
+        refused(
+            &[
+                "attribute",
+                "--model",
+                MODEL,
+                "assets/chelsea.png",
+                "--iterations",
+                "100000",
+                "--out",
+                "/proc/extremal",
+            ],
+            "--out /proc/extremal: cannot create the folder",
+        );
+        assert!(start.elapsed() < Duration::from_secs(20));
+        // A model whose weights are not cached here: the missing input is reported first.
+        refused(
+            &["classify", "--model", "resnet152", "missing.png"],
+            "input missing.png: no such file",
+        );
+    }
+
+    #[test]
+    fn a_killed_run_s_staging_folder_is_cleaned_by_the_next() {
+        let d = fresh_dir("killed");
+        std::fs::create_dir_all(&d).unwrap();
+        let stale = d.parent().unwrap().join(".killed.extremal-partial-999999999");
+        std::fs::create_dir_all(&stale).unwrap();
+        std::fs::write(stale.join("masks.safetensors"), "half").unwrap();
+        ok_json(&[
+            "attribute",
+            "--model",
+            MODEL,
+            "assets/chelsea.png",
+            "--iterations",
+            "2",
+            "--out",
+            d.to_str().unwrap(),
+            "--json",
+        ]);
+        assert!(!stale.exists());
+    }
+}
