@@ -122,7 +122,7 @@ pub fn run(args: &ChannelsArgs) -> Result<()> {
             render::save_png(&render::line_plot(&pts, original, true), &dir.path("sweep.png"))?;
         }
         // The computed result first: an interrupted rendering does not lose it.
-        std::fs::write(dir.path("channels.json"), serde_json::to_string_pretty(&obj)?)?;
+        render::write_json(&dir.path("channels.json"), &obj)?;
         dir.commit()?;
         if args.render {
             let errors = crate::invert::render_sheet(
@@ -140,7 +140,7 @@ pub fn run(args: &ChannelsArgs) -> Result<()> {
                 &dir.path("render.png"),
             )?;
             obj["render"] = json!({"file": "render.png", "relative_errors": errors});
-            std::fs::write(dir.path("channels.json"), serde_json::to_string_pretty(&obj)?)?;
+            render::write_json(&dir.path("channels.json"), &obj)?;
             dir.commit()?;
         }
     }

@@ -359,6 +359,19 @@ fn keep_freed_memory() {
     }
 }
 
+/// The error and its causes on one line, each said once (an OS error wrapped transparently
+/// would otherwise repeat itself: "No space left on device: No space left on device").
+fn one_line(e: &anyhow::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+    }
+    parts.join(": ")
+}
+
 fn main() -> ExitCode {
     // candle attaches a backtrace to its errors when RUST_BACKTRACE is set; users get short
     // errors unless they ask for backtraces with EXTREMAL_BACKTRACE=1.
@@ -376,7 +389,7 @@ fn main() -> ExitCode {
         }
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", one_line(&e));
             ExitCode::FAILURE
         }
     }

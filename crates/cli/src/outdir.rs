@@ -49,12 +49,13 @@ impl OutDir {
         }
         std::fs::create_dir_all(target)
             .with_context(|| format!("--out {}: cannot create the folder", target.display()))?;
-        let name = target
+        let full = target
             .canonicalize()
-            .ok()
-            .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
-            .unwrap_or_else(|| "out".into());
-        let parent = target.join("..");
+            .with_context(|| format!("--out {}: cannot resolve the folder", target.display()))?;
+        let name = full
+            .file_name()
+            .map_or_else(|| "out".into(), |n| n.to_string_lossy().into_owned());
+        let parent = full.parent().map_or_else(|| full.clone(), Path::to_path_buf);
         clean_stale(&parent, &name);
         let staging = parent.join(format!(".{name}{STAGING}{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&staging);

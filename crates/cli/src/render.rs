@@ -118,12 +118,20 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 /// as one line when `json`; returns whether it printed (the caller prints text otherwise).
 pub fn report(dir: Option<&mut OutDir>, name: &str, report: &serde_json::Value, json: bool) -> Result<bool> {
     if let Some(dir) = dir {
-        std::fs::write(dir.path(name), serde_json::to_string_pretty(report)?.as_bytes())?;
+        let path = dir.path(name);
+        std::fs::write(&path, serde_json::to_string_pretty(report)?.as_bytes())
+            .with_context(|| format!("cannot write {}", path.display()))?;
     }
     if json {
         crate::out(&format!("{report}\n"));
     }
     Ok(json)
+}
+
+/// Writes `value` as pretty JSON.
+pub fn write_json(path: &Path, value: &serde_json::Value) -> Result<()> {
+    std::fs::write(path, serde_json::to_string_pretty(value)?)
+        .with_context(|| format!("cannot write {}", path.display()))
 }
 
 /// Saves a PNG (into an [`OutDir`]'s staging folder: it appears when the folder is committed).

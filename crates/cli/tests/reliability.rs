@@ -372,3 +372,54 @@ mod results {
         assert!(!stale.exists());
     }
 }
+
+/// A full disk: one line naming the file, the OS error said once, no temporary file left. Needs
+/// a small tmpfs (root); skipped, saying so, where it cannot be mounted.
+#[test]
+fn a_full_disk_is_one_line_with_the_path() {
+    let mnt = std::env::temp_dir().join(format!("extremal-full-{}", std::process::id()));
+    std::fs::create_dir_all(&mnt).unwrap();
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=64k", "tmpfs"])
+        .arg(&mnt)
+        .status()
+        .is_ok_and(|s| s.success());
+    if !mounted {
+        println!("skipped: cannot mount a tmpfs here");
+        return;
+    }
+    let out = mnt.join("o");
+    let (code, err) = limited(
+        &[
+            "attribute",
+            "--model",
+            MODEL,
+            "--preprocess",
+            "imagenet,size=224",
+            "assets/chelsea.png",
+            "--iterations",
+            "2",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        120,
+    );
+    let left: Vec<_> = std::fs::read_dir(&mnt)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    let _ = Command::new("umount").arg(&mnt).status();
+    let _ = std::fs::remove_dir_all(&mnt);
+    assert_eq!(code, 1, "{err}");
+    assert_eq!(err.matches("No space left on device").count(), 1, "{err}");
+    assert!(
+        err.contains("cannot write ") && err.trim_end().lines().count() == 1,
+        "{err}"
+    );
+    assert_eq!(
+        left,
+        vec![std::ffi::OsString::from("o")],
+        "only the (empty) --out folder remains"
+    );
+}
