@@ -265,6 +265,9 @@ impl Method for Occlusion {
 }
 
 /// Gauss–Legendre nodes and weights on [0, 1] (Newton's method on `P_n`).
+/// The most integrated-gradients steps accepted.
+pub const MAX_IG_STEPS: usize = 4096;
+
 pub(crate) fn gauss_legendre(n: usize) -> Vec<(f64, f64)> {
     (0..n)
         .map(|i| {
@@ -374,6 +377,14 @@ impl IntegratedGradients {
     pub fn attribution(&self, net: &dyn Network, x: &Tensor, target: usize) -> Result<Tensor> {
         if self.steps == 0 {
             return Err(Error::Invalid("integrated gradients needs at least one step".into()));
+        }
+        // Gauss–Legendre nodes cost O(steps²) to find; a few hundred are already exact to
+        // the model's precision.
+        if self.steps > MAX_IG_STEPS {
+            return Err(Error::Invalid(format!(
+                "integrated gradients with {} steps: at most {MAX_IG_STEPS} (50 to 300 are usual)",
+                self.steps
+            )));
         }
         let x = x.detach();
         let base = self.baseline.of(&x)?.detach();

@@ -49,6 +49,14 @@ pub(crate) fn run(args: &BenchArgs) -> Result<()> {
     // the right shapes are used and nothing is downloaded.
     let model = args.model.open(true)?;
     let size = args.size.unwrap_or(model.preprocess().size);
+    let values = (args.batch as u128) * 3 * (size as u128) * (size as u128);
+    if size == 0 || values > 1 << 28 {
+        bail!(
+            "--batch {} at --size {size} is {values} input values, over the limit of {}; use a smaller batch or size",
+            args.batch,
+            1u64 << 28
+        );
+    }
     let x = Tensor::randn(0f32, 1.0, (args.batch, 3, size, size), &dev)?;
     let forward_s = time(args.passes, || {
         let y = model.forward(&x)?;

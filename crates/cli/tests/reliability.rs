@@ -152,6 +152,23 @@ fn odd_flags_are_refused_with_one_line() {
         ],
         "--limit 0 scores nothing",
     );
+    refused(
+        &["bench", "--model", MODEL, "--batch", "100000"],
+        "input values, over the limit of 268435456",
+    );
+    refused(
+        &[
+            "attribute",
+            "--model",
+            MODEL,
+            img,
+            "--method",
+            "integrated-gradients",
+            "--ig-steps",
+            "1000000000",
+        ],
+        "at most 4096",
+    );
 }
 
 #[test]
