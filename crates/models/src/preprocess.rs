@@ -165,30 +165,40 @@ pub fn read_image(path: &Path) -> Result<Tensor> {
 }
 
 /// How many pixels an image may have, decoded or resized, unless the caller raises it
-/// (`--max-pixels`): 50 million, 600 MB as float RGB.
-pub const DEFAULT_MAX_PIXELS: u64 = 50_000_000;
+/// (`--max-pixels`): 500 million (a 20000×20000 scan).
+pub const DEFAULT_MAX_PIXELS: u64 = 500_000_000;
 
-/// [`read_image`] with a budget: an image of more than `max_pixels` pixels is refused from its
-/// header, before it is decoded (a small PNG can declare 20000×20000 pixels).
-///
-/// # Shapes
-/// - returns: `(1, 3, H, W)`, f32.
-pub fn read_image_within(path: &Path, max_pixels: u64) -> Result<Tensor> {
+/// The most values a resize may hold in its target or in an interpolation matrix (512 MiB of
+/// f32), whatever `--max-pixels` says.
+const RESIZE_VALUES: u64 = 1 << 27;
+
+/// The most bytes an image may take decoded in its own format (before any conversion).
+const MAX_DECODED_BYTES: u64 = 2 << 30;
+
+/// Images up to this many pixels are converted to float RGB whole; larger ones a band of rows
+/// at a time while they are resized, so that memory stays near the decoded image's.
+const WHOLE_PIXELS: u64 = 16 << 20;
+
+/// Decodes an image file within the budget: more than `max_pixels` pixels, or more than 2 GiB
+/// decoded, is refused from its header, before it is decoded (a 438 KB PNG can declare
+/// 20000×20000 pixels).
+fn decode_image(path: &Path, max_pixels: u64) -> Result<image::DynamicImage> {
     use image::ImageDecoder;
     let fail = |message: String| Error::Input {
         path: path.display().to_string(),
         message,
+    };
+    let unreadable = |e: image::ImageError| {
+        fail(format!(
+            "not a readable image ({e}); give a PNG, JPEG, … or a .safetensors tensor"
+        ))
     };
     let decoder = image::ImageReader::open(path)
         .map_err(|e| fail(format!("cannot open the file: {e}")))?
         .with_guessed_format()
         .map_err(|e| fail(format!("cannot read the file: {e}")))?
         .into_decoder()
-        .map_err(|e| {
-            fail(format!(
-                "not a readable image ({e}); give a PNG, JPEG, … or a .safetensors tensor"
-            ))
-        })?;
+        .map_err(unreadable)?;
     let (w, h) = decoder.dimensions();
     let pixels = w as u64 * h as u64;
     if pixels > max_pixels {
@@ -199,15 +209,60 @@ pub fn read_image_within(path: &Path, max_pixels: u64) -> Result<Tensor> {
     if pixels == 0 {
         return Err(fail(format!("a {w}x{h} image has no pixels")));
     }
-    let img = image::DynamicImage::from_decoder(decoder).map_err(|e| {
-        fail(format!(
-            "not a readable image ({e}); give a PNG, JPEG, … or a .safetensors tensor"
-        ))
-    })?;
+    if decoder.total_bytes() > MAX_DECODED_BYTES {
+        return Err(fail(format!(
+            "a {w}x{h} image takes {} bytes decoded, over the limit of {MAX_DECODED_BYTES}",
+            decoder.total_bytes()
+        )));
+    }
+    image::DynamicImage::from_decoder(decoder).map_err(unreadable)
+}
+
+/// An image as float RGB in [0, 1], `(1, 3, H, W)`.
+fn rgb_tensor(img: &image::DynamicImage) -> Result<Tensor> {
     let rgb = img.to_rgb32f();
     let (w, h) = (rgb.width() as usize, rgb.height() as usize);
     let t = Tensor::from_vec(rgb.into_raw(), (h, w, 3), &Device::Cpu)?;
     Ok(t.permute((2, 0, 1))?.unsqueeze(0)?.contiguous()?)
+}
+
+/// An image resized to `th × tw` as PyTorch's bilinear `F.interpolate` (the separable
+/// `A_h · X · A_wᵀ` of [`extremal_ops::resize_bilinear`]); a large image is converted and
+/// resized along its width a band of rows at a time.
+///
+/// # Shapes
+/// - returns: `(1, 3, th, tw)`, f32.
+fn resized(img: &image::DynamicImage, th: usize, tw: usize) -> Result<Tensor> {
+    resized_within(img, th, tw, WHOLE_PIXELS)
+}
+
+fn resized_within(img: &image::DynamicImage, th: usize, tw: usize, whole: u64) -> Result<Tensor> {
+    let (w, h) = (img.width() as usize, img.height() as usize);
+    if (w as u64) * (h as u64) <= whole {
+        return Ok(extremal_ops::resize_bilinear(&rgb_tensor(img)?, th, tw)?);
+    }
+    let cols = extremal_ops::interpolation_matrix(w, tw, DType::F32, &Device::Cpu)?
+        .t()?
+        .contiguous()?;
+    let rows = extremal_ops::interpolation_matrix(h, th, DType::F32, &Device::Cpu)?;
+    const BAND: usize = 256;
+    let mut parts = Vec::with_capacity(h.div_ceil(BAND));
+    for y0 in (0..h).step_by(BAND) {
+        let band = img.crop_imm(0, y0 as u32, w as u32, BAND.min(h - y0) as u32);
+        let t = rgb_tensor(&band)?; // (1, 3, k, w)
+        parts.push(t.broadcast_matmul(&cols)?); // (1, 3, k, tw)
+    }
+    let x = Tensor::cat(&parts, 2)?; // (1, 3, h, tw)
+    Ok(rows.broadcast_matmul(&x)?)
+}
+
+/// [`read_image`] with a budget (see `--max-pixels`): an image of more than `max_pixels`
+/// pixels is refused from its header, before it is decoded.
+///
+/// # Shapes
+/// - returns: `(1, 3, H, W)`, f32.
+pub fn read_image_within(path: &Path, max_pixels: u64) -> Result<Tensor> {
+    rgb_tensor(&decode_image(path, max_pixels)?)
 }
 
 /// Reads a model input: a `.safetensors` file's tensor `input` (`(N, 3, H, W)`, already
@@ -273,22 +328,48 @@ pub fn load_input_within(
         }
         x.to_dtype(DType::F32)?
     } else {
-        let rgb = read_image_within(path, max_pixels)?;
-        let (_, _, h, w) = rgb.dims4()?;
+        let img = decode_image(path, max_pixels)?;
+        let (w, h) = (img.width() as usize, img.height() as usize);
         let (th, tw) = pre.target_size(h, w, keep_aspect);
         // The resize holds the target and one interpolation matrix per axis (out × in).
         let target = th as u64 * tw as u64;
         let weights = th as u64 * h as u64 + tw as u64 * w as u64;
-        if target.max(weights) > max_pixels || th == 0 || tw == 0 {
+        let limit = max_pixels.min(RESIZE_VALUES);
+        if target.max(weights) > limit || th == 0 || tw == 0 {
             return Err(fail(format!(
-                "resizing this {w}x{h} image to {tw}x{th} needs {} values, over the budget of {max_pixels}; \
-                 drop --keep-aspect or raise --max-pixels",
+                "resizing this {w}x{h} image to {tw}x{th} needs {} values, over the limit of {limit}; \
+                 drop --keep-aspect",
                 target.max(weights)
             )));
         }
-        let rgb = extremal_ops::resize_bilinear(&rgb, th, tw).map_err(|e| fail(e.to_string()))?;
+        let rgb = resized(&img, th, tw)?;
+        drop(img);
         pre.normalize(&rgb)?
     };
     check_finite(&x, "the input").map_err(|_| fail("the tensor holds NaN or infinite values".into()))?;
     Ok(x.to_dtype(dtype)?.to_device(device)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Resizing a band of rows at a time gives the whole image's resize.
+    #[test]
+    fn banded_resize_is_the_whole_resize() {
+        let img = image::DynamicImage::ImageRgb8(image::RgbImage::from_fn(301, 700, |x, y| {
+            image::Rgb([(x * 7 % 251) as u8, (y * 13 % 253) as u8, ((x + y) % 256) as u8])
+        }));
+        let whole = resized_within(&img, 64, 48, u64::MAX).unwrap();
+        let banded = resized_within(&img, 64, 48, 0).unwrap();
+        let d = (whole - banded)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(d < 1e-5, "{d}");
+    }
 }
