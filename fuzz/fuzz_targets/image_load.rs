@@ -5,10 +5,8 @@
 use candle_core::{DType, Device};
 use libfuzzer_sys::fuzz_target;
 
-/// A path of this process's own, in the system's temporary folder.
-fn scratch(name: &str) -> std::path::PathBuf {
-    std::env::temp_dir().join(format!("extremal-fuzz-{}-{name}", std::process::id()))
-}
+mod common;
+use common::*;
 
 fuzz_target!(|data: &[u8]| {
     let path = scratch("image");

@@ -4,18 +4,8 @@
 
 use libfuzzer_sys::fuzz_target;
 
-/// A path of this process's own, in the system's temporary folder.
-fn scratch(name: &str) -> std::path::PathBuf {
-    std::env::temp_dir().join(format!("extremal-fuzz-{}-{name}", std::process::id()))
-}
-
-fn draw(d: &extremal_eval::Dataset) {
-    for item in &d.items {
-        for c in item.classes() {
-            let _ = item.truth(c);
-        }
-    }
-}
+mod common;
+use common::*;
 
 fuzz_target!(|data: &[u8]| {
     let dir = scratch("voc");

@@ -4,10 +4,8 @@
 
 use libfuzzer_sys::fuzz_target;
 
-/// A path of this process's own, in the system's temporary folder.
-fn scratch(name: &str) -> std::path::PathBuf {
-    std::env::temp_dir().join(format!("extremal-fuzz-{}-{name}", std::process::id()))
-}
+mod common;
+use common::*;
 
 fuzz_target!(|data: &[u8]| {
     let path = scratch("weights.bin");

@@ -260,6 +260,18 @@ mod results {
             .collect()
     }
 
+    /// Starts `extremal args --out out` in the background.
+    fn spawn(args: &[&str], out: &Path) -> std::process::Child {
+        Command::new(env!("CARGO_BIN_EXE_extremal"))
+            .args(args)
+            .arg("--out")
+            .arg(out)
+            .current_dir(root())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    }
+
     fn interrupt(child: &mut std::process::Child) -> i32 {
         Command::new("kill")
             .args(["-INT", &child.id().to_string()])
@@ -303,21 +315,17 @@ mod results {
     #[test]
     fn an_interrupted_run_writes_nothing_and_leaves_no_temporary_file() {
         let d = fresh_dir("interrupted");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_extremal"))
-            .args([
+        let mut child = spawn(
+            &[
                 "attribute",
                 "--model",
                 MODEL,
                 "assets/chelsea.png",
                 "--iterations",
                 "100000",
-                "--out",
-            ])
-            .arg(&d)
-            .current_dir(root())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
+            ],
+            &d,
+        );
         std::thread::sleep(Duration::from_secs(2));
         assert_eq!(interrupt(&mut child), 130);
         assert_eq!(files(&d), Vec::<String>::new());
@@ -327,8 +335,8 @@ mod results {
     #[test]
     fn an_interrupted_render_keeps_the_computed_channels() {
         let d = fresh_dir("render");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_extremal"))
-            .args([
+        let mut child = spawn(
+            &[
                 "channels",
                 "--model",
                 MODEL,
@@ -342,13 +350,9 @@ mod results {
                 "--render",
                 "--render-iterations",
                 "100000",
-                "--out",
-            ])
-            .arg(&d)
-            .current_dir(root())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
+            ],
+            &d,
+        );
         let start = Instant::now();
         while !d.join("channels.json").exists() && start.elapsed() < Duration::from_secs(120) {
             std::thread::sleep(Duration::from_millis(100));
