@@ -455,6 +455,9 @@ pub fn decode_rle_string(s: &str) -> std::result::Result<Vec<u32>, String> {
     while p < bytes.len() {
         let (mut x, mut k, mut more) = (0i64, 0, true);
         while more {
+            if k >= 12 {
+                return Err("a run-length value longer than 60 bits".into());
+            }
             let c = *bytes.get(p).ok_or("a truncated run-length string")? as i64 - 48;
             x |= (c & 0x1f) << (5 * k);
             more = c & 0x20 != 0;
@@ -465,7 +468,9 @@ pub fn decode_rle_string(s: &str) -> std::result::Result<Vec<u32>, String> {
             }
         }
         if counts.len() > 2 {
-            x += counts[counts.len() - 2];
+            x = x
+                .checked_add(counts[counts.len() - 2])
+                .ok_or("a run in a run-length string overflows")?;
         }
         counts.push(x);
     }

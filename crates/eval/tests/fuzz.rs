@@ -116,3 +116,12 @@ fn crafted_sizes_and_coordinates() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Found by `scripts/fuzz.sh`: a run-length string whose value runs past 64 bits.
+#[test]
+fn run_length_values_longer_than_64_bits_are_refused() {
+    // 'o' carries the continuation bit: seventeen 5-bit groups are 85 bits.
+    let e = extremal_eval::dataset::decode_rle_string("ooooooooooooooooo0").unwrap_err();
+    assert!(e.contains("longer than 60 bits"), "{e}");
+    assert!(extremal_eval::dataset::decode_rle_string("52203").is_ok());
+}
