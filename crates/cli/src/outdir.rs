@@ -17,7 +17,8 @@ const STAGING: &str = ".extremal-partial-";
 /// Staging folders of this process, removed if it is interrupted (Ctrl-C, SIGTERM).
 static LIVE: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
 
-/// Installs the handler that removes live staging folders when the process is interrupted.
+/// Installs the handler that removes live staging folders when the process is interrupted (an
+/// `evaluate` journal keeps the records already written: a rerun resumes).
 pub fn install_interrupt_cleanup() {
     let _ = ctrlc::set_handler(|| {
         if let Ok(live) = LIVE.lock() {
@@ -25,7 +26,7 @@ pub fn install_interrupt_cleanup() {
                 let _ = std::fs::remove_dir_all(d);
             }
         }
-        eprintln!("interrupted: nothing was written");
+        eprintln!("interrupted");
         std::process::exit(130);
     });
 }
