@@ -166,18 +166,13 @@ impl Method for Rise {
                 Some(m) => m.narrow(0, start, b)?.to_dtype(x.dtype())?.to_device(x.device())?,
                 None => rise_masks_next(&mut rng, b, (h, w), self.cells, self.p, x.device())?.to_dtype(x.dtype())?,
             };
-            let scores = sigmoid(&class_score(&net.forward(&x.broadcast_mul(&m)?)?, target)?)?;
+            let scores = extremal_ops::sigmoid(&class_score(&net.forward(&x.broadcast_mul(&m)?)?, target)?)?;
             let part = scores.t()?.matmul(&m.reshape((b, h * w))?)?;
             sal = (sal + part.to_dtype(DType::F64)?)?;
             start += b;
         }
         Ok((sal / n as f64)?.reshape((1, 1, h, w))?.to_dtype(x.dtype())?)
     }
-}
-
-/// `1 / (1 + e^{−x})` (candle-core has no sigmoid; candle-nn's is not a dependency here).
-fn sigmoid(x: &Tensor) -> Result<Tensor> {
-    Ok((x.neg()?.exp()? + 1.0)?.recip()?)
 }
 
 /// Occlusion (Zeiler & Fergus 2014, Captum's `Occlusion`): each `window × window` patch (all

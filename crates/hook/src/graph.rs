@@ -278,8 +278,8 @@ impl Node {
     }
 }
 
-/// A hook that wants no site: the fastest forward pass.
-struct Silent;
+/// A hook that wants no site: the fastest forward pass (fused kernels everywhere).
+pub struct Silent;
 
 impl Hook for Silent {
     fn visit(&mut self, _site: &str, activation: Tensor) -> Result<Tensor> {
@@ -306,8 +306,12 @@ fn finish_residual(b: &Tensor, s: &Tensor, post: Option<&(dyn Module + Send + Sy
     })
 }
 
-/// Repeats a batch-1 tensor to batch `n` (a prefix computed once for several masks).
-pub(crate) fn fit_batch(t: &Tensor, n: usize) -> Result<Tensor> {
+/// Repeats a batch-1 tensor to batch `n` (a prefix computed once for several masks); a
+/// scalar, which has no batch, is returned as it is.
+pub fn fit_batch(t: &Tensor, n: usize) -> Result<Tensor> {
+    if t.rank() == 0 {
+        return Ok(t.clone());
+    }
     let m = t.dim(0)?;
     if m == n {
         Ok(t.clone())

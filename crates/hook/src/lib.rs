@@ -43,7 +43,7 @@ mod graph;
 mod hooks;
 mod network;
 
-pub use graph::{Graph, Node};
+pub use graph::{fit_batch, Graph, Node, Silent};
 pub use hooks::{Action, Hook, Hooks};
 pub use network::{nearest_names, Network, Prefix};
 

@@ -2,7 +2,7 @@ use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
-use extremal_hook::{Hook, Network, Prefix};
+use extremal_hook::{fit_batch, Hook, Network, Prefix, Silent};
 use extremal_ops::Activation;
 
 use crate::names::{module_paths, number_calls};
@@ -586,33 +586,6 @@ impl OnnxNetwork {
         let keep = vec![false; env.len()];
         self.execute(&mut env, &suffix, hook, &keep)?;
         Ok(self.output(&mut env)?)
-    }
-}
-
-/// Repeats a batch-1 tensor to batch `n`.
-fn fit_batch(t: &Tensor, n: usize) -> candle_core::Result<Tensor> {
-    let m = t.dim(0)?;
-    if m == n || t.rank() == 0 {
-        Ok(t.clone())
-    } else if m == 1 {
-        let mut dims = t.dims().to_vec();
-        dims[0] = n;
-        t.broadcast_as(dims)?.contiguous()
-    } else {
-        candle_core::bail!("cannot run a batch of {n} from a prefix of batch {m}")
-    }
-}
-
-/// A hook that wants no site.
-struct Silent;
-
-impl Hook for Silent {
-    fn visit(&mut self, _site: &str, activation: Tensor) -> extremal_hook::Result<Tensor> {
-        Ok(activation)
-    }
-
-    fn wants(&self, _site: &str) -> bool {
-        false
     }
 }
 

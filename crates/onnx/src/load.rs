@@ -7,7 +7,7 @@ use candle_core::{DType, Device, Tensor};
 use prost::Message;
 
 use crate::proto::{data_type as dt, ModelProto, TensorProto};
-use crate::value::{Ints, Value};
+use crate::value::{element_count, Ints, Value};
 
 /// The largest tensor (elements) a file may declare: 2^32, far above any CNN's weights.
 const MAX_ELEMENTS: usize = 1 << 32;
@@ -98,9 +98,7 @@ pub(crate) fn tensor_value(
         .iter()
         .map(|&d| usize::try_from(d).map_err(|_| format!("negative dimension {d}")))
         .collect::<Result<_, _>>()?;
-    let n = dims
-        .iter()
-        .try_fold(1usize, |a, &d| a.checked_mul(d))
+    let n = element_count(&dims)
         .filter(|&n| n <= MAX_ELEMENTS)
         .ok_or_else(|| format!("shape {dims:?} is too large"))?;
     let size =

@@ -6,7 +6,7 @@ use extremal_models::layers::{BatchNorm, Conv, ConvPadding, FusedConv};
 use extremal_ops::{Activation, Padding, Pool2d};
 
 use crate::proto::{AttributeProto, NodeProto};
-use crate::value::{broadcast_shape, ints_binary, ints_where, Ints, Value};
+use crate::value::{broadcast_shape, element_count, ints_binary, ints_where, Ints, Value};
 
 /// What an operator needs to know while it runs.
 pub(crate) struct RunCtx<'a> {
@@ -94,10 +94,6 @@ fn limit(what: &str, n: Option<usize>) -> OpResult<()> {
         )),
         None => err(format!("{what} would hold more values than can be counted")),
     }
-}
-
-fn count(dims: &[usize]) -> Option<usize> {
-    dims.iter().try_fold(1usize, |a, &d| a.checked_mul(d))
 }
 
 /// A built operator.
@@ -784,10 +780,6 @@ fn ints(v: &Value) -> OpResult<&Ints> {
     }
 }
 
-fn sigmoid(x: &Tensor) -> candle_core::Result<Tensor> {
-    (x.neg()?.exp()? + 1.0)?.recip()
-}
-
 /// `x` where `lo ≤ x ≤ hi`, the bound outside, with PyTorch's gradient (1 inside, bounds
 /// included; 0 outside).
 fn clamp(x: &Tensor, lo: Option<f64>, hi: Option<f64>) -> candle_core::Result<Tensor> {
@@ -880,10 +872,7 @@ fn reshape_target(dims: &[usize], target: &[i64], allowzero: bool) -> OpResult<V
         }
     }
     let total: usize = dims.iter().product();
-    let known = out
-        .iter()
-        .try_fold(1usize, |a, &d| a.checked_mul(d))
-        .ok_or("shape overflows")?;
+    let known = element_count(&out).ok_or("shape overflows")?;
     if let Some(h) = hole {
         if known == 0 || total % known != 0 {
             return err(format!("cannot reshape {dims:?} to {target:?}"));
@@ -1103,7 +1092,9 @@ impl Op {
                 };
                 limit(
                     "the transposed convolution's output",
-                    side(h, kh).zip(side(w, kw)).and_then(|(a, b)| count(&[n, c_out, a, b])),
+                    side(h, kh)
+                        .zip(side(w, kw))
+                        .and_then(|(a, b)| element_count(&[n, c_out, a, b])),
                 )?;
                 let y = c(t.conv_transpose2d(weight, *padding, *output_padding, *stride, *dilation))?;
                 let y = match bias {
@@ -1133,7 +1124,7 @@ impl Op {
                 let t = fx()?;
                 one(match u {
                     Unary::Relu => o(extremal_ops::relu(&t))?,
-                    Unary::Sigmoid => c(sigmoid(&t))?,
+                    Unary::Sigmoid => o(extremal_ops::sigmoid(&t))?,
                     Unary::Tanh => c(t.tanh())?,
                     Unary::Erf => c(t.erf())?,
                     Unary::Sqrt => c(t.sqrt())?,
@@ -1195,7 +1186,7 @@ impl Op {
                         let Some(shape) = broadcast_shape(a.dims(), bb.dims()) else {
                             return err(format!("shapes {:?} and {:?} do not broadcast", a.dims(), bb.dims()));
                         };
-                        limit("the broadcast result", count(&shape))?;
+                        limit("the broadcast result", element_count(&shape))?;
                         one(c(binary_float(*b, &a, &bb))?)
                     }
                 }
@@ -1211,7 +1202,7 @@ impl Op {
                         let shape = broadcast_shape(&cond.dims, a.dims())
                             .and_then(|s| broadcast_shape(&s, b.dims()))
                             .ok_or("Where: shapes do not broadcast")?;
-                        limit("the selection", count(&shape))?;
+                        limit("the selection", element_count(&shape))?;
                         let m = c(c(Tensor::from_vec(
                             cond.data.iter().map(|&v| u8::from(v != 0)).collect::<Vec<u8>>(),
                             cond.dims.clone(),
@@ -1539,7 +1530,7 @@ impl Op {
                         usize::try_from(n).ok()
                     })
                     .collect();
-                limit("the padded tensor", grown.as_deref().and_then(count))?;
+                limit("the padded tensor", grown.as_deref().and_then(element_count))?;
                 let mut y = t;
                 for d in 0..rank {
                     let (b, e) = (pads[d], pads[d + rank]);
@@ -1641,10 +1632,7 @@ impl Op {
                     .iter()
                     .map(|&d| usize::try_from(d).map_err(|_| format!("negative dimension {d}")))
                     .collect::<OpResult<_>>()?;
-                let n = dims
-                    .iter()
-                    .try_fold(1usize, |a, &d| a.checked_mul(d))
-                    .ok_or("shape overflows")?;
+                let n = element_count(&dims).ok_or("shape overflows")?;
                 if n > 1 << 24 {
                     return err(format!("a constant of {n} values is too large"));
                 }
@@ -1681,11 +1669,7 @@ impl Op {
                     .map(|&d| usize::try_from(d).map_err(|_| format!("negative dimension {d}")))
                     .collect::<OpResult<_>>()?;
                 let out = broadcast_shape(&v.dims(), &target).ok_or("Expand: shapes do not broadcast")?;
-                if out
-                    .iter()
-                    .try_fold(1usize, |a, &d| a.checked_mul(d))
-                    .map_or(true, |n| n > 1 << 26)
-                {
+                if element_count(&out).map_or(true, |n| n > 1 << 26) {
                     return err("Expand to a shape that is too large");
                 }
                 match v {
@@ -1724,7 +1708,7 @@ fn conv_input(t: Tensor, g: &Growth) -> OpResult<Tensor> {
         .map_err(|_| format!("expected a 4-D input, got {:?}", t.dims()))?;
     limit(
         "the convolution's output",
-        count(&[n, g.channels, h.saturating_add(g.rows), w.saturating_add(g.cols)]),
+        element_count(&[n, g.channels, h.saturating_add(g.rows), w.saturating_add(g.cols)]),
     )?;
     Ok(t)
 }

@@ -90,9 +90,12 @@ pub(crate) fn broadcast_shape(a: &[usize], b: &[usize]) -> Option<Vec<usize>> {
 /// The length of a host integer tensor of `dims`, if it is at most 2^24 (shape tables are
 /// tiny; a crafted broadcast is refused instead of allocated).
 fn host_len(dims: &[usize]) -> Option<usize> {
-    dims.iter()
-        .try_fold(1usize, |a, &d| a.checked_mul(d))
-        .filter(|&n| n <= 1 << 24)
+    element_count(dims).filter(|&n| n <= 1 << 24)
+}
+
+/// The number of values of a tensor of `dims`, or `None` if it overflows.
+pub(crate) fn element_count(dims: &[usize]) -> Option<usize> {
+    dims.iter().try_fold(1usize, |a, &d| a.checked_mul(d))
 }
 
 /// The flat index into `shape` (right-aligned, broadcast) of the output position `idx` of

@@ -30,6 +30,14 @@ impl Activation {
     }
 }
 
+/// `1 / (1 + e^{−x})` with candle's differentiable ops (candle-core has no sigmoid).
+///
+/// # Shapes
+/// - `x`: any shape; the output has the same shape.
+pub fn sigmoid(x: &Tensor) -> Result<Tensor> {
+    Ok((x.neg()?.exp()? + 1.0)?.recip()?)
+}
+
 /// Chunk length of the element-wise loops run in parallel.
 const CHUNK: usize = 1 << 14;
 

@@ -44,7 +44,7 @@ mod resize;
 mod separable;
 
 pub use act::{
-    gradient_rule, relu, relu6, set_gradient_rule, set_gradient_rule_for, Activation, GradientRule, RuleGuard,
+    gradient_rule, relu, relu6, set_gradient_rule, set_gradient_rule_for, sigmoid, Activation, GradientRule, RuleGuard,
 };
 pub use conv::{conv2d, conv2d_excitation, conv2d_fused, same_padding, Conv2dConfig, Padding};
 pub use depthwise::has_avx2;
