@@ -15,7 +15,7 @@ use extremal::models::{Model, ModelKind, load_input};
 
 /// The picture of a normalised input `(1, 3, H, W)`.
 fn picture(model: &Model, image: &Tensor) -> anyhow::Result<image::RgbImage> {
-    let rgb = model.preprocess().denormalize(image)?.clamp(0.0, 1.0)?.squeeze(0)?;
+    let rgb = model.preprocess().denormalise(image)?.clamp(0.0, 1.0)?.squeeze(0)?;
     let (_, h, w) = rgb.dims3()?;
     let bytes: Vec<u8> = (rgb.permute((1, 2, 0))? * 255.0)?
         .round()?

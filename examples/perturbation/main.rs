@@ -45,7 +45,7 @@ fn main() -> anyhow::Result<()> {
 
     if let Some(dir) = value("--out") {
         // The image seen through each mask, side by side.
-        let rgb = model.preprocess().denormalize(&x)?.squeeze(0)?; // (3, H, W)
+        let rgb = model.preprocess().denormalise(&x)?.squeeze(0)?; // (3, H, W)
         let seen: Vec<Tensor> = (0..cfg.areas.len())
             .map(|i| rgb.broadcast_mul(&r.masks.get(i)?))
             .collect::<candle_core::Result<_>>()?;

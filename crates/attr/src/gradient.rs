@@ -41,6 +41,10 @@ impl Method for Gradient {
         }
     }
 
+    fn pointing_smooth(&self) -> f64 {
+        0.02
+    }
+
     fn saliency(&self, net: &dyn Network, x: &Tensor, target: usize) -> Result<Tensor> {
         let v = Var::from_tensor(x)?;
         let _rule = set_gradient_rule(self.rule);
@@ -136,6 +140,10 @@ impl Method for ExcitationBackprop {
         } else {
             "excitation-backprop"
         }
+    }
+
+    fn needs_model_class(&self) -> bool {
+        self.contrastive
     }
 
     fn saliency(&self, net: &dyn Network, x: &Tensor, target: usize) -> Result<Tensor> {

@@ -41,6 +41,7 @@
 mod gradient;
 pub mod metrics;
 mod perturb;
+mod registry;
 
 pub use extremal_ops::GradientRule;
 pub use gradient::{ExcitationBackprop, GradCam, Gradient, LinearApprox};
@@ -48,6 +49,7 @@ pub use metrics::{
     causal_curve, causal_curve_over, pointing_hit, pointing_hit_at, saliency_point, Causal, CausalCurve,
 };
 pub use perturb::{rise_masks, rise_masks_from_grids, Baseline, IntegratedGradients, Occlusion, Rise};
+pub use registry::{method, BaselineSpec, Centre, Extremal, MethodKind, MethodOptions};
 
 use candle_core::Tensor;
 use extremal_hook::Network;
@@ -64,6 +66,9 @@ pub enum Error {
     /// A kernel error.
     #[error(transparent)]
     Ops(#[from] extremal_ops::Error),
+    /// An extremal-mask error.
+    #[error(transparent)]
+    Mask(#[from] extremal_mask::Error),
     /// A request that cannot be met, with what to do instead.
     #[error("{0}")]
     Invalid(String),
@@ -83,6 +88,34 @@ pub trait Method {
     /// - `x`: `(1, 3, H, W)`, normalised.
     /// - returns: `(1, 1, h, w)`.
     fn saliency(&self, net: &dyn Network, x: &Tensor, target: usize) -> Result<Tensor>;
+
+    /// The point the pointing game takes on a map at the image's resolution, `(column, row)`:
+    /// its maximum ([`saliency_point`]) unless the method says otherwise.
+    ///
+    /// # Shapes
+    /// - `saliency`: `(…, H, W)`.
+    fn point(&self, saliency: &Tensor) -> Result<(usize, usize)> {
+        saliency_point(saliency)
+    }
+
+    /// TorchRay's benchmark setting for this method: the σ, as a fraction of the image's
+    /// larger side, of the blur the pointing game applies to its maps (0: none).
+    fn pointing_smooth(&self) -> f64 {
+        0.0
+    }
+
+    /// TorchRay's benchmark setting for this method: whether its input keeps the image's
+    /// aspect (the shorter side resized to the model's size) rather than being squashed to a
+    /// square.
+    fn keeps_aspect(&self) -> bool {
+        true
+    }
+
+    /// Whether the method must be given one of the model's own classes (its classifier is the
+    /// model's), not a dataset class mapped onto several of them.
+    fn needs_model_class(&self) -> bool {
+        false
+    }
 }
 
 /// The saliency map of `method` resized to the input (bilinear, as TorchRay's `resize=True`).

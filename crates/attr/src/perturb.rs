@@ -135,6 +135,11 @@ impl Method for Rise {
         "rise"
     }
 
+    fn keeps_aspect(&self) -> bool {
+        // RISE's masks are square: its benchmark squashes the image to 224 × 224.
+        false
+    }
+
     fn saliency(&self, net: &dyn Network, x: &Tensor, target: usize) -> Result<Tensor> {
         let (_, _, h, w) = x.dims4()?;
         if let Some(masks) = &self.given {

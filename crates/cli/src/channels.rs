@@ -1,124 +1,107 @@
 //! `extremal channels`.
 
-use anyhow::{bail, Result};
-use candle_core::Tensor;
-use extremal_mask::channels::{channel_masks_at, ChannelSite};
-use extremal_mask::{ChannelConfig, ChannelReport, Schedule};
-use indicatif::{ProgressBar, ProgressStyle};
-use serde_json::{json, Value};
+use anyhow::Result;
+use clap::Args;
+use extremal_mask::{channel_sweep, ChannelConfig, ChannelSite, Game, Schedule};
+use serde_json::json;
 
+use crate::args::{progress_bar, InputArgs, ModelArgs, OutputArgs};
 use crate::outdir::OutDir;
 use crate::render;
-use crate::ChannelsArgs;
 
-fn report_json(model: &str, layer: &str, r: &ChannelReport) -> Value {
-    let mut rank = vec![0usize; r.channels_total];
-    for (i, &c) in r.ranking.iter().enumerate() {
-        rank[c] = i + 1;
-    }
-    let channels: Vec<Value> = r
-        .ranking
-        .iter()
-        .map(|&c| json!({"index": c, "mask": r.mask[c], "rank": rank[c]}))
-        .collect();
-    json!({
-        "model": model,
-        "layer": layer,
-        "site": r.site,
-        "channels_total": r.channels_total,
-        "keep": r.keep,
-        "target": r.target,
-        "original_score": r.original_score,
-        "kept_score": r.kept_score,
-        "deleted_score": r.deleted_score,
-        "soft_kept_score": r.soft_kept_score,
-        "swaps": r.swaps,
-        "baselines": {
-            "top_activation": r.baselines.top_activation,
-            "activation_x_gradient": r.baselines.activation_x_gradient,
-        },
-        "channels": channels,
-    })
+/// Channel-space extremal masks. `--out` writes channels.json, saliency.png, (with --sweep)
+/// sweep.png and (with --render) render.png.
+#[derive(Args)]
+pub(crate) struct ChannelsArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    #[command(flatten)]
+    input: InputArgs,
+    /// The site: a native name (`layer4.2.conv3`, `_blocks.10`) or a stage alias (`layer1`…`layer4`).
+    #[arg(long)]
+    layer: String,
+    /// How many channels to keep (default 25 when no --sweep is given).
+    #[arg(long, conflicts_with = "sweep")]
+    keep: Option<usize>,
+    /// Several keep values, comma separated: reports the kept score of each and the smallest
+    /// keep that reaches the original score.
+    #[arg(long, value_delimiter = ',')]
+    sweep: Option<Vec<usize>>,
+    /// Target class (default: the top-1 class).
+    #[arg(long)]
+    target: Option<usize>,
+    /// Which part of the activation the reward judges: the kept channels, the removed ones, or both.
+    #[arg(long, value_enum, default_value_t = Game::Preserve)]
+    game: Game,
+    /// Soft-mask iterations (default: 100 for the default schedule, 300 for the paper's).
+    #[arg(long)]
+    iterations: Option<usize>,
+    /// default (Adam, near-binary ending, swap refinement) or paper (the paper's SGD schedule, no refinement).
+    #[arg(long, value_enum, default_value_t = Schedule::Default)]
+    schedule: Schedule,
+    /// Skip the swap refinement of the hard set.
+    #[arg(long)]
+    no_refine: bool,
+    #[command(flatten)]
+    output: OutputArgs,
+    /// Also render render.png: the image and the feature inversions of the full activation,
+    /// of the kept channels and of the top channels one by one (needs --out).
+    #[arg(long, requires = "out")]
+    render: bool,
+    /// Iterations of the inversions of --render (default: as `extremal invert`).
+    #[arg(long, requires = "render")]
+    render_iterations: Option<usize>,
+    /// Seed of the inversions of --render.
+    #[arg(long, default_value_t = 0, requires = "render")]
+    render_seed: u64,
 }
 
-pub fn run(args: &ChannelsArgs) -> Result<()> {
-    let mut out = args.out.as_deref().map(OutDir::prepare).transpose()?;
-    let (model, x) = args.model.load_with_image(&args.input, args.keep_aspect, "channels")?;
-    let schedule: Schedule = args.schedule.parse()?;
-    let base = ChannelConfig {
-        keep: 25,
-        target: args.target,
-        game: args.game.parse()?,
-        schedule,
+pub(crate) fn run(args: &ChannelsArgs) -> Result<()> {
+    let mut out = args.output.out.as_deref().map(OutDir::prepare).transpose()?;
+    let (model, x) = args.model.load_with_image(&args.input, "channels")?;
+    let cfg = ChannelConfig {
+        game: args.game,
+        schedule: args.schedule,
         iterations: args.iterations,
-        refine: !args.no_refine && schedule == Schedule::Default,
-        batch: 32,
+        refine: !args.no_refine && args.schedule == Schedule::Default,
+        ..ChannelConfig::default()
     };
     let site = ChannelSite::new(&model, &x, &args.layer, args.target)?;
-    let keeps: Vec<usize> = match (&args.sweep, args.keep) {
-        (Some(s), _) => {
-            let mut s = s.clone();
-            s.sort();
-            s.dedup();
-            s
-        }
-        (None, k) => vec![k.unwrap_or(25)],
-    };
-    if let Some(&bad) = keeps.iter().find(|&&k| k == 0 || k > site.channels) {
-        bail!(
-            "--keep {bad} is not possible at `{}`: it has {} channels (keep 1…{})",
-            site.site(),
-            site.channels,
-            site.channels
-        );
-    }
-    let iterations = args.iterations.unwrap_or(schedule.iterations());
-    let bar = ProgressBar::new((iterations * keeps.len()) as u64);
-    bar.set_style(
-        ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} {elapsed_precise}")
-            .unwrap()
-            .progress_chars("=> "),
-    );
-    let mut reports = Vec::new();
-    for (i, &keep) in keeps.iter().enumerate() {
+    let keeps = args
+        .sweep
+        .clone()
+        .unwrap_or_else(|| vec![args.keep.unwrap_or(cfg.keep)]);
+    let iterations = args.iterations.unwrap_or(args.schedule.iterations());
+    let bar = progress_bar((iterations * keeps.len()) as u64, "{msg}", "");
+    let sweep = channel_sweep(&site, &keeps, &cfg, &mut |i, keep, t, _| {
         bar.set_message(format!("keep {keep}"));
-        let cfg = ChannelConfig { keep, ..base.clone() };
-        let r = channel_masks_at(&site, &cfg, &mut |t, _| bar.set_position((i * iterations + t) as u64))?;
-        reports.push(r);
-    }
+        bar.set_position((i * iterations + t) as u64);
+    });
     bar.finish_and_clear();
+    let sweep = sweep?;
+    let chosen = sweep.chosen();
+    let original = chosen.original_score;
 
-    let original = reports[0].original_score;
-    let extremal = reports.iter().find(|r| r.kept_score >= original).map(|r| r.keep);
-    // The reported run: the extremal keep when sweeping (else the largest), or the one keep.
-    let chosen = match extremal {
-        Some(k) => reports.iter().find(|r| r.keep == k).unwrap(),
-        None => reports.last().unwrap(),
-    };
-    let mut obj = report_json(model.name(), &args.layer, chosen);
+    let mut obj = serde_json::to_value(chosen)?;
+    obj["model"] = json!(model.name());
+    obj["layer"] = json!(args.layer);
     if args.sweep.is_some() {
-        obj["sweep"] = json!(reports
+        obj["sweep"] = json!(sweep
+            .reports
             .iter()
             .map(|r| json!({"keep": r.keep, "kept_score": r.kept_score}))
             .collect::<Vec<_>>());
-        obj["extremal_keep"] = json!(extremal);
+        obj["extremal_keep"] = json!(sweep.extremal_keep);
     }
 
     if let Some(dir) = out.as_mut() {
-        // Channel saliency Σ_k m_k·Φ^k(x), upsampled to the input.
-        let a = site.activation();
-        if a.rank() == 4 {
-            let m = Tensor::new(chosen.mask.as_slice(), a.device())?
-                .to_dtype(a.dtype())?
-                .reshape((1, a.dim(1)?, 1, 1))?;
-            let v = a.broadcast_mul(&m)?.sum_keepdim(1)?;
-            let (_, _, h, w) = x.dims4()?;
-            let v = extremal_ops::resize_bilinear(&v, h, w)?.squeeze(0)?.squeeze(0)?;
-            let rgb = model.preprocess().denormalize(&x)?.squeeze(0)?;
+        let (_, _, h, w) = x.dims4()?;
+        if let Some(v) = site.saliency(&chosen.mask, h, w)? {
+            let rgb = model.preprocess().denormalise(&x)?.squeeze(0)?;
             render::save_png(&render::heat_overlay(&rgb, &v)?, &dir.path("saliency.png"))?;
         }
         if args.sweep.is_some() {
-            let pts: Vec<(f64, f64)> = reports.iter().map(|r| (r.keep as f64, r.kept_score)).collect();
+            let pts: Vec<(f64, f64)> = sweep.reports.iter().map(|r| (r.keep as f64, r.kept_score)).collect();
             render::save_png(&render::line_plot(&pts, original, true), &dir.path("sweep.png"))?;
         }
         // The computed result first: an interrupted rendering does not lose it.
@@ -145,7 +128,7 @@ pub fn run(args: &ChannelsArgs) -> Result<()> {
         }
     }
 
-    if args.json {
+    if args.output.json {
         crate::out(&format!("{obj}\n"));
     } else {
         let r = chosen;
@@ -164,15 +147,16 @@ pub fn run(args: &ChannelsArgs) -> Result<()> {
             r.swaps,
             r.baselines.top_activation,
             r.baselines.activation_x_gradient,
-            &r.ranking[..r.keep]
+            r.kept()
         );
         if args.sweep.is_some() {
-            for rr in &reports {
+            for rr in &sweep.reports {
                 text.push_str(&format!("  keep {:>5}: {:.4}\n", rr.keep, rr.kept_score));
             }
             text.push_str(&format!(
                 "  extremal keep: {}\n",
-                extremal
+                sweep
+                    .extremal_keep
                     .map(|k| k.to_string())
                     .unwrap_or("none reaches the original score".into())
             ));

@@ -1,75 +1,56 @@
 //! `extremal compare`: several attribution methods on one image, side by side, optionally
 //! scored by RISE's deletion and insertion curves.
 
-use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{bail, Result};
 use candle_core::DType;
-use extremal_attr::{attribute, causal_curve, Causal, Method};
+use extremal_attr::{attribute, causal_curve, Causal, Method, MethodKind};
 use extremal_hook::Network;
-use extremal_mask::ExtremalConfig;
-use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
-use crate::attribute::{baseline, ExtremalSaliency, MethodOptions};
+use crate::args::{progress_bar, InputArgs, MethodArgs, ModelArgs, OutputArgs};
 use crate::outdir::OutDir;
-use crate::{render, ModelArgs};
+use crate::render;
 
 /// Every method, in the order `compare` shows them.
 const ALL: &str = "gradient,deconvnet,guided-backprop,grad-cam,linear-approx,excitation-backprop,\
                    contrastive-excitation-backprop,rise,occlusion,integrated-gradients,extremal";
 
+/// Several attribution methods on one image. `--out` writes methods.png (the overlays side by
+/// side), saliency-<method>.safetensors and report.json.
 #[derive(clap::Args)]
 pub(crate) struct CompareArgs {
     #[command(flatten)]
     model: ModelArgs,
-    /// An image file or a .safetensors file whose tensor `input` is used as is.
-    input: PathBuf,
+    #[command(flatten)]
+    input: InputArgs,
     /// Target class (default: the top-1 class).
     #[arg(long)]
     target: Option<usize>,
-    /// The methods, comma separated (default: all eleven; see `attribute --method`).
-    #[arg(long, value_delimiter = ',', default_value = ALL)]
-    methods: Vec<String>,
+    /// The methods, comma separated (default: all eleven; extremal's map is the sum of its
+    /// areas' masks).
+    #[arg(long, value_enum, value_delimiter = ',', default_value = ALL)]
+    methods: Vec<MethodKind>,
     #[command(flatten)]
-    options: MethodOptions,
-    /// Extremal perturbation: areas (the map is the sum of their masks).
-    #[arg(long, value_delimiter = ',', default_value = "0.1")]
-    areas: Vec<f64>,
-    /// Extremal perturbation: iterations.
-    #[arg(long, default_value_t = 800)]
-    iterations: usize,
+    options: MethodArgs,
     /// Also score each map by RISE's deletion (lower is better) and insertion (higher is
     /// better) areas under the curve.
     #[arg(long)]
     scores: bool,
-    /// Resize the shorter side to the model's input size instead of the whole image to a square.
-    #[arg(long)]
-    keep_aspect: bool,
-    /// Write methods.png (the overlays side by side), saliency-<method>.safetensors and
-    /// report.json here.
-    #[arg(long)]
-    out: Option<PathBuf>,
-    /// Print the report as one JSON object.
-    #[arg(long)]
-    json: bool,
+    #[command(flatten)]
+    output: OutputArgs,
 }
 
 pub(crate) fn run(args: &CompareArgs) -> Result<()> {
-    let mut out = args.out.as_deref().map(OutDir::prepare).transpose()?;
-    let (model, x) = args.model.load_with_image(&args.input, args.keep_aspect, "compare")?;
-    let mut methods: Vec<Box<dyn Method>> = Vec::new();
-    for name in &args.methods {
-        methods.push(match baseline(name, &args.options, model.preprocess())? {
-            Some(m) => m,
-            None => Box::new(ExtremalSaliency(ExtremalConfig {
-                areas: args.areas.clone(),
-                iterations: args.iterations,
-                ..Default::default()
-            })),
-        });
-    }
+    let mut out = args.output.out.as_deref().map(OutDir::prepare).transpose()?;
+    let (model, x) = args.model.load_with_image(&args.input, "compare")?;
+    let options = args.options.options(&model, vec![0.1], 0.0)?;
+    let methods = args
+        .methods
+        .iter()
+        .map(|&kind| extremal_attr::method(kind, &options))
+        .collect::<extremal_attr::Result<Vec<Box<dyn Method>>>>()?;
     if methods.is_empty() {
         bail!("--methods is empty: name at least one method");
     }
@@ -77,12 +58,7 @@ pub(crate) fn run(args: &CompareArgs) -> Result<()> {
     let target = crate::class_target(&logits, args.target)?;
     let label = model.labels().get(target).cloned().unwrap_or_default();
 
-    let bar = ProgressBar::new(methods.len() as u64);
-    bar.set_style(
-        ProgressStyle::with_template("compare [{bar:30}] {pos}/{len} {msg} {elapsed_precise}")
-            .unwrap()
-            .progress_chars("=> "),
-    );
+    let bar = progress_bar(methods.len() as u64, "compare", " {msg}");
     let mut rows = Vec::new();
     let mut maps = Vec::new();
     for method in &methods {
@@ -118,7 +94,7 @@ pub(crate) fn run(args: &CompareArgs) -> Result<()> {
         "methods": rows,
     });
     if let Some(dir) = out.as_mut() {
-        let rgb = model.preprocess().denormalize(&x)?.squeeze(0)?;
+        let rgb = model.preprocess().denormalise(&x)?.squeeze(0)?;
         let mut tiles = vec![(render::rgb_image(&rgb)?, format!("{target} {label}"))];
         for (name, map) in &maps {
             render::save_tensor(map, "saliency", &dir.path(&format!("saliency-{name}.safetensors")))?;
@@ -127,7 +103,7 @@ pub(crate) fn run(args: &CompareArgs) -> Result<()> {
         }
         render::save_png(&render::sheet(&tiles, 4), &dir.path("methods.png"))?;
     }
-    let printed = render::report(out.as_mut(), "report.json", &report, args.json)?;
+    let printed = render::report(out.as_mut(), "report.json", &report, args.output.json)?;
     if let Some(o) = out.as_mut() {
         o.commit()?;
     }

@@ -6,18 +6,16 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Tensor};
-use extremal_attr::{attribute, causal_curve_over, saliency_point, Causal, ExcitationBackprop, Method};
+use extremal_attr::MethodKind;
 use extremal_eval::{
-    merge, pairs, read_records, ClassMap, Dataset, DifficultFlags, Format, Journal, Mapped, Record, Shard,
+    merge, pairs, read_records, skip_reason, ClassMap, Dataset, DifficultFlags, Format, Journal, Metric, PairScorer,
+    Record, Scoring, Shard,
 };
 use extremal_hook::Network;
-use extremal_mask::ExtremalConfig;
-use extremal_models::load_input_within;
-use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
-use crate::attribute::{baseline, ExtremalSaliency, MethodArgs};
-use crate::{render, ModelArgs};
+use crate::args::{progress_bar, MethodArgs, ModelArgs};
+use crate::render;
 
 #[derive(clap::Args)]
 #[command(args_conflicts_with_subcommands = true)]
@@ -26,18 +24,21 @@ pub(crate) struct EvaluateArgs {
     command: Option<EvaluateCommand>,
     #[command(flatten)]
     model: ModelArgs,
+    /// The attribution method (`center`: TorchRay's centre baseline).
+    #[arg(long, value_enum, default_value_t = MethodKind::Extremal)]
+    method: MethodKind,
     #[command(flatten)]
-    method: MethodArgs,
+    options: MethodArgs,
     /// pointing (TorchRay's pointing game), deletion or insertion (RISE's causal metrics).
-    #[arg(long, default_value = "pointing")]
-    metric: String,
+    #[arg(long, value_enum, default_value_t = Metric::Pointing)]
+    metric: Metric,
     /// The dataset directory: VOC (`Annotations/`, `JPEGImages/`, `ImageSets/Main/`) or COCO
     /// (`annotations/instances_SUBSET.json`, `SUBSET/`).
     #[arg(long)]
     dataset: Option<PathBuf>,
-    /// voc or coco.
-    #[arg(long, default_value = "voc")]
-    format: String,
+    /// The dataset's layout.
+    #[arg(long, value_enum, default_value_t = Format::Voc)]
+    format: Format,
     /// The subset (default: test for VOC, val2014 for COCO).
     #[arg(long)]
     subset: Option<String>,
@@ -65,17 +66,10 @@ pub(crate) struct EvaluateArgs {
     /// borders, before taking its maximum. Default: TorchRay's benchmark, 0.02 for gradient,
     /// deconvnet and guided-backprop, else 0.
     #[arg(long)]
-    smooth: Option<f64>,
+    pointing_smooth: Option<f64>,
     /// Pointing game tolerance in pixels.
     #[arg(long, default_value_t = 15.0)]
     tolerance: f64,
-    /// Extremal perturbation: areas (default: TorchRay's benchmark, 0.025,0.05,0.1,0.2 for VOC
-    /// and 0.018,0.025,0.05,0.1 for COCO).
-    #[arg(long, value_delimiter = ',')]
-    areas: Option<Vec<f64>>,
-    /// Extremal perturbation: iterations.
-    #[arg(long, default_value_t = 800)]
-    iterations: usize,
     /// Print the table of this run's records as JSON.
     #[arg(long)]
     json: bool,
@@ -94,45 +88,6 @@ enum EvaluateCommand {
     },
 }
 
-/// TorchRay's `center` baseline: the map is highest at the image centre.
-struct Centre;
-
-impl Method for Centre {
-    fn name(&self) -> &'static str {
-        "center"
-    }
-
-    fn saliency(&self, _net: &dyn Network, x: &Tensor, _target: usize) -> extremal_attr::Result<Tensor> {
-        let (_, _, h, w) = x.dims4()?;
-        let (cy, cx) = ((h / 2) as f64, (w / 2) as f64);
-        let v: Vec<f32> = (0..h * w)
-            .map(|i| -(((i / w) as f64 - cy).powi(2) + ((i % w) as f64 - cx).powi(2)) as f32)
-            .collect();
-        Ok(Tensor::from_vec(v, (1, 1, h, w), x.device())?)
-    }
-}
-
-fn method_of(args: &EvaluateArgs, format: Format, pre: &extremal_models::Preprocess) -> Result<Box<dyn Method>> {
-    if args.method.method == "center" {
-        return Ok(Box::new(Centre));
-    }
-    Ok(match baseline(&args.method.method, &args.method.options, pre)? {
-        Some(m) => m,
-        None => {
-            let areas = args.areas.clone().unwrap_or_else(|| match format {
-                Format::Voc => vec![0.025, 0.05, 0.1, 0.2],
-                Format::Coco => vec![0.018, 0.025, 0.05, 0.1],
-            });
-            Box::new(ExtremalSaliency(ExtremalConfig {
-                areas,
-                iterations: args.iterations,
-                smooth: 0.09,
-                ..Default::default()
-            }))
-        }
-    })
-}
-
 pub(crate) fn run(args: &EvaluateArgs) -> Result<()> {
     if let Some(EvaluateCommand::Merge { files, out }) = &args.command {
         return run_merge(files, out, args.json);
@@ -143,50 +98,32 @@ pub(crate) fn run(args: &EvaluateArgs) -> Result<()> {
     if args.limit == Some(0) {
         bail!("--limit 0 scores nothing; give 1 or more pairs (or leave it out for all)");
     }
-    let metric = args.metric.as_str();
-    let causal = match metric {
-        "pointing" => None,
-        "deletion" => Some(Causal::Deletion),
-        "insertion" => Some(Causal::Insertion),
-        other => bail!("unknown metric `{other}`; use pointing, deletion or insertion"),
-    };
-    let format: Format = args.format.parse()?;
+    let metric = args.metric;
+    let format = args.format;
     let shard: Shard = args.shard.parse()?;
     let dataset = Dataset::load(dir, format, args.subset.as_deref())
         .with_context(|| format!("cannot read the {} dataset at {}", format.name(), dir.display()))?;
     let flags = args.difficult.as_deref().map(DifficultFlags::load).transpose()?;
     let model = args.model.load()?;
-    let method = method_of(args, format, model.preprocess())?;
+    // TorchRay's benchmark smooths extremal perturbation's masks (σ = 0.09 of the side).
+    let method = args
+        .options
+        .method(args.method, &model, format.benchmark_areas(), 0.09)?;
     let probe = Tensor::zeros((1, 3, 224, 224), DType::F32, model.device())?;
     let model_classes = model.forward(&probe)?.dim(1)?;
-    let map = match args.class_map.as_deref() {
-        Some("identity") => ClassMap::identity(dataset.classes.len()),
-        Some("imagenet") => imagenet_map(format, model_classes)?,
-        Some(path) => ClassMap::parse(
-            &std::fs::read_to_string(path).with_context(|| format!("cannot read the class map {path}"))?,
-        )?,
-        None if model_classes == dataset.classes.len() => ClassMap::identity(model_classes),
-        None => imagenet_map(format, model_classes)?,
-    };
-    if map.sets.len() != dataset.classes.len() {
-        bail!(
-            "the class map has {} classes but the dataset has {}",
-            map.sets.len(),
-            dataset.classes.len()
-        );
-    }
-    let mapped = Mapped { net: &model, map: &map };
+    let map = ClassMap::resolve(args.class_map.as_deref(), format, model_classes, dataset.classes.len())?;
 
     let mut journal = Journal::open(out)?;
     let done = journal.done_keys();
     if let Some(r) = journal.done.first() {
-        if r.method != method.name() || r.metric != metric {
+        if r.method != method.name() || r.metric != metric.name() {
             bail!(
-                "{} holds records of {} / {}, not {} / {metric}: use another --out",
+                "{} holds records of {} / {}, not {} / {}: use another --out",
                 out.display(),
                 r.method,
                 r.metric,
-                method.name()
+                method.name(),
+                metric.name()
             );
         }
     }
@@ -195,17 +132,19 @@ pub(crate) fn run(args: &EvaluateArgs) -> Result<()> {
         .filter(|(i, c)| !done.contains(&(dataset.items[*i].name.clone(), *c)))
         .take(args.limit.unwrap_or(usize::MAX))
         .collect();
-    let bar = ProgressBar::new(todo.len() as u64);
-    bar.set_style(
-        ProgressStyle::with_template("evaluate [{bar:30}] {pos}/{len} pairs {elapsed_precise} (eta {eta}) {msg}")
-            .unwrap()
-            .progress_chars("=> "),
-    );
-    let smooth = args.smooth.unwrap_or(match method.name() {
-        "gradient" | "deconvnet" | "guided-backprop" => 0.02,
-        _ => 0.0,
-    });
-    let keep_aspect = method.name() != "rise"; // TorchRay: 224 shorter side; RISE 224×224
+    let bar = progress_bar(todo.len() as u64, "evaluate", " pairs (eta {eta}) {msg}");
+    let scoring = Scoring {
+        metric,
+        smooth: args.pointing_smooth,
+        tolerance: args.tolerance,
+        ..Default::default()
+    };
+    let scorer = PairScorer {
+        method: method.as_ref(),
+        net: &model,
+        map: &map,
+        scoring: &scoring,
+    };
     let mut cached: Option<(usize, Tensor)> = None;
     for &(i, class) in &todo {
         let item = &dataset.items[i];
@@ -215,82 +154,25 @@ pub(crate) fn run(args: &EvaluateArgs) -> Result<()> {
             class,
             class_name: dataset.classes[class].clone(),
             method: method.name().to_string(),
-            metric: metric.to_string(),
+            metric: metric.name().to_string(),
             dataset_classes: dataset.classes.len(),
             skipped: None,
             point: None,
             hit: None,
             auc: None,
         };
-        if flags.as_ref().is_some_and(|f| !f.scored(&item.name, class)) {
-            record.skipped = Some("not in subset".into());
-        } else if metric == "pointing" && item.all_difficult(class) {
-            record.skipped = Some("difficult".into());
-        } else if map.of(class).is_empty() {
-            record.skipped = Some("unmapped".into());
+        if let Some(reason) = skip_reason(flags.as_ref(), item, class, metric, &map) {
+            record.skipped = Some(reason.into());
         } else {
             let x = match &cached {
                 Some((j, x)) if *j == i => x.clone(),
                 _ => {
-                    let x = load_input_within(
-                        &item.path,
-                        model.preprocess(),
-                        keep_aspect,
-                        args.model.max_pixels,
-                        DType::F32,
-                        model.device(),
-                    )?;
+                    let x = args.model.image(&model, &item.path, method.keeps_aspect())?;
                     cached = Some((i, x.clone()));
                     x
                 }
             };
-            let map_here = if method.name() == "contrastive-excitation-backprop" {
-                // Its classifier is the model's own: use the ImageNet class that stands for
-                // the dataset class on this image (the largest logit, which the map's max picks).
-                let logits = model.forward(&x)?.squeeze(0)?.to_dtype(DType::F64)?.to_vec1::<f64>()?;
-                let best = *map
-                    .of(class)
-                    .iter()
-                    .max_by(|a, b| logits[**a].total_cmp(&logits[**b]))
-                    .expect("non-empty");
-                attribute(
-                    &ExcitationBackprop {
-                        layer: args.method.options.layer.clone().unwrap_or_else(|| "layer3".into()),
-                        contrastive: true,
-                    },
-                    &model,
-                    &x,
-                    best,
-                )?
-            } else {
-                attribute(method.as_ref(), &mapped, &x, class)?
-            };
-            match causal {
-                None => {
-                    let (w, h) = item.size;
-                    let mut at_image = extremal_ops::resize_bilinear(&map_here, h, w)?;
-                    if smooth > 0.0 {
-                        let sigma = smooth * w.max(h) as f64;
-                        at_image = extremal_ops::gaussian_blur(&at_image, sigma, extremal_ops::Border::Replicate)?;
-                    }
-                    let point = if method.name() == "center" {
-                        (w / 2, h / 2)
-                    } else {
-                        saliency_point(&at_image)?
-                    };
-                    record.point = Some(point);
-                    record.hit = Some(extremal_attr::pointing_hit_at(
-                        point,
-                        &item.truth(class),
-                        (h, w),
-                        args.tolerance,
-                    )?);
-                }
-                Some(kind) => {
-                    let curve = causal_curve_over(&model, &x, &map_here, map.of(class), kind, 16)?;
-                    record.auc = Some(curve.auc);
-                }
-            }
+            scorer.score(&x, item, class, &mut record)?;
         }
         journal.append(&record)?;
         bar.inc(1);
@@ -313,30 +195,21 @@ pub(crate) fn run(args: &EvaluateArgs) -> Result<()> {
         crate::out(&format!(
             "{} / {} on {} (shard {}/{}): {}/{} pairs done, {} {:.4}\n",
             method.name(),
-            metric,
+            metric.name(),
             dir.display(),
             shard.index,
             shard.count,
             all.len(),
             total,
-            if metric == "pointing" { "accuracy" } else { "mean AUC" },
+            if metric == Metric::Pointing {
+                "accuracy"
+            } else {
+                "mean AUC"
+            },
             value
         ));
     }
     Ok(())
-}
-
-fn imagenet_map(format: Format, model_classes: usize) -> Result<ClassMap> {
-    if model_classes != 1000 {
-        bail!(
-            "the model has {model_classes} classes: the bundled class map is for ImageNet (1000); \
-             pass --class-map identity (weights fine-tuned on the dataset) or a map file"
-        );
-    }
-    Ok(match format {
-        Format::Voc => ClassMap::voc_imagenet(),
-        Format::Coco => ClassMap::coco_imagenet(),
-    })
 }
 
 fn run_merge(files: &[PathBuf], out: &std::path::Path, json: bool) -> Result<()> {

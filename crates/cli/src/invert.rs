@@ -3,16 +3,17 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use candle_core::Tensor;
 use extremal_hook::Network;
-use extremal_invert::{invert, Inversion, InvertConfig, Target};
+use extremal_invert::{invert, Inversion, InvertConfig, OptimiserKind, Parameterisation, Target};
+use extremal_mask::ChannelReport;
 use extremal_models::Model;
-use indicatif::{ProgressBar, ProgressStyle};
-use serde_json::{json, Value};
+use serde_json::json;
 
+use crate::args::{progress_bar, InputArgs, ModelArgs, OutputArgs};
 use crate::outdir::OutDir;
-use crate::{render, ModelArgs};
+use crate::render;
 
 /// Settings of the inversion optimiser shared by `invert` and `channels --render`.
 #[derive(clap::Args, Debug, Clone)]
@@ -26,9 +27,9 @@ pub(crate) struct InvertOptions {
     /// Learning rate, relative to the scale of the random start (default 0.1).
     #[arg(long)]
     lr: Option<f64>,
-    /// adam or momentum.
-    #[arg(long, default_value = "adam")]
-    optimizer: String,
+    /// The optimiser (momentum: SGD with momentum 0.9 on unit-RMS gradients).
+    #[arg(long, alias = "optimizer", value_enum, default_value_t = OptimiserKind::Adam)]
+    optimiser: OptimiserKind,
     /// Weight of the total-variation prior (default: grows with the depth of the layer).
     #[arg(long)]
     tv_weight: Option<f64>,
@@ -49,8 +50,8 @@ pub(crate) struct InvertOptions {
     #[arg(long)]
     redirect: Option<f64>,
     /// pixel or fourier (decorrelated colour, 1/f-scaled spectrum).
-    #[arg(long, default_value = "pixel")]
-    parametrization: String,
+    #[arg(long, alias = "parametrization", value_enum, default_value_t = Parameterisation::Pixel)]
+    parameterisation: Parameterisation,
 }
 
 impl InvertOptions {
@@ -60,25 +61,27 @@ impl InvertOptions {
             iterations: self.iterations.unwrap_or(d.iterations),
             seed: self.seed,
             lr: self.lr.unwrap_or(d.lr),
-            optimizer: self.optimizer.parse()?,
+            optimiser: self.optimiser,
             tv_weight: self.tv_weight.or(d.tv_weight),
             alpha_weight: self.alpha_weight.unwrap_or(d.alpha_weight),
             jitter: self.jitter.unwrap_or(d.jitter),
             scale: self.scale.unwrap_or(d.scale),
             rotate: self.rotate.unwrap_or(d.rotate),
             redirect_until: self.redirect.unwrap_or(d.redirect_until),
-            parametrization: self.parametrization.parse()?,
+            parameterisation: self.parameterisation,
             ..d
         })
     }
 }
 
+/// Feature inversion. `--out` writes inversion.png and inversion.safetensors (tensor `image`,
+/// the normalised input).
 #[derive(clap::Args)]
 pub(crate) struct InvertArgs {
     #[command(flatten)]
     model: ModelArgs,
-    /// An image file or a .safetensors file whose tensor `input` is used as is.
-    input: PathBuf,
+    #[command(flatten)]
+    input: InputArgs,
     /// The site whose activation is inverted: a native name or an alias (`layer1`…`layer4`).
     #[arg(long)]
     layer: String,
@@ -93,58 +96,32 @@ pub(crate) struct InvertArgs {
     soft: bool,
     #[command(flatten)]
     options: InvertOptions,
-    /// Resize the shorter side to the model's input size instead of the whole image to a square.
-    #[arg(long)]
-    keep_aspect: bool,
-    /// Write inversion.png and inversion.safetensors (tensor `image`, the normalised input) here.
-    #[arg(long)]
-    out: Option<PathBuf>,
-    /// Print one JSON object.
-    #[arg(long)]
-    json: bool,
+    #[command(flatten)]
+    output: OutputArgs,
 }
 
 /// The target of `--mask FILE [--soft]`, checked against the site.
 fn mask_target(path: &Path, soft: bool, site: &str, channels: usize) -> Result<Target> {
     let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let v: Value = serde_json::from_slice(&bytes).with_context(|| {
-        format!(
-            "{} is not JSON: give the channels.json of `extremal channels --out`",
+    let report: ChannelReport = serde_json::from_slice(&bytes).map_err(|e| {
+        let what = if e.is_syntax() || e.is_eof() {
+            "is not JSON"
+        } else {
+            "is not a channels.json"
+        };
+        anyhow::anyhow!(
+            "{} {what}: give the channels.json of `extremal channels --out` ({e})",
             path.display()
         )
     })?;
-    let bad = || anyhow::anyhow!("{} is not a channels.json of `extremal channels --out`", path.display());
-    let made_at = v["site"].as_str().ok_or_else(bad)?;
-    if made_at != site {
-        bail!(
-            "{} was made at `{made_at}`, not at `{site}`: pass --layer {made_at}",
-            path.display()
-        );
-    }
-    let total = v["channels_total"].as_u64().ok_or_else(bad)? as usize;
-    if total != channels {
-        bail!(
-            "{} has {total} channels, the site has {channels}: was it made with another model?",
-            path.display()
-        );
-    }
-    let keep = v["keep"].as_u64().ok_or_else(bad)? as usize;
-    let list = v["channels"].as_array().ok_or_else(bad)?;
-    if soft {
-        let mut m = vec![0.0; total];
-        for c in list {
-            let i = c["index"].as_u64().ok_or_else(bad)? as usize;
-            *m.get_mut(i).ok_or_else(bad)? = c["mask"].as_f64().ok_or_else(bad)?;
-        }
-        Ok(Target::Mask(m))
+    report
+        .check_site(site, channels)
+        .with_context(|| format!("{}", path.display()))?;
+    Ok(if soft {
+        Target::Mask(report.mask.iter().map(|&m| m as f64).collect())
     } else {
-        let set = list
-            .iter()
-            .take(keep)
-            .map(|c| c["index"].as_u64().map(|i| i as usize).ok_or_else(bad))
-            .collect::<Result<Vec<_>>>()?;
-        Ok(Target::Channels(set))
-    }
+        Target::Channels(report.kept().to_vec())
+    })
 }
 
 /// Runs `targets` with a progress bar.
@@ -155,12 +132,7 @@ pub(crate) fn run_inversion(
     targets: &[Target],
     cfg: &InvertConfig,
 ) -> Result<Inversion> {
-    let bar = ProgressBar::new(cfg.iterations as u64);
-    bar.set_style(
-        ProgressStyle::with_template("invert {msg} [{bar:30}] {pos}/{len} {elapsed_precise}")
-            .unwrap()
-            .progress_chars("=> "),
-    );
+    let bar = progress_bar(cfg.iterations as u64, "invert", " {msg}");
     let inv = invert(model, x, layer, targets, cfg, &mut |t, errors| {
         bar.set_position(t as u64);
         if t % 10 == 0 {
@@ -174,12 +146,12 @@ pub(crate) fn run_inversion(
 
 /// An inverted image `(3, H, W)` (normalised input space) as a picture.
 pub(crate) fn picture(model: &Model, image: &Tensor) -> Result<image::RgbImage> {
-    render::rgb_image(&model.preprocess().denormalize(&image.unsqueeze(0)?)?.squeeze(0)?)
+    render::rgb_image(&model.preprocess().denormalise(&image.unsqueeze(0)?)?.squeeze(0)?)
 }
 
 pub(crate) fn run(args: &InvertArgs) -> Result<()> {
-    let mut out = args.out.as_deref().map(OutDir::prepare).transpose()?;
-    let (model, x) = args.model.load_with_image(&args.input, args.keep_aspect, "invert")?;
+    let mut out = args.output.out.as_deref().map(OutDir::prepare).transpose()?;
+    let (model, x) = args.model.load_with_image(&args.input, "invert")?;
     let cfg = args.options.config()?;
     let site = model.resolve(&args.layer)?;
     let channels = model.forward_to(&x, &site)?.dim(1)?;
@@ -212,7 +184,7 @@ pub(crate) fn run(args: &InvertArgs) -> Result<()> {
         render::save_png(&picture(&model, &inv.images.squeeze(0)?)?, &dir.path("inversion.png"))?;
         dir.commit()?;
     }
-    if args.json {
+    if args.output.json {
         crate::out(&format!("{obj}\n"));
     } else {
         crate::out(&format!(
@@ -233,7 +205,7 @@ pub(crate) fn render_sheet(
     model: &Model,
     x: &Tensor,
     layer: &str,
-    report: &extremal_mask::ChannelReport,
+    report: &ChannelReport,
     cfg: &InvertConfig,
     path: &Path,
 ) -> Result<Vec<f64>> {
@@ -256,7 +228,7 @@ pub(crate) fn render_sheet(
     let mut targets = vec![Target::Full, Target::Channels(ranking[..keep].to_vec())];
     targets.extend(singles.iter().map(|&k| Target::Channels(vec![k])));
     let inv = run_inversion(model, x, layer, &targets, cfg)?;
-    let rgb = model.preprocess().denormalize(x)?.squeeze(0)?;
+    let rgb = model.preprocess().denormalise(x)?.squeeze(0)?;
     let mut tiles = vec![(render::rgb_image(&rgb)?, "image".to_string())];
     tiles.push((picture(model, &inv.images.get(0)?)?, format!("all {}", phi.dim(1)?)));
     tiles.push((picture(model, &inv.images.get(1)?)?, format!("kept {keep}")));

@@ -1,16 +1,16 @@
 //! `extremal`: what convolutional networks look at, from the command line.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{bail, Result};
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Tensor};
 use clap::{Args, Parser, Subcommand};
 use extremal_hook::Network;
-use extremal_models::{load_input_within, Model, Preprocess};
-use extremal_onnx::OnnxOptions;
 use serde_json::json;
 
+use args::{device, InputArgs, ModelArgs};
+
+mod args;
 mod attribute;
 mod bench;
 mod channels;
@@ -38,7 +38,7 @@ enum Command {
     /// Classify an image: the top classes with labels and probabilities.
     Classify(ClassifyArgs),
     /// Channel-space extremal masks: the fewest channels at a layer that keep the class.
-    Channels(ChannelsArgs),
+    Channels(channels::ChannelsArgs),
     /// Image-space extremal perturbation: the smallest smooth region that keeps the class.
     Attribute(attribute::AttributeArgs),
     /// Feature inversion: an image whose activation at a layer matches the photograph's (or
@@ -52,85 +52,6 @@ enum Command {
     Evaluate(evaluate::EvaluateArgs),
     /// Time forward and forward + backward-to-input passes of a model.
     Bench(bench::BenchArgs),
-}
-
-#[derive(Args)]
-struct ChannelsArgs {
-    #[command(flatten)]
-    model: ModelArgs,
-    /// An image file or a .safetensors file whose tensor `input` is used as is.
-    input: PathBuf,
-    /// The site: a native name (`layer4.2.conv3`, `_blocks.10`) or a stage alias (`layer1`…`layer4`).
-    #[arg(long)]
-    layer: String,
-    /// How many channels to keep (default 25 when no --sweep is given).
-    #[arg(long, conflicts_with = "sweep")]
-    keep: Option<usize>,
-    /// Several keep values, comma separated: reports the kept score of each and the smallest
-    /// keep that reaches the original score.
-    #[arg(long, value_delimiter = ',')]
-    sweep: Option<Vec<usize>>,
-    /// Target class (default: the top-1 class).
-    #[arg(long)]
-    target: Option<usize>,
-    /// preserve, delete or dual.
-    #[arg(long, default_value = "preserve")]
-    game: String,
-    /// Soft-mask iterations (default: 100 for the default schedule, 300 for the paper's).
-    #[arg(long)]
-    iterations: Option<usize>,
-    /// default (Adam, near-binary ending, swap refinement) or paper (the paper's SGD schedule, no refinement).
-    #[arg(long, default_value = "default")]
-    schedule: String,
-    /// Skip the swap refinement of the hard set.
-    #[arg(long)]
-    no_refine: bool,
-    /// Resize the shorter side to the model's input size instead of the whole image to a square.
-    #[arg(long)]
-    keep_aspect: bool,
-    /// Write channels.json, saliency.png, (with --sweep) sweep.png and (with --render)
-    /// render.png here.
-    #[arg(long)]
-    out: Option<PathBuf>,
-    /// Also render render.png: the image and the feature inversions of the full activation,
-    /// of the kept channels and of the top channels one by one (needs --out).
-    #[arg(long, requires = "out")]
-    render: bool,
-    /// Iterations of the inversions of --render (default: as `extremal invert`).
-    #[arg(long, requires = "render")]
-    render_iterations: Option<usize>,
-    /// Seed of the inversions of --render.
-    #[arg(long, default_value_t = 0, requires = "render")]
-    render_seed: u64,
-    /// Print one JSON object.
-    #[arg(long)]
-    json: bool,
-}
-
-#[derive(Args)]
-struct ModelArgs {
-    /// Model: efficientnet-lite0, resnet18/34/50/101/152, vgg16, googlenet, or the path of an
-    /// ONNX file (`model.onnx`).
-    #[arg(long, default_value = "efficientnet-lite0")]
-    model: String,
-    /// Weight file (.safetensors, .pth); default: the model's pretrained weights, fetched once.
-    #[arg(long)]
-    weights: Option<PathBuf>,
-    /// Class names, one per line (default: ImageNet's for 1000 classes, `class i` otherwise).
-    #[arg(long)]
-    labels: Option<PathBuf>,
-    /// Input preprocessing: a preset (imagenet, minus-one-to-one, unit) and/or size=N,
-    /// mean=R/G/B, std=R/G/B, scale=S, comma separated (default: the model's own; ImageNet's
-    /// at 224 for ONNX files).
-    #[arg(long)]
-    preprocess: Option<String>,
-    /// The most pixels an input image may have, decoded or resized (a decompression bomb or a
-    /// very thin image with --keep-aspect is refused, not allocated).
-    #[arg(long, default_value_t = extremal_models::DEFAULT_MAX_PIXELS)]
-    max_pixels: u64,
-    /// Device: cpu or cuda (needs a build with `--features cuda`).
-    #[arg(long, default_value = "cpu")]
-    device: String,
 }
 
 #[derive(Args)]
@@ -149,54 +70,14 @@ struct LayersArgs {
 struct ClassifyArgs {
     #[command(flatten)]
     model: ModelArgs,
-    /// An image file (PNG, JPEG, …) or a .safetensors file whose tensor `input` is used as is.
-    input: PathBuf,
+    #[command(flatten)]
+    input: InputArgs,
     /// How many classes to show.
     #[arg(long, default_value_t = 5)]
     top: usize,
-    /// Resize the shorter side to the model's input size instead of the whole image to a square.
-    #[arg(long)]
-    keep_aspect: bool,
     /// Print one JSON object.
     #[arg(long)]
     json: bool,
-}
-
-fn device(name: &str) -> Result<Device> {
-    match name {
-        "cpu" => Ok(Device::Cpu),
-        "cuda" => {
-            if !candle_core::utils::cuda_is_available() {
-                bail!("--device cuda: this build has no CUDA support; rebuild with `cargo build --release -p extremal-cli --features cuda`")
-            }
-            Ok(Device::new_cuda(0)?)
-        }
-        other => bail!("unknown device `{other}`; use cpu or cuda"),
-    }
-}
-
-impl ModelArgs {
-    /// Loads the model; with `random_weights`, a zoo model without `--weights` gets seeded
-    /// random weights instead of downloading its own (for shapes and timings).
-    fn open(&self, random_weights: bool) -> Result<Model> {
-        let dev = device(&self.device)?;
-        let options = OnnxOptions {
-            preprocess: self.preprocess.as_deref().map(str::parse::<Preprocess>).transpose()?,
-            labels: self.labels.clone(),
-        };
-        Ok(extremal_onnx::open_model(
-            &self.model,
-            self.weights.as_deref(),
-            &options,
-            random_weights,
-            DType::F32,
-            &dev,
-        )?)
-    }
-
-    fn load(&self) -> Result<Model> {
-        self.open(false)
-    }
 }
 
 fn layers(args: &LayersArgs) -> Result<()> {
@@ -252,38 +133,11 @@ fn layers(args: &LayersArgs) -> Result<()> {
     Ok(())
 }
 
-impl ModelArgs {
-    /// Loads the model and one input image (or tensor) for `command`.
-    fn load_with_image(&self, input: &std::path::Path, keep_aspect: bool, command: &str) -> Result<(Model, Tensor)> {
-        // The input is checked before the model is loaded (its weights may be downloaded).
-        if !input.is_file() {
-            bail!("input {}: no such file", input.display());
-        }
-        let model = self.load()?;
-        let x = load_input_within(
-            input,
-            model.preprocess(),
-            keep_aspect,
-            self.max_pixels,
-            DType::F32,
-            model.device(),
-        )?;
-        if x.dim(0)? != 1 {
-            bail!(
-                "{}: {command} takes one image, the tensor holds {}",
-                input.display(),
-                x.dim(0)?
-            );
-        }
-        Ok((model, x))
-    }
-}
-
 fn classify(args: &ClassifyArgs) -> Result<()> {
     if args.top == 0 {
         bail!("--top 0 shows nothing; give 1 or more");
     }
-    let (model, x) = args.model.load_with_image(&args.input, args.keep_aspect, "classify")?;
+    let (model, x) = args.model.load_with_image(&args.input, "classify")?;
     let (preds, logits) = model.classify(&x, args.top)?;
     let preds = &preds[0];
     if args.json {
@@ -381,7 +235,14 @@ fn main() -> ExitCode {
     }
     keep_freed_memory();
     outdir::install_interrupt_cleanup();
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if !e.use_stderr() => e.exit(), // --help, --version
+        Err(e) => {
+            eprintln!("error: {}", args::usage_error(&e));
+            return ExitCode::from(2);
+        }
+    };
     match run(cli) {
         Ok(()) if STDOUT_ERROR.get().is_some() => {
             eprintln!("error: cannot write the output: {}", STDOUT_ERROR.get().expect("set"));

@@ -180,9 +180,9 @@ fn channels_errors() {
         ],
         "outside the model's 1000 classes",
     );
-    fails_with(
+    usage_fails_with(
         &["channels", "assets/chelsea.png", "--layer", "layer4", "--game", "win"],
-        "unknown game",
+        "invalid value 'win' for '--game <GAME>'; use preserve, delete, dual",
     );
 }
 
@@ -245,9 +245,9 @@ fn attribute_writes_masks_saliency_pictures_and_report() {
         &["attribute", "assets/chelsea.png", "--target", "1000"],
         "--target 1000 is outside",
     );
-    fails_with(
+    usage_fails_with(
         &["attribute", "assets/chelsea.png", "--game", "keep"],
-        "unknown game `keep`",
+        "invalid value 'keep' for '--game <GAME>'",
     );
 }
 
@@ -474,9 +474,9 @@ fn attribute_baselines_write_a_map_at_the_input_size() {
         assert_eq!(s["saliency"].dims(), [1, 1, 224, 224], "{method}");
         assert!(dir.join("overlay.png").exists());
     }
-    fails_with(
+    usage_fails_with(
         &["attribute", "assets/chelsea.png", "--method", "magic"],
-        "unknown method `magic`",
+        "invalid value 'magic' for '--method <METHOD>'",
     );
     fails_with(
         &[

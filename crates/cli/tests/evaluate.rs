@@ -184,7 +184,7 @@ fn bad_input_is_refused() {
         ],
         "--shard",
     );
-    fails_with(
+    usage_fails_with(
         &[
             "evaluate",
             "--dataset",
@@ -194,9 +194,9 @@ fn bad_input_is_refused() {
             "--metric",
             "iou",
         ],
-        "unknown metric",
+        "invalid value 'iou' for '--metric <METRIC>'",
     );
-    fails_with(
+    usage_fails_with(
         &[
             "evaluate",
             "--dataset",
@@ -206,7 +206,7 @@ fn bad_input_is_refused() {
             "--format",
             "kitti",
         ],
-        "unknown dataset format",
+        "invalid value 'kitti' for '--format <FORMAT>'; use voc, coco",
     );
     fails_with(&["evaluate", "--dataset", "tests/fixtures/voc-mini"], "--out");
     fails_with(&["evaluate", "merge", "/nonexistent.jsonl", "--out", o], "nonexistent");

@@ -1,9 +1,9 @@
 //! How a model's classes stand for a dataset's: ImageNet classes for VOC and COCO classes.
 
 use candle_core::Tensor;
-use extremal_hook::{Hook, Network};
+use extremal_hook::{Hook, Network, Prefix};
 
-use crate::{Error, Result};
+use crate::{Error, Format, Result};
 
 /// For each dataset class, the model classes that stand for it; the class's score is the
 /// largest of their scores.
@@ -54,6 +54,42 @@ impl ClassMap {
         Ok(Self { sets })
     }
 
+    /// The map of a run on a `format` dataset of `dataset_classes` classes with a model of
+    /// `model_classes`: `spec` `identity` (weights fine-tuned on the dataset), `imagenet` (the
+    /// bundled VOC / COCO → ImageNet map), the path of a map file, or `None`: identity when the
+    /// model has as many classes as the dataset, else imagenet.
+    pub fn resolve(spec: Option<&str>, format: Format, model_classes: usize, dataset_classes: usize) -> Result<Self> {
+        let imagenet = || -> Result<Self> {
+            if model_classes != 1000 {
+                return Err(Error::Invalid(format!(
+                    "the model has {model_classes} classes: the bundled class map is for ImageNet (1000); \
+                     pass --class-map identity (weights fine-tuned on the dataset) or a map file"
+                )));
+            }
+            Ok(match format {
+                Format::Voc => Self::voc_imagenet(),
+                Format::Coco => Self::coco_imagenet(),
+            })
+        };
+        let map = match spec {
+            Some("identity") => Self::identity(dataset_classes),
+            Some("imagenet") => imagenet()?,
+            Some(path) => Self::parse(&std::fs::read_to_string(path).map_err(|source| Error::Io {
+                path: path.to_string(),
+                source,
+            })?)?,
+            None if model_classes == dataset_classes => Self::identity(model_classes),
+            None => imagenet()?,
+        };
+        if map.sets.len() != dataset_classes {
+            return Err(Error::Invalid(format!(
+                "the class map has {} classes but the dataset has {dataset_classes}",
+                map.sets.len()
+            )));
+        }
+        Ok(map)
+    }
+
     /// The model classes of dataset class `c` (empty when unmapped).
     pub fn of(&self, c: usize) -> &[usize] {
         self.sets.get(c).map_or(&[], |s| s.as_slice())
@@ -80,7 +116,25 @@ impl Network for Mapped<'_> {
     }
 
     fn forward_hooked(&self, x: &Tensor, hook: &mut dyn Hook) -> extremal_hook::Result<Tensor> {
-        let logits = self.net.forward_hooked(x, hook)?;
+        self.classes(&self.net.forward_hooked(x, hook)?)
+    }
+
+    fn forward_to(&self, x: &Tensor, site: &str) -> extremal_hook::Result<Tensor> {
+        self.net.forward_to(x, site)
+    }
+
+    fn prefix(&self, x: &Tensor, site: &str) -> extremal_hook::Result<Prefix> {
+        self.net.prefix(x, site)
+    }
+
+    fn suffix(&self, prefix: &Prefix, activation: &Tensor, hook: &mut dyn Hook) -> extremal_hook::Result<Tensor> {
+        self.classes(&self.net.suffix(prefix, activation, hook)?)
+    }
+}
+
+impl Mapped<'_> {
+    /// The dataset classes' outputs from the model's logits.
+    fn classes(&self, logits: &Tensor) -> extremal_hook::Result<Tensor> {
         let classes = logits.dim(1)?;
         let mut columns = Vec::with_capacity(self.map.sets.len());
         for set in &self.map.sets {
@@ -93,7 +147,7 @@ impl Network for Mapped<'_> {
             columns.push(if set.is_empty() {
                 (logits.narrow(1, 0, 1)?.zeros_like()? + f32::MIN as f64)?
             } else {
-                let idx = Tensor::new(set.iter().map(|&k| k as u32).collect::<Vec<_>>(), x.device())?;
+                let idx = Tensor::new(set.iter().map(|&k| k as u32).collect::<Vec<_>>(), logits.device())?;
                 logits.index_select(&idx, 1)?.max_keepdim(1)?
             });
         }

@@ -32,6 +32,7 @@ pub const VOC_CLASSES: [&str; 20] = [
 
 /// The layout of a dataset directory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 pub enum Format {
     /// PASCAL VOC: `Annotations/NAME.xml`, `JPEGImages/NAME.jpg`, and the image list
     /// `ImageSets/Main/SUBSET.txt` (default subset `test`; without the list, every annotation).
@@ -55,6 +56,14 @@ impl std::str::FromStr for Format {
 }
 
 impl Format {
+    /// TorchRay's benchmark areas of extremal perturbation on this dataset's images.
+    pub fn benchmark_areas(&self) -> Vec<f64> {
+        match self {
+            Format::Voc => vec![0.025, 0.05, 0.1, 0.2],
+            Format::Coco => vec![0.018, 0.025, 0.05, 0.1],
+        }
+    }
+
     /// `voc` or `coco`.
     pub fn name(&self) -> &'static str {
         match self {

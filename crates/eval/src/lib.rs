@@ -10,6 +10,8 @@
 //!   resumes where a run stopped, [`Shard`]s `K/N` that split a dataset between machines, and
 //!   [`merge`] into the final [`Table`] (TorchRay's class-averaged pointing accuracy, or the
 //!   mean deletion / insertion AUC).
+//! - [`score`]: one pair scored ([`PairScorer`]) with each method's benchmark settings, and
+//!   which pairs are skipped ([`skip_reason`]).
 //!
 //! ```
 //! use extremal_eval::{merge, ClassMap, Record, Shard};
@@ -38,10 +40,12 @@
 mod classes;
 pub mod dataset;
 pub mod run;
+pub mod score;
 
 pub use classes::{ClassMap, Mapped};
 pub use dataset::{Dataset, DifficultFlags, Format, Item};
 pub use run::{merge, pairs, read_records, ClassRow, Journal, Record, Shard, Table};
+pub use score::{skip_reason, Metric, PairScorer, Scoring};
 
 /// Errors of dataset runs.
 #[derive(Debug, thiserror::Error)]
@@ -62,6 +66,18 @@ pub enum Error {
         /// The error.
         source: std::io::Error,
     },
+    /// An attribution error.
+    #[error(transparent)]
+    Attr(#[from] extremal_attr::Error),
+    /// A site error.
+    #[error(transparent)]
+    Hook(#[from] extremal_hook::Error),
+    /// A kernel error.
+    #[error(transparent)]
+    Ops(#[from] extremal_ops::Error),
+    /// An error from candle.
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
     /// A request that cannot be met, with what to do instead.
     #[error("{0}")]
     Invalid(String),

@@ -69,6 +69,9 @@ pub enum Error {
         /// What is wrong.
         message: String,
     },
+    /// An error of a [`Network`] implementation (an ONNX graph's operator, …), kept whole.
+    #[error(transparent)]
+    Network(Box<dyn std::error::Error + Send + Sync>),
 }
 
 fn suggestion(nearest: &[String]) -> String {

@@ -4,11 +4,11 @@ use std::str::FromStr;
 
 use candle_core::{DType, Tensor, D};
 use extremal_hook::Network;
-use extremal_mask::{Adam, Sgd};
 use extremal_ops::random::SeededRng;
 use extremal_ops::{set_gradient_rule_for, GradientRule};
+use extremal_ops::{Adam, Optimiser, Sgd, UnitRms};
 
-use crate::param::{ImageParam, Parametrization};
+use crate::param::{ImageParam, Parameterisation};
 use crate::regularise::{alpha_norm, natural_norm, total_variation};
 use crate::transform::{roll, scale_rotate};
 use crate::{Error, Result};
@@ -67,7 +67,8 @@ impl Target {
 
 /// The optimiser of an inversion.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Optimizer {
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
+pub enum OptimiserKind {
     /// Adam (β = 0.9, 0.999).
     #[default]
     Adam,
@@ -76,14 +77,14 @@ pub enum Optimizer {
     Momentum,
 }
 
-impl FromStr for Optimizer {
+impl FromStr for OptimiserKind {
     type Err = Error;
     fn from_str(s: &str) -> Result<Self> {
         match s {
             "adam" => Ok(Self::Adam),
             "momentum" => Ok(Self::Momentum),
             other => Err(Error::Invalid(format!(
-                "unknown optimizer `{other}`; use adam or momentum"
+                "unknown optimiser `{other}`; use adam or momentum"
             ))),
         }
     }
@@ -96,9 +97,9 @@ pub struct InvertConfig {
     /// Optimisation steps.
     pub iterations: usize,
     /// Adam or momentum SGD.
-    pub optimizer: Optimizer,
+    pub optimiser: OptimiserKind,
     /// Learning rate, relative to the root-mean-square of the initial parameters (so one value
-    /// suits both parametrisations and any input normalisation).
+    /// suits both parameterisations and any input normalisation).
     pub lr: f64,
     /// The learning rate is multiplied by `lr_decay` at each of these fractions of the run.
     pub lr_steps: Vec<f64>,
@@ -132,7 +133,7 @@ pub struct InvertConfig {
     /// error near 0.6 after 300 steps; with it, 0.27.
     pub redirect_until: f64,
     /// Pixels or decorrelated Fourier spectrum.
-    pub parametrization: Parametrization,
+    pub parameterisation: Parameterisation,
     /// The natural-image norm `B`; `None`: the per-pixel norm of the input image.
     pub natural_norm: Option<f64>,
     /// Seed of the random start and the transforms.
@@ -143,7 +144,7 @@ impl Default for InvertConfig {
     fn default() -> Self {
         Self {
             iterations: 400,
-            optimizer: Optimizer::Adam,
+            optimiser: OptimiserKind::Adam,
             lr: 0.1,
             lr_steps: vec![0.5, 0.8],
             lr_decay: 0.3,
@@ -156,7 +157,7 @@ impl Default for InvertConfig {
             rotate: 0.0,
             transform_until: 0.9,
             redirect_until: 0.3,
-            parametrization: Parametrization::Pixel,
+            parameterisation: Parameterisation::Pixel,
             natural_norm: None,
             seed: 0,
         }
@@ -331,14 +332,23 @@ pub fn invert(
     .to_dtype(x.dtype())?;
 
     let k = targets.len();
-    let param = ImageParam::random(cfg.parametrization, (k, c, h, w), norm, cfg.seed, x.dtype(), x.device())?;
+    let param = ImageParam::random(
+        cfg.parameterisation,
+        (k, c, h, w),
+        norm,
+        cfg.seed,
+        x.dtype(),
+        x.device(),
+    )?;
     let rms = {
         let p = param.var().as_tensor();
         (p.sqr()?.mean_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?).sqrt()
     };
     let base_lr = cfg.lr * rms;
-    let mut adam = Adam::new(base_lr);
-    let mut sgd = Sgd::new(base_lr, 0.9, 0.0);
+    let mut optimiser: Box<dyn Optimiser> = match cfg.optimiser {
+        OptimiserKind::Adam => Box::new(Adam::new(base_lr)),
+        OptimiserKind::Momentum => Box::new(UnitRms(Sgd::new(base_lr, 0.9, 0.0))),
+    };
     let mut rng = SeededRng::new(cfg.seed ^ 0x5EED_F7A4_5EED);
     let mut history = Vec::with_capacity(cfg.iterations);
     // A rectified site (exact zeros in the target) is produced by the activation that the
@@ -398,18 +408,8 @@ pub fn invert(
         let g = grads.get(param.var()).ok_or_else(|| {
             Error::Invalid("no gradient reached the image: does the site depend on the input?".into())
         })?;
-        match cfg.optimizer {
-            Optimizer::Adam => {
-                adam.lr = lr;
-                adam.step(param.var(), g)?;
-            }
-            Optimizer::Momentum => {
-                // The gradient scaled to unit RMS, so that `lr` means the same as for Adam.
-                let rms = g.sqr()?.mean_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?.sqrt();
-                sgd.lr = lr;
-                sgd.step(param.var(), &(g / rms.max(1e-30))?)?;
-            }
-        }
+        optimiser.set_learning_rate(lr);
+        optimiser.step(param.var(), g)?;
         let errors: Vec<f64> = feature
             .to_dtype(DType::F64)?
             .to_vec1::<f64>()?

@@ -5,8 +5,8 @@
 //! - [`invert`] with [`InvertConfig`]: the normalised feature loss, the α-norm and
 //!   total-variation priors ([`alpha_norm`], [`total_variation`], scaled by the natural-image
 //!   norm), Adam or momentum with a stepped learning rate, jitter / scale / rotation each step
-//!   ([`roll`], [`scale_rotate`]), pixels or a decorrelated Fourier parametrisation
-//!   ([`Parametrization`]). Deterministic for a given seed.
+//!   ([`roll`], [`scale_rotate`]), pixels or a decorrelated Fourier parameterisation
+//!   ([`Parameterisation`]). Deterministic for a given seed.
 //!
 //! ```
 //! use candle_core::{Device, Tensor};
@@ -28,9 +28,9 @@ mod regularise;
 mod transform;
 
 pub use invert::{
-    default_tv_weight, invert, relative_errors, target_activations, Inversion, InvertConfig, Optimizer, Target,
+    default_tv_weight, invert, relative_errors, target_activations, Inversion, InvertConfig, OptimiserKind, Target,
 };
-pub use param::{ImageParam, Parametrization};
+pub use param::{ImageParam, Parameterisation};
 pub use regularise::{alpha_norm, natural_norm, total_variation};
 pub use transform::{roll, scale_rotate};
 
@@ -46,9 +46,6 @@ pub enum Error {
     /// A kernel error.
     #[error(transparent)]
     Ops(#[from] extremal_ops::Error),
-    /// An optimiser error.
-    #[error(transparent)]
-    Mask(#[from] extremal_mask::Error),
     /// A request that cannot be met, with what to do instead.
     #[error("{0}")]
     Invalid(String),

@@ -9,9 +9,10 @@ use extremal_ops::random::SeededRng;
 
 use crate::{Error, Result};
 
-/// The image parametrisation.
+/// The image parameterisation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Parametrization {
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
+pub enum Parameterisation {
     /// The pixels themselves, in the model's normalised input space.
     #[default]
     Pixel,
@@ -20,14 +21,14 @@ pub enum Parametrization {
     Fourier,
 }
 
-impl FromStr for Parametrization {
+impl FromStr for Parameterisation {
     type Err = Error;
     fn from_str(s: &str) -> Result<Self> {
         match s {
             "pixel" => Ok(Self::Pixel),
             "fourier" => Ok(Self::Fourier),
             other => Err(Error::Invalid(format!(
-                "unknown parametrization `{other}`; use pixel or fourier"
+                "unknown parameterisation `{other}`; use pixel or fourier"
             ))),
         }
     }
@@ -40,7 +41,7 @@ const COLOUR: [[f64; 3]; 3] = [[0.26, 0.09, 0.02], [0.27, 0.00, -0.05], [0.27, -
 /// Optimisable parameters that render a batch of images.
 #[derive(Debug)]
 pub struct ImageParam {
-    kind: Parametrization,
+    kind: Parameterisation,
     var: Var,
     /// Fourier only: (C_H, S_H, C_W, S_W, frequency scale, colour matrix).
     basis: Option<FourierBasis>,
@@ -76,7 +77,7 @@ impl ImageParam {
     /// Random images of `shape = (N, 3, H, W)` whose per-pixel colour norm is `norm` on
     /// average, from `seed`.
     pub fn random(
-        kind: Parametrization,
+        kind: Parameterisation,
         shape: (usize, usize, usize, usize),
         norm: f64,
         seed: u64,
@@ -87,7 +88,7 @@ impl ImageParam {
         let mut rng = SeededRng::new(seed);
         let init = rng.normal_tensor(&[n, c, h, w], 1.0, dev)?.to_dtype(dtype)?;
         match kind {
-            Parametrization::Pixel => {
+            Parameterisation::Pixel => {
                 let p = Self {
                     kind,
                     var: Var::from_tensor(&init)?,
@@ -96,10 +97,10 @@ impl ImageParam {
                 p.rescale(norm)?;
                 Ok(p)
             }
-            Parametrization::Fourier => {
+            Parameterisation::Fourier => {
                 if c != 3 {
                     return Err(Error::Invalid(format!(
-                        "the Fourier parametrization decorrelates RGB colour: it needs 3 channels, got {c}"
+                        "the Fourier parameterisation decorrelates RGB colour: it needs 3 channels, got {c}"
                     )));
                 }
                 let (ch, sh) = dft(h, dtype, dev)?;
@@ -149,8 +150,8 @@ impl ImageParam {
         Ok(())
     }
 
-    /// The parametrisation.
-    pub fn kind(&self) -> Parametrization {
+    /// The parameterisation.
+    pub fn kind(&self) -> Parameterisation {
         self.kind
     }
 

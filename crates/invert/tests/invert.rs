@@ -1,10 +1,10 @@
-//! Feature inversion: gradient checks of the priors, transforms and parametrisation, the
+//! Feature inversion: gradient checks of the priors, transforms and parameterisation, the
 //! identity property at the input site, determinism, and refusals of bad requests.
 
 use candle_core::{DType, Device, Module, Tensor};
 use extremal_hook::{Graph, Network, Node};
 use extremal_invert::{
-    alpha_norm, invert, natural_norm, roll, scale_rotate, total_variation, ImageParam, InvertConfig, Parametrization,
+    alpha_norm, invert, natural_norm, roll, scale_rotate, total_variation, ImageParam, InvertConfig, Parameterisation,
     Target,
 };
 use extremal_ops::gradcheck::max_relative_error;
@@ -109,8 +109,16 @@ fn roll_and_identity_transform() {
 }
 
 #[test]
-fn fourier_parametrisation_gradient_and_norm() {
-    let p = ImageParam::random(Parametrization::Fourier, (1, 3, 6, 5), 1.7, 9, DType::F64, &Device::Cpu).unwrap();
+fn fourier_parameterisation_gradient_and_norm() {
+    let p = ImageParam::random(
+        Parameterisation::Fourier,
+        (1, 3, 6, 5),
+        1.7,
+        9,
+        DType::F64,
+        &Device::Cpu,
+    )
+    .unwrap();
     let img = p.image().unwrap();
     assert_eq!(img.dims(), &[1, 3, 6, 5]);
     assert!((natural_norm(&img).unwrap() - 1.7).abs() < 1e-9);
@@ -207,12 +215,12 @@ fn inversion_matches_a_conv_site_and_a_channel_set() {
         },
         InvertConfig {
             iterations: 200,
-            optimizer: extremal_invert::Optimizer::Momentum,
+            optimiser: extremal_invert::OptimiserKind::Momentum,
             ..Default::default()
         },
         InvertConfig {
             iterations: 200,
-            parametrization: Parametrization::Fourier,
+            parameterisation: Parameterisation::Fourier,
             ..Default::default()
         },
     ] {
@@ -220,7 +228,7 @@ fn inversion_matches_a_conv_site_and_a_channel_set() {
         let start = inv.history[0][0];
         println!(
             "{:?} {:?}: {start:.3} -> {:.3}",
-            cfg.optimizer, cfg.parametrization, inv.relative_errors[0]
+            cfg.optimiser, cfg.parameterisation, inv.relative_errors[0]
         );
         assert!(
             inv.relative_errors[0] < 0.6 * start,

@@ -1,13 +1,14 @@
-//! The extremal-mask engine (Fong, Patrick & Vedaldi, ICCV 2019): one optimiser, one area
-//! constraint and one game/reward vocabulary for masks at any site of a network.
+//! The extremal-mask engine (Fong, Patrick & Vedaldi, ICCV 2019): one optimisation loop, one
+//! area constraint and one game/reward vocabulary for masks at any site of a network.
 //!
+//! - [`engine`]: the loop ([`optimise`]) over a [`MaskParameterisation`] at a cached
+//!   [`Site`], with an [`AreaWeight`] schedule and any [`Optimiser`] ([`Sgd`], [`Adam`]).
 //! - [`area_penalty`]: the sorted-mask area constraint `R_a(m) = mean((sort(m) − r_a)²)`.
 //! - [`Game`], [`Reward`]: preserve / delete / dual; simple or contrastive class evidence.
-//! - [`Sgd`] (PyTorch semantics: momentum, dampening) and [`Adam`] on mask parameters.
-//! - [`spatial`]: image-space extremal perturbation (TorchRay's method): perturbation
-//!   pyramid, smooth-mask generator and the optimisation loop.
+//! - [`spatial`]: extremal perturbation — TorchRay's smooth mask over a perturbation pyramid
+//!   at the input ([`PyramidMask`]), or a per-position mask at an inner site ([`SpatialMask`]).
 //! - [`channels`]: channel-space extremal masks — the smallest set of channels at a site that
-//!   keeps the class, with the prefix computed once and only the suffix re-run.
+//!   keeps the class ([`ChannelMask`], then a swap search on hard sets).
 //!
 //! ```
 //! use candle_core::{Device, Tensor};
@@ -21,13 +22,22 @@
 //! ```
 
 pub mod channels;
-mod optim;
+pub mod engine;
 pub mod sort;
 pub mod spatial;
 
-pub use channels::{channel_masks, ChannelConfig, ChannelReport, Schedule};
-pub use optim::{Adam, Sgd};
-pub use spatial::{extremal_perturbation, ExtremalConfig, ExtremalResult, MaskGenerator, Perturbation, Pyramid};
+pub use channels::{
+    channel_masks, channel_masks_at, channel_sweep, Baselines, ChannelConfig, ChannelMask, ChannelReport, ChannelSite,
+    ChannelSweep, RankedChannel, Schedule,
+};
+pub use engine::{
+    game_scores, optimise, AreaWeight, History, Iteration, MaskParameterisation, MaskValues, Objective, Observer, Site,
+};
+pub use extremal_ops::{Adam, Optimiser, Sgd};
+pub use spatial::{
+    extremal_perturbation, AreaSummary, ExtremalConfig, ExtremalResult, ExtremalSummary, MaskGenerator, Perturbation,
+    Pyramid, PyramidMask, SpatialMask,
+};
 
 use candle_core::{DType, Tensor, D};
 
@@ -52,7 +62,9 @@ pub enum Error {
 pub type Result<T> = std::result::Result<T, Error>;
 
 /// Which part of the input the mask is judged by.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
+#[serde(rename_all = "kebab-case")]
 pub enum Game {
     /// Keep the masked part, maximise the class evidence.
     #[default]
@@ -78,7 +90,9 @@ impl std::str::FromStr for Game {
 }
 
 /// How class evidence is measured from the network's output.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
+#[serde(rename_all = "kebab-case")]
 pub enum Reward {
     /// The target logit `y_c`.
     #[default]

@@ -134,3 +134,65 @@ fn runs_are_reproducible() -> Result<(), Box<dyn std::error::Error>> {
     }
     Ok(())
 }
+
+/// A spatial mask at an inner site: the evidence sits at 4 of the 8×8 positions of the
+/// site's activation (channel 1 there, weighted by the head, and higher than elsewhere); the
+/// preserve mask of area 1/16
+/// keeps exactly those, with the other positions at the channel's spatial mean (blur) or zero
+/// (fade), and the delete mask finds the same positions.
+#[test]
+fn a_spatial_mask_at_an_inner_site_finds_the_evidence() -> Result<(), Box<dyn std::error::Error>> {
+    let (h, w) = (8, 8);
+    let mut weights = vec![0f32; 2 * h * w];
+    for (y, x) in [(2, 5), (2, 6), (3, 5), (3, 6)] {
+        weights[h * w + y * w + x] = 2.0; // channel 1
+    }
+    let head = Tensor::from_vec(weights, (1, 2 * h * w), &Device::Cpu)?;
+    let net = Graph::new(Node::seq(
+        "",
+        vec![
+            Node::layer("features", |x: &Tensor| x.narrow(1, 0, 2)?.relu()),
+            Node::layer("logits", move |x: &Tensor| {
+                let s = x.flatten_from(1)?.broadcast_mul(&head)?.sum_keepdim(1)?;
+                Tensor::cat(&[&s, &s.zeros_like()?], 1)
+            }),
+        ],
+    ));
+    // Channel 1 is 3 at the evidence and 1 elsewhere, above its spatial mean there.
+    let mut x = vec![1f32; 3 * h * w];
+    for (y, xx) in [(2, 5), (2, 6), (3, 5), (3, 6)] {
+        x[h * w + y * w + xx] = 3.0;
+    }
+    let input = Tensor::from_vec(x, (1, 3, h, w), &Device::Cpu)?;
+    for perturbation in [Perturbation::Blur, Perturbation::Fade] {
+        for game in [Game::Preserve, Game::Delete] {
+            let cfg = ExtremalConfig {
+                site: Some("features".into()),
+                areas: vec![4.0 / 64.0],
+                iterations: 400,
+                perturbation,
+                game,
+                ..Default::default()
+            };
+            let r = extremal_perturbation(&net, &input, 0, &cfg, &mut |_| {})?;
+            assert_eq!(r.site, "features");
+            assert_eq!(r.masks.dims(), [1, 1, h, w]);
+            let m = r.masks.flatten_all()?.to_vec1::<f32>()?;
+            let mut order: Vec<usize> = (0..h * w).collect();
+            order.sort_by(|&a, &b| m[b].total_cmp(&m[a]));
+            let mut top: Vec<(usize, usize)> = order[..4].iter().map(|&i| (i / w, i % w)).collect();
+            top.sort();
+            println!(
+                "{perturbation:?} {game:?}: top positions {top:?}, reward {:.3}",
+                r.rewards[0]
+            );
+            assert_eq!(top, vec![(2, 5), (2, 6), (3, 5), (3, 6)], "{perturbation:?} {game:?}");
+            let mean = m.iter().sum::<f32>() / m.len() as f32;
+            assert!(mean < 0.15, "{perturbation:?} {game:?}: the mask keeps about 1/16 ({mean})");
+            let s = r.summary(&cfg)?;
+            assert_eq!(s.site.as_deref(), Some("features"));
+            assert_eq!(r.masks_at(16, 16)?.dims(), [1, 1, 16, 16]);
+        }
+    }
+    Ok(())
+}

@@ -7,7 +7,7 @@ use extremal_hook::{Graph, Node};
 use extremal_ops::Activation;
 
 use crate::layers::{
-    conv_chain, AdaptiveAvgPool, BatchNorm, Conv, ConvPadding, Flatten, Identity, Linear, ParamSource,
+    conv_chain, AdaptiveAvgPool, BatchNorm, Conv, ConvPadding, ConvSpec, Flatten, Identity, Linear, ParamSource,
 };
 use crate::Result;
 
@@ -24,26 +24,22 @@ const STAGES: [(usize, usize, usize, usize, usize, usize); 7] = [
     (1, 3, 1, 6, 192, 320),
 ];
 
-/// Convolution `conv`, batch norm `bn` and (with `act`) ReLU6 at site `act`, as one fused chain.
-#[allow(clippy::too_many_arguments)]
-fn conv_bn(
-    p: &mut dyn ParamSource,
-    (conv, bn): (&str, &str),
-    act: Option<&str>,
-    c_in: usize,
-    c_out: usize,
-    k: usize,
-    s: usize,
-    groups: usize,
-) -> Result<Node> {
-    let c = Conv::load(p, conv, c_in, c_out, k, s, ConvPadding::Same, groups, false)?;
-    let b = BatchNorm::load(p, bn, c_out, EPS)?;
+/// Convolution `conv` ("SAME" padding), batch norm `bn` and (with `act`) ReLU6 at site `act`,
+/// as one fused chain.
+fn conv_bn(p: &mut dyn ParamSource, (conv, bn): (&str, &str), act: Option<&str>, spec: ConvSpec) -> Result<Node> {
+    let c = Conv::load(p, conv, spec.padding(ConvPadding::Same))?;
+    let b = BatchNorm::load(p, bn, spec.c_out, EPS)?;
     conv_chain((conv, c), Some((bn, b)), act.map(|a| (a, Activation::Relu6)))
 }
 
 /// Builds EfficientNet-Lite0 with `classes` outputs.
 pub fn efficientnet_lite0(p: &mut dyn ParamSource, classes: usize) -> Result<Graph> {
-    let mut nodes = vec![conv_bn(p, ("_conv_stem", "_bn0"), Some("_stem_act"), 3, 32, 3, 2, 1)?];
+    let mut nodes = vec![conv_bn(
+        p,
+        ("_conv_stem", "_bn0"),
+        Some("_stem_act"),
+        ConvSpec::new(3, 32, 3).stride(2),
+    )?];
     let mut blocks = Vec::new();
     for &(repeats, k, stride, expand, c_in0, c_out) in STAGES.iter() {
         for r in 0..repeats {
@@ -55,12 +51,17 @@ pub fn efficientnet_lite0(p: &mut dyn ParamSource, classes: usize) -> Result<Gra
             let part = |a: &str| format!("{name}.{a}");
             if expand != 1 {
                 let names = (&*part("_expand_conv"), &*part("_bn0"));
-                body.push(conv_bn(p, names, Some(""), c_in, mid, 1, 1, 1)?);
+                body.push(conv_bn(p, names, Some(""), ConvSpec::new(c_in, mid, 1))?);
             }
             let names = (&*part("_depthwise_conv"), &*part("_bn1"));
-            body.push(conv_bn(p, names, Some(""), mid, mid, k, s, mid)?);
+            body.push(conv_bn(
+                p,
+                names,
+                Some(""),
+                ConvSpec::new(mid, mid, k).stride(s).groups(mid),
+            )?);
             let names = (&*part("_project_conv"), &*part("_bn2"));
-            body.push(conv_bn(p, names, None, mid, c_out, 1, 1, 1)?);
+            body.push(conv_bn(p, names, None, ConvSpec::new(mid, c_out, 1))?);
             blocks.push(if s == 1 && c_in == c_out {
                 Node::residual(&name, Node::seq("", body), None)
             } else {
@@ -73,11 +74,7 @@ pub fn efficientnet_lite0(p: &mut dyn ParamSource, classes: usize) -> Result<Gra
         p,
         ("_conv_head", "_bn1"),
         Some("_head_act"),
-        320,
-        1280,
-        1,
-        1,
-        1,
+        ConvSpec::new(320, 1280, 1),
     )?);
     nodes.push(Node::layer("_avg_pooling", AdaptiveAvgPool(1, 1)));
     nodes.push(Node::layer("", Flatten));

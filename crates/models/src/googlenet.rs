@@ -6,7 +6,8 @@ use extremal_hook::{Graph, Node};
 use extremal_ops::{Activation, Pool2d};
 
 use crate::layers::{
-    conv_chain, AdaptiveAvgPool, BatchNorm, Conv, ConvPadding, Flatten, Identity, Linear, MaxPool, ParamSource,
+    conv_chain, AdaptiveAvgPool, BatchNorm, Conv, ConvPadding, ConvSpec, Flatten, Identity, Linear, MaxPool,
+    ParamSource,
 };
 use crate::Result;
 
@@ -19,17 +20,8 @@ fn basic(
     s: usize,
     pad: usize,
 ) -> Result<Node> {
-    let conv = Conv::load(
-        p,
-        &format!("{name}.conv"),
-        c_in,
-        c_out,
-        k,
-        s,
-        ConvPadding::Fixed(pad),
-        1,
-        false,
-    )?;
+    let spec = ConvSpec::new(c_in, c_out, k).stride(s).padding(ConvPadding::Fixed(pad));
+    let conv = Conv::load(p, &format!("{name}.conv"), spec)?;
     let bn = BatchNorm::load(p, &format!("{name}.bn"), c_out, 1e-3)?;
     let chain = conv_chain(
         (&format!("{name}.conv"), conv),
@@ -39,17 +31,13 @@ fn basic(
     Ok(Node::seq(name, vec![chain]))
 }
 
-#[allow(clippy::too_many_arguments)]
+/// An inception block on `c_in` channels with branch widths `[c1, c3r, c3, c5r, c5, pool]`
+/// (torchvision's order).
 fn inception(
     p: &mut dyn ParamSource,
     name: &str,
     c_in: usize,
-    c1: usize,
-    c3r: usize,
-    c3: usize,
-    c5r: usize,
-    c5: usize,
-    pool: usize,
+    [c1, c3r, c3, c5r, c5, pool]: [usize; 6],
 ) -> Result<(Node, usize)> {
     let b = |i: usize| format!("{name}.branch{i}");
     let branches = vec![
@@ -122,7 +110,7 @@ pub fn googlenet(p: &mut dyn ParamSource, classes: usize, transform_input: bool)
     ];
     let mut c_in = 192;
     for (name, s) in specs {
-        let (node, c_out) = inception(p, name, c_in, s[0], s[1], s[2], s[3], s[4], s[5])?;
+        let (node, c_out) = inception(p, name, c_in, s)?;
         nodes.push(node);
         c_in = c_out;
         match name {

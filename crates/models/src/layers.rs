@@ -167,6 +167,61 @@ pub enum ConvPadding {
     SameLower,
 }
 
+/// The shape of a convolution to load: channels and kernel, with stride 1, no padding, one
+/// group and no bias unless set.
+#[derive(Debug, Clone, Copy)]
+pub struct ConvSpec {
+    /// Input channels.
+    pub c_in: usize,
+    /// Output channels.
+    pub c_out: usize,
+    /// Square kernel side.
+    pub kernel: usize,
+    /// Stride.
+    pub stride: usize,
+    /// Padding.
+    pub padding: ConvPadding,
+    /// Groups (`c_in` for a depthwise convolution).
+    pub groups: usize,
+    /// Whether the convolution has a bias.
+    pub bias: bool,
+}
+
+impl ConvSpec {
+    /// `c_in → c_out` channels with a `kernel × kernel` kernel.
+    pub fn new(c_in: usize, c_out: usize, kernel: usize) -> Self {
+        Self {
+            c_in,
+            c_out,
+            kernel,
+            stride: 1,
+            padding: ConvPadding::Fixed(0),
+            groups: 1,
+            bias: false,
+        }
+    }
+
+    /// With this stride.
+    pub fn stride(self, stride: usize) -> Self {
+        Self { stride, ..self }
+    }
+
+    /// With this padding.
+    pub fn padding(self, padding: ConvPadding) -> Self {
+        Self { padding, ..self }
+    }
+
+    /// With this many groups.
+    pub fn groups(self, groups: usize) -> Self {
+        Self { groups, ..self }
+    }
+
+    /// With a bias.
+    pub fn with_bias(self) -> Self {
+        Self { bias: true, ..self }
+    }
+}
+
 /// A 2-D convolution.
 pub struct Conv {
     weight: Tensor,
@@ -178,19 +233,17 @@ pub struct Conv {
 }
 
 impl Conv {
-    /// Loads `{prefix}.weight` (and `{prefix}.bias` when `bias`).
-    #[allow(clippy::too_many_arguments)]
-    pub fn load(
-        p: &mut dyn ParamSource,
-        prefix: &str,
-        c_in: usize,
-        c_out: usize,
-        kernel: usize,
-        stride: usize,
-        padding: ConvPadding,
-        groups: usize,
-        bias: bool,
-    ) -> Result<Self> {
+    /// Loads `{prefix}.weight` (and `{prefix}.bias` when the spec has one).
+    pub fn load(p: &mut dyn ParamSource, prefix: &str, spec: ConvSpec) -> Result<Self> {
+        let ConvSpec {
+            c_in,
+            c_out,
+            kernel,
+            stride,
+            padding,
+            groups,
+            bias,
+        } = spec;
         let weight = p.param(
             &format!("{prefix}.weight"),
             &[c_out, c_in / groups, kernel, kernel],

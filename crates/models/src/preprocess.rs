@@ -118,16 +118,16 @@ impl Preprocess {
     ///
     /// # Shapes
     /// - `rgb`: `(N, 3, H, W)`; returns the same shape.
-    pub fn normalize(&self, rgb: &Tensor) -> Result<Tensor> {
+    pub fn normalise(&self, rgb: &Tensor) -> Result<Tensor> {
         let (mean, std) = self.stats(rgb)?;
         Ok(rgb.broadcast_sub(&mean)?.broadcast_div(&std)?)
     }
 
-    /// Inverse of [`Preprocess::normalize`].
+    /// Inverse of [`Preprocess::normalise`].
     ///
     /// # Shapes
     /// - `x`: `(N, 3, H, W)`; returns the same shape.
-    pub fn denormalize(&self, x: &Tensor) -> Result<Tensor> {
+    pub fn denormalise(&self, x: &Tensor) -> Result<Tensor> {
         let (mean, std) = self.stats(x)?;
         Ok(x.broadcast_mul(&std)?.broadcast_add(&mean)?)
     }
@@ -344,7 +344,7 @@ pub fn load_input_within(
         }
         let rgb = resized(&img, th, tw)?;
         drop(img);
-        pre.normalize(&rgb)?
+        pre.normalise(&rgb)?
     };
     check_finite(&x, "the input").map_err(|_| fail("the tensor holds NaN or infinite values".into()))?;
     Ok(x.to_dtype(dtype)?.to_device(device)?)

@@ -4,7 +4,7 @@ use extremal_hook::{Graph, Node};
 use extremal_ops::{Activation, Pool2d};
 
 use crate::layers::{
-    conv_chain, AdaptiveAvgPool, BatchNorm, Conv, ConvPadding, Flatten, Linear, MaxPool, ParamSource, Relu,
+    conv_chain, AdaptiveAvgPool, BatchNorm, Conv, ConvPadding, ConvSpec, Flatten, Linear, MaxPool, ParamSource, Relu,
 };
 use crate::Result;
 
@@ -31,17 +31,8 @@ fn conv_bn(
     relu: Option<&str>,
     (c_in, c_out, k, s, pad): (usize, usize, usize, usize, usize),
 ) -> Result<Node> {
-    let c = Conv::load(
-        p,
-        &format!("{prefix}{conv}"),
-        c_in,
-        c_out,
-        k,
-        s,
-        ConvPadding::Fixed(pad),
-        1,
-        false,
-    )?;
+    let spec = ConvSpec::new(c_in, c_out, k).stride(s).padding(ConvPadding::Fixed(pad));
+    let c = Conv::load(p, &format!("{prefix}{conv}"), spec)?;
     let b = BatchNorm::load(p, &format!("{prefix}{bn}"), c_out, EPS)?;
     conv_chain(
         (&format!("{prefix}{conv}"), c),

@@ -4,7 +4,7 @@ use extremal_hook::{Graph, Node};
 use extremal_ops::{Activation, Pool2d};
 
 use crate::layers::{
-    conv_chain, AdaptiveAvgPool, Conv, ConvPadding, Flatten, Identity, Linear, MaxPool, ParamSource, Relu,
+    conv_chain, AdaptiveAvgPool, Conv, ConvPadding, ConvSpec, Flatten, Identity, Linear, MaxPool, ParamSource, Relu,
 };
 use crate::{Result, Weights};
 
@@ -24,7 +24,11 @@ pub fn vgg16(p: &mut dyn ParamSource, classes: usize) -> Result<Graph> {
             i += 1;
         } else {
             let name = format!("features.{i}");
-            let conv = Conv::load(p, &name, c_in, c, 3, 1, ConvPadding::Fixed(1), 1, true)?;
+            let conv = Conv::load(
+                p,
+                &name,
+                ConvSpec::new(c_in, c, 3).padding(ConvPadding::Fixed(1)).with_bias(),
+            )?;
             let relu = format!("features.{}", i + 1);
             features.push(conv_chain((&name, conv), None, Some((&relu, Activation::Relu)))?);
             c_in = c;

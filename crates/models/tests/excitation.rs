@@ -4,7 +4,9 @@
 
 use candle_core::{DType, Device, Tensor, Var};
 use extremal_hook::{Graph, Hooks, Network, Node};
-use extremal_models::layers::{conv_chain, BatchNorm, Conv, ConvPadding, ParamKind, ParamSource, RandomParams};
+use extremal_models::layers::{
+    conv_chain, BatchNorm, Conv, ConvPadding, ConvSpec, ParamKind, ParamSource, RandomParams,
+};
 use extremal_ops::{set_excitation_backprop, Activation};
 
 /// Random parameters whose batch-norm scales are negative on every other channel.
@@ -22,7 +24,7 @@ impl ParamSource for NegativeGamma {
 }
 
 fn chain(p: &mut dyn ParamSource) -> Graph {
-    let conv = Conv::load(p, "conv", 3, 6, 3, 1, ConvPadding::Fixed(1), 1, false).unwrap();
+    let conv = Conv::load(p, "conv", ConvSpec::new(3, 6, 3).padding(ConvPadding::Fixed(1))).unwrap();
     let bn = BatchNorm::load(p, "bn", 6, 1e-5).unwrap();
     let node = conv_chain(("conv", conv), Some(("bn", bn)), Some(("relu", Activation::Relu))).unwrap();
     Graph::new(Node::seq("", vec![node]))

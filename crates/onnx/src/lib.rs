@@ -250,7 +250,7 @@ impl From<Error> for extremal_hook::Error {
         match e {
             Error::Hook(e) => e,
             Error::Candle(e) => extremal_hook::Error::Candle(e),
-            other => extremal_hook::Error::Candle(candle_core::Error::Msg(other.to_string())),
+            other => extremal_hook::Error::Network(Box::new(other)),
         }
     }
 }

@@ -72,7 +72,7 @@ fn external_bytes(t: &TensorProto, dir: Option<&Path>, expected: usize) -> Resul
     let path = dir.join(rel);
     let mut f = std::fs::File::open(&path).map_err(|e| format!("external data {}: {e}", path.display()))?;
     let size = f.metadata().map_err(|e| e.to_string())?.len();
-    if offset.checked_add(expected as u64).map_or(true, |end| end > size) {
+    if offset.checked_add(expected as u64).is_none_or(|end| end > size) {
         return Err(format!(
             "external data {} holds {size} bytes, fewer than offset {offset} + {expected}",
             path.display()

@@ -874,7 +874,7 @@ fn reshape_target(dims: &[usize], target: &[i64], allowzero: bool) -> OpResult<V
     let total: usize = dims.iter().product();
     let known = element_count(&out).ok_or("shape overflows")?;
     if let Some(h) = hole {
-        if known == 0 || total % known != 0 {
+        if known == 0 || !total.is_multiple_of(known) {
             return err(format!("cannot reshape {dims:?} to {target:?}"));
         }
         out[h] = total / known;
@@ -1669,7 +1669,7 @@ impl Op {
                     .map(|&d| usize::try_from(d).map_err(|_| format!("negative dimension {d}")))
                     .collect::<OpResult<_>>()?;
                 let out = broadcast_shape(&v.dims(), &target).ok_or("Expand: shapes do not broadcast")?;
-                if element_count(&out).map_or(true, |n| n > 1 << 26) {
+                if element_count(&out).is_none_or(|n| n > 1 << 26) {
                     return err("Expand to a shape that is too large");
                 }
                 match v {

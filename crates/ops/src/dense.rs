@@ -5,7 +5,7 @@
 
 use std::cell::RefCell;
 
-use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Storage, Tensor, WithDType};
+use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor, WithDType};
 use rayon::prelude::*;
 
 use crate::act::{activate, mask, take_gradient_rule, Activation, GradientRule};
@@ -201,14 +201,7 @@ fn values<T: WithDType>(
     t: &Tensor,
     f: impl FnOnce(&[T]) -> candle_core::Result<Vec<T>>,
 ) -> candle_core::Result<Vec<T>> {
-    let (storage, layout) = t.storage_and_layout();
-    let Storage::Cpu(s) = &*storage else {
-        candle_core::bail!("conv2d: the weights must be on the CPU")
-    };
-    let Some((a, b)) = layout.contiguous_offsets() else {
-        candle_core::bail!("conv2d: the weights must be contiguous")
-    };
-    f(&s.as_slice::<T>()?[a..b])
+    crate::with_tensor_slice(t, "conv2d weights", f)?
 }
 
 /// The forward op: `(N, C_in, H, W) -> act(conv(x, weight) + bias)`.

@@ -1,4 +1,5 @@
-//! Differentiable kernels that candle lacks or gets wrong, as measured in `shared/CANDLE.md`.
+//! Differentiable kernels that candle lacks or gets wrong (its convolution, pooling and
+//! activation backward passes are slow or missing on the CPU; see `docs/architecture.md`).
 //!
 //! Every function here has a forward and a backward that are correct for f32 and f64 and for
 //! non-square, odd-sized inputs; each is checked against finite differences in `tests/`.
@@ -38,6 +39,7 @@ mod depthwise;
 pub mod excite;
 pub mod gradcheck;
 mod linear;
+pub mod optim;
 mod pool;
 pub mod random;
 mod resize;
@@ -53,6 +55,7 @@ pub use excite::{
     ExcitationGuard,
 };
 pub use linear::linear;
+pub use optim::{Adam, Optimiser, Sgd, UnitRms};
 pub use pool::{adaptive_avg_pool2d, max_pool2d, max_pool2d_primitive, Pool2d};
 pub use resize::{interpolation_matrix, resize_bilinear};
 pub use separable::{avg_pool2d, gaussian_blur, gaussian_kernel, Border};
@@ -88,8 +91,9 @@ pub(crate) fn output_vec<T: candle_core::WithDType>(n: usize) -> Vec<T> {
     v
 }
 
-/// The values of a contiguous CPU storage, or an error naming `op`.
-pub(crate) fn contiguous_slice<'a, T: candle_core::WithDType>(
+/// The values of a contiguous CPU storage (what a custom op's `cpu_fwd` receives), or an
+/// error naming `op`.
+pub fn contiguous_slice<'a, T: candle_core::WithDType>(
     s: &'a candle_core::CpuStorage,
     l: &candle_core::Layout,
     op: &str,
@@ -98,6 +102,20 @@ pub(crate) fn contiguous_slice<'a, T: candle_core::WithDType>(
         Some((a, b)) => Ok(&s.as_slice::<T>()?[a..b]),
         None => candle_core::bail!("{op}: the input must be contiguous"),
     }
+}
+
+/// Calls `f` with the values of a contiguous CPU tensor, borrowed (no copy), or an error
+/// naming `op`.
+pub fn with_tensor_slice<T: candle_core::WithDType, R>(
+    t: &candle_core::Tensor,
+    op: &str,
+    f: impl FnOnce(&[T]) -> R,
+) -> candle_core::Result<R> {
+    let (storage, layout) = t.storage_and_layout();
+    let candle_core::Storage::Cpu(ref s) = *storage else {
+        candle_core::bail!("{op}: the tensor must be on the CPU")
+    };
+    Ok(f(contiguous_slice(s, layout, op)?))
 }
 
 pub(crate) fn shape_err<T>(op: &'static str, message: impl Into<String>) -> Result<T> {

@@ -178,13 +178,6 @@ fn for_each_argmax<T: WithDType>(
     }
 }
 
-fn contiguous<'a, T: WithDType>(s: &'a CpuStorage, l: &Layout, op: &str) -> candle_core::Result<&'a [T]> {
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&s.as_slice::<T>()?[a..b]),
-        None => candle_core::bail!("{op}: input must be contiguous"),
-    }
-}
-
 impl CustomOp1 for MaxPool {
     fn name(&self) -> &'static str {
         "extremal-max-pool2d"
@@ -201,13 +194,13 @@ impl CustomOp1 for MaxPool {
         }
         let storage = match s {
             CpuStorage::F32(_) => CpuStorage::F32(run(
-                contiguous::<f32>(s, l, "max_pool2d")?,
+                crate::contiguous_slice::<f32>(s, l, "max_pool2d")?,
                 dims,
                 &self.0,
                 shape.elem_count(),
             )),
             CpuStorage::F64(_) => CpuStorage::F64(run(
-                contiguous::<f64>(s, l, "max_pool2d")?,
+                crate::contiguous_slice::<f64>(s, l, "max_pool2d")?,
                 dims,
                 &self.0,
                 shape.elem_count(),
@@ -249,14 +242,14 @@ impl CustomOp2 for MaxPoolBackward {
         }
         let storage = match (s1, s2) {
             (CpuStorage::F32(_), CpuStorage::F32(_)) => CpuStorage::F32(run(
-                contiguous::<f32>(s1, l1, "max_pool2d")?,
-                contiguous::<f32>(s2, l2, "max_pool2d")?,
+                crate::contiguous_slice::<f32>(s1, l1, "max_pool2d")?,
+                crate::contiguous_slice::<f32>(s2, l2, "max_pool2d")?,
                 dims,
                 &self.0,
             )),
             (CpuStorage::F64(_), CpuStorage::F64(_)) => CpuStorage::F64(run(
-                contiguous::<f64>(s1, l1, "max_pool2d")?,
-                contiguous::<f64>(s2, l2, "max_pool2d")?,
+                crate::contiguous_slice::<f64>(s1, l1, "max_pool2d")?,
+                crate::contiguous_slice::<f64>(s2, l2, "max_pool2d")?,
                 dims,
                 &self.0,
             )),

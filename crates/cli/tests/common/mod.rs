@@ -43,6 +43,18 @@ pub fn fails_with(args: &[&str], needle: &str) {
     );
 }
 
+/// A usage error (clap's): exit code 2 and one line on stderr that contains `needle`.
+pub fn usage_fails_with(args: &[&str], needle: &str) {
+    let out = extremal(args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+    assert!(
+        stderr.starts_with("error: ") && stderr.trim_end().lines().count() == 1,
+        "{args:?}: {stderr}"
+    );
+    assert!(stderr.contains(needle), "{args:?}: expected `{needle}` in {stderr}");
+}
+
 pub fn tmp(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("extremal-cli-test-{}", std::process::id()));
     std::fs::create_dir_all(&d).unwrap();

@@ -1,6 +1,22 @@
-use candle_core::{Tensor, Var};
+//! Optimisers of the mask and inversion loops, behind one trait ([`Optimiser`], as candle-nn's
+//! optimiser trait): [`Sgd`] and [`Adam`] with `torch.optim`'s update rules, and [`UnitRms`], which
+//! rescales each gradient to unit root-mean-square before another optimiser's step.
+
+use candle_core::{DType, Tensor, Var};
 
 use crate::Result;
+
+/// One optimisation step on a parameter, given its gradient.
+pub trait Optimiser {
+    /// Updates `param` in place from `grad` (of the same shape).
+    fn step(&mut self, param: &Var, grad: &Tensor) -> Result<()>;
+
+    /// The learning rate of the next step.
+    fn learning_rate(&self) -> f64;
+
+    /// Sets the learning rate of the next steps (a schedule).
+    fn set_learning_rate(&mut self, lr: f64);
+}
 
 /// Stochastic gradient descent with PyTorch's `torch.optim.SGD` semantics: the first step's
 /// momentum buffer is the raw gradient; later `b ← μ·b + (1 − dampening)·g`; `p ← p − lr·b`.
@@ -25,9 +41,18 @@ impl Sgd {
             buffer: None,
         }
     }
+}
 
-    /// One descent step on `param` with gradient `grad`.
-    pub fn step(&mut self, param: &Var, grad: &Tensor) -> Result<()> {
+impl Optimiser for Sgd {
+    fn learning_rate(&self) -> f64 {
+        self.lr
+    }
+
+    fn set_learning_rate(&mut self, lr: f64) {
+        self.lr = lr;
+    }
+
+    fn step(&mut self, param: &Var, grad: &Tensor) -> Result<()> {
         // A leaf's gradient from candle's backward can still reference the forward graph (the
         // last op's backward is not detached): keeping it in the momentum buffer would chain
         // every step's graph to the next and grow memory without bound.
@@ -76,9 +101,18 @@ impl Adam {
             t: 0,
         }
     }
+}
 
-    /// One descent step on `param` with gradient `grad`.
-    pub fn step(&mut self, param: &Var, grad: &Tensor) -> Result<()> {
+impl Optimiser for Adam {
+    fn learning_rate(&self) -> f64 {
+        self.lr
+    }
+
+    fn set_learning_rate(&mut self, lr: f64) {
+        self.lr = lr;
+    }
+
+    fn step(&mut self, param: &Var, grad: &Tensor) -> Result<()> {
         // See Sgd::step: never keep the forward graph in the moments.
         let grad = &grad.detach();
         self.t += 1;
@@ -98,5 +132,26 @@ impl Adam {
         self.m = Some(m);
         self.v = Some(v);
         Ok(())
+    }
+}
+
+/// Another optimiser on gradients scaled to unit root-mean-square, so that a learning rate
+/// means a step of about that size whatever the gradient's scale (Mahendran & Vedaldi's
+/// momentum SGD, with the learning rate Adam's would have).
+#[derive(Debug)]
+pub struct UnitRms<O>(pub O);
+
+impl<O: Optimiser> Optimiser for UnitRms<O> {
+    fn learning_rate(&self) -> f64 {
+        self.0.learning_rate()
+    }
+
+    fn set_learning_rate(&mut self, lr: f64) {
+        self.0.set_learning_rate(lr);
+    }
+
+    fn step(&mut self, param: &Var, grad: &Tensor) -> Result<()> {
+        let rms = grad.sqr()?.mean_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?.sqrt();
+        self.0.step(param, &(grad / rms.max(1e-30))?)
     }
 }

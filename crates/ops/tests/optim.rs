@@ -1,7 +1,7 @@
 //! The optimisers follow torch.optim's update rules.
 
 use candle_core::{Device, Tensor, Var};
-use extremal_mask::{Adam, Sgd};
+use extremal_ops::{Adam, Optimiser, Sgd};
 
 #[test]
 fn sgd_with_momentum_and_dampening_is_pytorchs() {

@@ -1,0 +1,163 @@
+//! The discrete side of the channel search: hard sets scored in batches, the best top-`keep`
+//! set tracked while the engine runs, and the swap refinement after it.
+
+use candle_core::{DType, Tensor, Var};
+
+use super::{top_k, ChannelMask, ChannelSite};
+use crate::engine::{MaskParameterisation, Objective, Observer};
+use crate::{Game, Result};
+
+/// The game's objective on hard sets: the kept score (preserve), minus the score without them
+/// (delete), or their difference (dual); `batch` sets per suffix pass.
+pub(super) struct HardObjective<'s, 'a> {
+    pub site: &'s ChannelSite<'a>,
+    pub game: Game,
+    pub batch: usize,
+}
+
+impl HardObjective<'_, '_> {
+    pub fn scores(&self, sets: &[Vec<usize>]) -> Result<Vec<f64>> {
+        let cs = self.site;
+        Ok(match self.game {
+            Game::Preserve => cs.hard_scores(sets, true, self.batch)?,
+            Game::Delete => cs
+                .hard_scores(sets, false, self.batch)?
+                .into_iter()
+                .map(|s| -s)
+                .collect(),
+            Game::Dual => {
+                let kept = cs.hard_scores(sets, true, self.batch)?;
+                let del = cs.hard_scores(sets, false, self.batch)?;
+                kept.iter().zip(&del).map(|(k, d)| k - d).collect()
+            }
+        })
+    }
+}
+
+/// An engine observer that checks the soft mask's top-`keep` set every 10 iterations (and
+/// once at the end, [`TopK::finish`]) and keeps the best; it also reports progress.
+pub(super) struct TopK<'o, 's, 'a, 'p> {
+    hard: &'o HardObjective<'s, 'a>,
+    keep: usize,
+    iterations: usize,
+    best: Option<(f64, Vec<usize>)>,
+    progress: &'p mut dyn FnMut(usize, usize),
+}
+
+impl<'o, 's, 'a, 'p> TopK<'o, 's, 'a, 'p> {
+    pub fn new(
+        hard: &'o HardObjective<'s, 'a>,
+        keep: usize,
+        iterations: usize,
+        progress: &'p mut dyn FnMut(usize, usize),
+    ) -> Self {
+        Self {
+            hard,
+            keep,
+            iterations,
+            best: None,
+            progress,
+        }
+    }
+
+    fn check(&mut self, params: &Var) -> Result<()> {
+        let v = params
+            .as_tensor()
+            .to_dtype(DType::F64)?
+            .flatten_all()?
+            .to_vec1::<f64>()?;
+        let set = top_k(&v, self.keep);
+        let s = self.hard.scores(std::slice::from_ref(&set))?[0];
+        if self.best.as_ref().map(|(b, _)| s > *b).unwrap_or(true) {
+            self.best = Some((s, set));
+        }
+        Ok(())
+    }
+
+    /// The last check, on the final mask; returns the best set seen.
+    pub fn finish(mut self, param: &ChannelMask) -> Result<Vec<usize>> {
+        self.check(param.params())?;
+        Ok(self.best.expect("checked at the end").1)
+    }
+}
+
+impl Observer for TopK<'_, '_, '_, '_> {
+    fn before_step(&mut self, t: usize, params: &Var) -> Result<()> {
+        if t > 0 && t.is_multiple_of(10) {
+            self.check(params)?;
+        }
+        Ok(())
+    }
+
+    fn after_step(&mut self, t: usize, _masks: &Tensor) -> Result<()> {
+        (self.progress)(t + 1, self.iterations);
+        Ok(())
+    }
+}
+
+/// Local search on hard sets: each round scores swaps (one kept channel out, one other in)
+/// chosen by the gradient of the game's reward at the hard mask, and accepts the best one if
+/// it raises the objective.
+pub(super) fn refine(
+    hard: &HardObjective,
+    objective: &Objective,
+    mut set: Vec<usize>,
+    mut score: f64,
+) -> Result<(Vec<usize>, usize)> {
+    let cs = hard.site;
+    let c = cs.channels;
+    let width = 8usize;
+    let mut swaps = 0;
+    for _round in 0..200 {
+        // Gradient of the kept score at the hard mask: a first-order estimate of each swap.
+        let mut mask = vec![0f32; c];
+        set.iter().for_each(|&i| mask[i] = 1.0);
+        let m = Var::from_tensor(&Tensor::from_vec(mask, (1, c), cs.activation().device())?)?;
+        let s = cs.game_scores(m.as_tensor(), objective)?;
+        let g = s
+            .sum_all()?
+            .backward()?
+            .get(m.as_tensor())
+            .cloned()
+            .unwrap_or(m.as_tensor().zeros_like()?);
+        let g = g.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?;
+        let mut inside = vec![false; c];
+        set.iter().for_each(|&i| inside[i] = true);
+        let outs: Vec<usize> = {
+            let mut v: Vec<usize> = set.clone();
+            v.sort_by(|&a, &b| g[a].total_cmp(&g[b]).then(a.cmp(&b)));
+            v.truncate(width);
+            v
+        };
+        let ins: Vec<usize> = {
+            let mut v: Vec<usize> = (0..c).filter(|&i| !inside[i]).collect();
+            v.sort_by(|&a, &b| g[b].total_cmp(&g[a]).then(a.cmp(&b)));
+            v.truncate(width);
+            v
+        };
+        let mut candidates = Vec::new();
+        for &o in &outs {
+            for &i in &ins {
+                let mut s: Vec<usize> = set.iter().copied().filter(|&k| k != o).collect();
+                s.push(i);
+                candidates.push(s);
+            }
+        }
+        if candidates.is_empty() {
+            break;
+        }
+        let scores = hard.scores(&candidates)?;
+        let best = (0..candidates.len())
+            .max_by(|&a, &b| scores[a].total_cmp(&scores[b]).then(b.cmp(&a)))
+            .unwrap();
+        if scores[best] > score + 1e-9 * score.abs().max(1.0) {
+            score = scores[best];
+            set = candidates[best].clone();
+            swaps += 1;
+        } else {
+            break;
+        }
+    }
+    set.sort();
+    Ok((set, swaps))
+}
