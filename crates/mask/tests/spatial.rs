@@ -188,7 +188,10 @@ fn a_spatial_mask_at_an_inner_site_finds_the_evidence() -> Result<(), Box<dyn st
             );
             assert_eq!(top, vec![(2, 5), (2, 6), (3, 5), (3, 6)], "{perturbation:?} {game:?}");
             let mean = m.iter().sum::<f32>() / m.len() as f32;
-            assert!(mean < 0.15, "{perturbation:?} {game:?}: the mask keeps about 1/16 ({mean})");
+            assert!(
+                mean < 0.15,
+                "{perturbation:?} {game:?}: the mask keeps about 1/16 ({mean})"
+            );
             let s = r.summary(&cfg)?;
             assert_eq!(s.site.as_deref(), Some("features"));
             assert_eq!(r.masks_at(16, 16)?.dims(), [1, 1, 16, 16]);
