@@ -237,6 +237,33 @@ fn attribute_writes_masks_saliency_pictures_and_report() {
         assert!(dir.join(format!("masked-{a}.png")).exists());
         assert!(dir.join(format!("overlay-{a}.png")).exists());
     }
+    // At an inner site: the masks at the site's resolution, the saliency at the image's, and
+    // the report names the site.
+    let inner = tmp("attribute-inner");
+    let v = ok_json(&[
+        "attribute",
+        "assets/chelsea.png",
+        "--layer",
+        "layer3",
+        "--areas",
+        "0.1",
+        "--iterations",
+        "3",
+        "--out",
+        inner.to_str().unwrap(),
+        "--json",
+    ]);
+    assert_eq!(v["site"], "_blocks.10");
+    let t = candle_core::safetensors::load(inner.join("masks.safetensors"), &candle_core::Device::Cpu).unwrap();
+    assert_eq!(t["masks"].dims(), [1, 1, 14, 14]);
+    let s = candle_core::safetensors::load(inner.join("saliency.safetensors"), &candle_core::Device::Cpu).unwrap();
+    assert_eq!(s["saliency"].dims(), [1, 1, 224, 224]);
+    assert!(
+        v.get("site").is_some()
+            && ok_json(&["attribute", "assets/chelsea.png", "--iterations", "1", "--json"])
+                .get("site")
+                .is_none()
+    );
     fails_with(
         &["attribute", "assets/chelsea.png", "--areas", "1.5"],
         "--areas: 1.5 is not a fraction",

@@ -129,3 +129,55 @@ fn area_penalty_gradient_flows_through_the_sort() {
         assert!((a - b).abs() < 1e-12, "{:?}", g);
     }
 }
+
+/// A sweep on one cached site checks every keep first, finds the smallest keep that reaches
+/// the original score, and its report survives JSON (as `channels.json`) unchanged but for
+/// the history; a configuration that asks for another class than the cached site's is refused.
+#[test]
+fn sweeps_reports_as_json_and_the_sites_target() {
+    use extremal_mask::{channel_masks_at, channel_sweep, ChannelReport, ChannelSite};
+    let (net, x) = and_network();
+    let site = ChannelSite::new(&net, &x, "features", None).unwrap();
+    let cfg = ChannelConfig::default();
+    let e = channel_sweep(&site, &[2, 9], &cfg, &mut |_, _, _, _| {})
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("--keep 9 is not possible"), "{e}");
+    let mut calls = 0;
+    let sweep = channel_sweep(&site, &[4, 1, 2, 2], &cfg, &mut |_, _, _, _| calls += 1).unwrap();
+    let keeps: Vec<usize> = sweep.reports.iter().map(|r| r.keep).collect();
+    assert_eq!(keeps, vec![1, 2, 4]);
+    assert_eq!(calls, 3 * 100, "one call per iteration of each keep");
+    assert_eq!(sweep.extremal_keep, Some(2), "channels 2 and 5 keep all of class 0");
+    assert_eq!(sweep.chosen().kept(), &[2, 5]);
+
+    let report = sweep.chosen().clone();
+    let json = serde_json::to_value(&report).unwrap();
+    assert_eq!(json["channels"][0]["rank"], 1);
+    assert_eq!(json["channels"].as_array().unwrap().len(), 8);
+    assert!(json.get("history").is_none() && json.get("ranking").is_none());
+    let back: ChannelReport = serde_json::from_value(json).unwrap();
+    assert_eq!(
+        back,
+        ChannelReport {
+            history: Vec::new(),
+            ..report
+        }
+    );
+    let bad = r#"{"site":"features","channels_total":2,"keep":1,"target":0,"original_score":1,
+        "kept_score":1,"deleted_score":0,"soft_kept_score":1,"swaps":0,
+        "baselines":{"top_activation":0,"activation_x_gradient":0},
+        "channels":[{"index":0,"mask":1.0,"rank":1},{"index":0,"mask":0.5,"rank":2}]}"#;
+    let e = serde_json::from_str::<ChannelReport>(bad).unwrap_err().to_string();
+    assert!(e.contains("listed twice"), "{e}");
+    let e = back.check_site("other", 8).unwrap_err().to_string();
+    assert!(e.contains("was made at `features`, not at `other`"), "{e}");
+
+    let other = ChannelConfig {
+        keep: 2,
+        target: Some(1),
+        ..Default::default()
+    };
+    let e = channel_masks_at(&site, &other, &mut |_, _| {}).unwrap_err().to_string();
+    assert!(e.contains("cached for class 0"), "{e}");
+}
