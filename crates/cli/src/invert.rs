@@ -199,6 +199,13 @@ pub(crate) fn run(args: &InvertArgs) -> Result<()> {
     Ok(())
 }
 
+/// What `channels --render` inverted: the relative feature errors, and the pictures of the
+/// top kept channels inverted one by one.
+pub(crate) struct Rendered {
+    pub(crate) errors: Vec<f64>,
+    pub(crate) singles: Vec<(usize, image::RgbImage)>,
+}
+
 /// `channels --render`: the image, the inversions of the full activation, of the kept channels
 /// and of the top channels one by one, labelled, in one sheet.
 pub(crate) fn render_sheet(
@@ -208,8 +215,8 @@ pub(crate) fn render_sheet(
     report: &ChannelReport,
     cfg: &InvertConfig,
     path: &Path,
-) -> Result<Vec<f64>> {
-    let (ranking, keep, mask) = (&report.ranking, report.keep, &report.mask);
+) -> Result<Rendered> {
+    let (ranking, keep) = (&report.ranking, report.keep);
     // A channel that is zero everywhere on this image has nothing to invert: leave it out.
     let phi = model.forward_to(x, layer)?.detach();
     let energy: Vec<f64> = phi
@@ -232,12 +239,15 @@ pub(crate) fn render_sheet(
     let mut tiles = vec![(render::rgb_image(&rgb)?, "image".to_string())];
     tiles.push((picture(model, &inv.images.get(0)?)?, format!("all {}", phi.dim(1)?)));
     tiles.push((picture(model, &inv.images.get(1)?)?, format!("kept {keep}")));
+    let mut pictures = Vec::new();
     for (i, &k) in singles.iter().enumerate() {
-        tiles.push((
-            picture(model, &inv.images.get(2 + i)?)?,
-            format!("ch {k} m={:.2}", mask[k]),
-        ));
+        let p = picture(model, &inv.images.get(2 + i)?)?;
+        tiles.push((p.clone(), format!("ch {k} {:+.2}", report.contributions[k])));
+        pictures.push((k, p));
     }
     render::save_png(&render::sheet(&tiles, 4), path)?;
-    Ok(inv.relative_errors)
+    Ok(Rendered {
+        errors: inv.relative_errors,
+        singles: pictures,
+    })
 }

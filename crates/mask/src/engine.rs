@@ -18,6 +18,7 @@ use crate::{area_penalty, reward, Error, Game, Result, Reward, TieOrder};
 /// the suffix. The input is a site too (`"input"`): then the suffix is the whole network.
 pub struct Site<'a> {
     net: &'a dyn Network,
+    input: Tensor,
     prefix: Prefix,
 }
 
@@ -35,8 +36,14 @@ impl<'a> Site<'a> {
         }
         Ok(Self {
             net,
+            input: x.detach(),
             prefix: net.prefix(x, site)?,
         })
+    }
+
+    /// The input the prefix was run on.
+    pub fn input(&self) -> &Tensor {
+        &self.input
     }
 
     /// The native site name.
@@ -60,6 +67,34 @@ impl<'a> Site<'a> {
     /// - `activation`: the site's shape with any batch size `B`; returns `(B, classes)`.
     pub fn output(&self, activation: &Tensor) -> Result<Tensor> {
         Ok(self.net.suffix(&self.prefix, activation, &mut Hooks::new())?)
+    }
+}
+
+/// What a mask's reward reads from the network: one value per item of a batch of perturbed
+/// activations at the site. [`ClassEvidence`] is the class's (the target logit, or its margin
+/// over the others); the channel search's conditional explanations read one channel's
+/// contribution instead.
+pub trait Evidence {
+    /// The evidence of each item.
+    ///
+    /// # Shapes
+    /// - `activation`: the site's shape with batch `B`; returns `(B,)`.
+    fn evidence(&self, activation: &Tensor) -> Result<Tensor>;
+}
+
+/// The class evidence at a cached site: the suffix's output read by a [`Reward`].
+pub struct ClassEvidence<'s, 'a> {
+    /// The cached site.
+    pub site: &'s Site<'a>,
+    /// The class.
+    pub target: usize,
+    /// Simple or contrastive.
+    pub reward: Reward,
+}
+
+impl Evidence for ClassEvidence<'_, '_> {
+    fn evidence(&self, activation: &Tensor) -> Result<Tensor> {
+        reward(&self.site.output(activation)?, self.target, self.reward)
     }
 }
 
@@ -138,15 +173,12 @@ impl AreaWeight {
     }
 }
 
-/// What the engine optimises: the game, its reward and the area constraint.
+/// What the engine optimises: the game and the area constraint (the evidence the reward reads
+/// is an [`Evidence`]).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Objective {
-    /// The class whose evidence is the reward.
-    pub target: usize,
     /// Preserve, delete or dual.
     pub game: Game,
-    /// Simple or contrastive.
-    pub reward: Reward,
     /// `s`: the reward's factor in the loss.
     pub reward_scale: f64,
     /// The target area of each mask (fractions of the area view's values).
@@ -213,28 +245,27 @@ fn game_reward(r: Tensor, game: Game, k: usize) -> Result<Tensor> {
     })
 }
 
-/// The game's reward of a batch of masks at `site`, differentiable with respect to them.
+/// The game's reward of a batch of masks, differentiable with respect to them.
 ///
 /// # Shapes
 /// - `masks`: `(K, …)`; returns `(K,)`.
 pub fn game_scores(
-    site: &Site,
+    evidence: &dyn Evidence,
     param: &dyn MaskParameterisation,
     masks: &Tensor,
-    objective: &Objective,
+    game: Game,
     iteration: usize,
 ) -> Result<Tensor> {
     let k = masks.dim(0)?;
-    let seen = param.perturb(&game_masks(masks, objective.game)?, iteration)?;
-    let out = site.output(&seen)?;
-    game_reward(reward(&out, objective.target, objective.reward)?, objective.game, k)
+    let seen = param.perturb(&game_masks(masks, game)?, iteration)?;
+    game_reward(evidence.evidence(&seen)?, game, k)
 }
 
-/// Runs the engine: `objective.iterations` steps of `optimiser` on `param`'s parameters at
-/// `site`, with `observer` called around each step. The parameters are left at their last
-/// (projected) values; returns the history.
+/// Runs the engine: `objective.iterations` steps of `optimiser` on `param`'s parameters, the
+/// reward read by `evidence`, with `observer` called around each step. The parameters are left
+/// at their last (projected) values; returns the history.
 pub fn optimise(
-    site: &Site,
+    evidence: &dyn Evidence,
     param: &dyn MaskParameterisation,
     objective: &Objective,
     optimiser: &mut dyn Optimiser,
@@ -250,7 +281,7 @@ pub fn optimise(
     for (t, &lambda) in weights.iter().enumerate() {
         observer.before_step(t, param.params())?;
         let MaskValues { masks, area } = param.masks()?;
-        let r = game_scores(site, param, &masks, objective, t)?;
+        let r = game_scores(evidence, param, &masks, objective.game, t)?;
         let penalty = area_penalty(&area, &objective.areas, objective.ties)?;
         let loss = ((&penalty * lambda)? - (&r * objective.reward_scale)?)?.sum_all()?;
         let rewards = r.to_dtype(DType::F64)?.to_vec1::<f64>()?;

@@ -27,16 +27,17 @@ pub mod sort;
 pub mod spatial;
 
 pub use channels::{
-    channel_masks, channel_masks_at, channel_sweep, Baselines, ChannelConfig, ChannelMask, ChannelReport, ChannelSite,
-    ChannelSweep, RankedChannel, Schedule,
+    channel_masks, channel_masks_at, channel_sweep, conditional_heatmaps, explain_channels, Baselines, ChannelConfig,
+    ChannelContribution, ChannelMask, ChannelReport, ChannelSite, ChannelSweep, ExplainMethod, RankedChannel, Schedule,
 };
 pub use engine::{
-    game_scores, optimise, AreaWeight, History, Iteration, MaskParameterisation, MaskValues, Objective, Observer, Site,
+    game_scores, optimise, AreaWeight, ClassEvidence, Evidence, History, Iteration, MaskParameterisation, MaskValues,
+    Objective, Observer, Site,
 };
 pub use extremal_ops::{Adam, Optimiser, Sgd};
 pub use spatial::{
-    extremal_perturbation, AreaSummary, ExtremalConfig, ExtremalResult, ExtremalSummary, MaskGenerator, Perturbation,
-    Pyramid, PyramidMask, SpatialMask,
+    explain_channel, extremal_perturbation, AreaSummary, ExtremalConfig, ExtremalResult, ExtremalSummary,
+    MaskGenerator, Perturbation, Pyramid, PyramidMask, SpatialMask,
 };
 
 use candle_core::{DType, Tensor, D};

@@ -165,9 +165,10 @@ fn sweeps_reports_as_json_and_the_sites_target() {
         }
     );
     let bad = r#"{"site":"features","channels_total":2,"keep":1,"target":0,"original_score":1,
-        "kept_score":1,"deleted_score":0,"soft_kept_score":1,"swaps":0,
+        "kept_score":1,"deleted_score":0,"empty_score":0,"soft_kept_score":1,"swaps":0,
         "baselines":{"top_activation":0,"activation_x_gradient":0},
-        "channels":[{"index":0,"mask":1.0,"rank":1},{"index":0,"mask":0.5,"rank":2}]}"#;
+        "channels":[{"index":0,"mask":1.0,"rank":1,"contribution":1,"exact":true},
+                    {"index":0,"mask":0.5,"rank":2,"contribution":0,"exact":true}]}"#;
     let e = serde_json::from_str::<ChannelReport>(bad).unwrap_err().to_string();
     assert!(e.contains("listed twice"), "{e}");
     let e = back.check_site("other", 8).unwrap_err().to_string();
@@ -180,4 +181,117 @@ fn sweeps_reports_as_json_and_the_sites_target() {
     };
     let e = channel_masks_at(&site, &other, &mut |_, _| {}).unwrap_err().to_string();
     assert!(e.contains("cached for class 0"), "{e}");
+}
+
+/// On a suffix linear in the mask (spatial mean, then a linear layer) a channel's
+/// contribution is its activation times its weight: for the kept channels (their Shapley
+/// share equals their drop) and for the others (their gain), all exact; the ranking follows
+/// the contributions, not the channel index.
+#[test]
+fn contributions_on_a_linear_suffix_are_activation_times_weight() {
+    let weights = [0.5f32, -1.0, 2.0, 0.25, 3.0, 1.0, -0.5, 1.5];
+    let means = [4.0f32, 1.0, 1.0, 8.0, 2.0, 0.5, 2.0, 1.0];
+    let w = Tensor::new(&[weights, [0.0; 8]], &Device::Cpu).unwrap();
+    let net = Graph::new(Node::seq(
+        "",
+        vec![
+            Node::layer("features", |x: &Tensor| Ok(x.clone())),
+            Node::layer("head", move |a: &Tensor| a.mean(3)?.mean(2)?.matmul(&w.t()?)),
+        ],
+    ));
+    let mut v = Vec::new();
+    for m in means {
+        v.extend([m, m, m, m]);
+    }
+    let x = Tensor::from_vec(v, (1, 8, 2, 2), &Device::Cpu).unwrap();
+    let cfg = ChannelConfig {
+        keep: 3,
+        ..Default::default()
+    };
+    let r = channel_masks(&net, &x, "features", &cfg).unwrap();
+    let expected: Vec<f64> = weights.iter().zip(means).map(|(w, m)| (w * m) as f64).collect();
+    // w·m = [2, −1, 2, 2, 6, 0.5, −1, 1.5]: keep {4, 0, 2} or {4, 0, 3}…, ranked 4 first.
+    for (k, (&got, want)) in r.contributions.iter().zip(&expected).enumerate() {
+        assert!((got - want).abs() < 1e-5, "channel {k}: {got} vs {want}");
+        assert!(r.exact[k]);
+    }
+    assert_eq!(r.ranking[0], 4, "{:?}", r.ranking);
+    let kept = r.kept().to_vec();
+    assert!(kept.iter().all(|&k| expected[k] >= 2.0), "{kept:?}");
+    let sum: f64 = kept.iter().map(|&k| r.contributions[k]).sum();
+    assert!((sum - (r.kept_score - r.empty_score)).abs() < 1e-5);
+    for &k in &kept {
+        assert!((r.drops[k].unwrap() - expected[k]).abs() < 1e-5);
+    }
+    // The others by gain: 1.5 (channel 7), 0.5 (5), then −1 (1 and 6, ties to the lower index).
+    assert_eq!(&r.ranking[4..], &[7, 5, 1, 6], "{:?}", r.ranking);
+}
+
+/// On the AND network the two kept channels are only worth something together: each drop is
+/// the whole score, each Shapley share half of it, and the shares add up to what the set keeps.
+#[test]
+fn contributions_of_channels_that_work_together_add_up() {
+    let (net, x) = and_network();
+    let r = channel_masks(
+        &net,
+        &x,
+        "features",
+        &ChannelConfig {
+            keep: 2,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(r.kept_score, 9.0);
+    for &k in r.kept() {
+        assert!((r.contributions[k] - 4.5).abs() < 1e-5, "{:?}", r.contributions);
+        assert!((r.drops[k].unwrap() - 9.0).abs() < 1e-5);
+        assert!(r.exact[k]);
+    }
+}
+
+/// Conditional heatmaps: channel 0 reads the red plane and counts in the top half, channel 1
+/// the green plane in the bottom half; each map lies where its channel's contribution comes
+/// from, and a channel's masked contribution on the image is the drop without it.
+#[test]
+fn conditional_heatmaps_lie_where_each_channel_draws_its_support() {
+    use extremal_mask::{conditional_heatmaps, ChannelContribution, ChannelSite};
+    let (h, w) = (8, 6);
+    let mut head = vec![0f32; 2 * h * w];
+    for y in 0..h {
+        for x in 0..w {
+            head[if y < h / 2 { y * w + x } else { h * w + y * w + x }] = 1.0;
+        }
+    }
+    let head = Tensor::from_vec(head, (1, 2 * h * w), &Device::Cpu).unwrap();
+    let net = Graph::new(Node::seq(
+        "",
+        vec![
+            Node::layer("features", |x: &Tensor| x.narrow(1, 0, 2)?.relu()),
+            Node::layer("head", move |a: &Tensor| {
+                let s = a.flatten_from(1)?.broadcast_mul(&head)?.sum_keepdim(1)?;
+                Tensor::cat(&[&s, &s.zeros_like()?], 1)
+            }),
+        ],
+    ));
+    let x = Tensor::rand(0.5f32, 1.5, (1, 3, h, w), &Device::Cpu).unwrap();
+    let site = ChannelSite::new(&net, &x, "features", Some(0)).unwrap();
+    let maps = conditional_heatmaps(&site, &[0, 1], &[0, 1]).unwrap();
+    assert_eq!(maps.dims(), [2, 1, h, w]);
+    let m = maps.squeeze(1).unwrap().to_vec3::<f32>().unwrap();
+    let xs = x.squeeze(0).unwrap().to_vec3::<f32>().unwrap();
+    for y in 0..h {
+        for xx in 0..w {
+            let (top, r, g) = (y < h / 2, xs[0][y][xx], xs[1][y][xx]);
+            // ∂R_0/∂x = 1 on the red plane's top half: the map is x there, 0 elsewhere.
+            assert!((m[0][y][xx] - if top { r } else { 0.0 }).abs() < 1e-6);
+            assert!((m[1][y][xx] - if top { 0.0 } else { g }).abs() < 1e-6);
+        }
+    }
+    let c = ChannelContribution::new(&site, &[0, 1], 0).unwrap();
+    let on = c.on(&x).unwrap().to_vec1::<f32>().unwrap()[0] as f64;
+    let drop = site.hard_scores(&[vec![0, 1]], true, 1).unwrap()[0] - site.hard_scores(&[vec![1]], true, 1).unwrap()[0];
+    assert!((on - drop).abs() < 1e-5, "{on} vs {drop}");
+    assert!(ChannelContribution::new(&site, &[1], 0).is_err());
+    assert!(conditional_heatmaps(&site, &[0], &[5]).is_err());
 }

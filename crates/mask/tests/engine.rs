@@ -4,7 +4,8 @@
 use candle_core::{Device, Tensor, Var};
 use extremal_hook::{Graph, Node};
 use extremal_mask::{
-    optimise, Adam, AreaWeight, Game, MaskParameterisation, MaskValues, Objective, Observer, Reward, Site, TieOrder,
+    optimise, Adam, AreaWeight, ClassEvidence, Game, MaskParameterisation, MaskValues, Objective, Observer, Reward,
+    Site, TieOrder,
 };
 
 #[test]
@@ -81,9 +82,7 @@ fn a_new_parameterisation_is_a_trait_impl() -> Result<(), Box<dyn std::error::Er
         features: site.activation().clone(),
     };
     let objective = Objective {
-        target: 0,
         game: Game::Preserve,
-        reward: Reward::Simple,
         reward_scale: 0.2,
         areas: vec![2.0 / 6.0],
         ties: TieOrder::Index,
@@ -91,7 +90,12 @@ fn a_new_parameterisation_is_a_trait_impl() -> Result<(), Box<dyn std::error::Er
         iterations: 200,
     };
     let mut count = Count::default();
-    let history = optimise(&site, &param, &objective, &mut Adam::new(0.05), &mut count)?;
+    let evidence = ClassEvidence {
+        site: &site,
+        target: 0,
+        reward: Reward::Simple,
+    };
+    let history = optimise(&evidence, &param, &objective, &mut Adam::new(0.05), &mut count)?;
     assert_eq!((history.len(), count.before, count.after), (200, 200, 200));
     let m = param.params().as_tensor().flatten_all()?.to_vec1::<f32>()?;
     println!("{m:?}, last reward {:?}", history.last().unwrap().rewards);

@@ -4,6 +4,8 @@
 //! tracked while it runs; a swap search then refines the hard set, scoring batches of
 //! candidate sets in one suffix pass.
 
+mod contribution;
+mod explain;
 mod report;
 mod search;
 mod site;
@@ -13,11 +15,15 @@ use extremal_hook::Network;
 use extremal_ops::{Adam, Optimiser, Sgd};
 use serde::{Deserialize, Serialize};
 
+pub use contribution::{
+    contributions, rank, Contributions, EXACT_GAINS_UP_TO, EXACT_SHAPLEY_UP_TO, SHAPLEY_PERMUTATIONS,
+};
+pub use explain::{conditional_heatmaps, ChannelContribution};
 pub use report::{Baselines, ChannelReport, RankedChannel};
 pub use site::{ChannelMask, ChannelSite};
 
 use crate::engine::{optimise, AreaWeight, Objective};
-use crate::{Error, Game, Result, Reward, TieOrder};
+use crate::{Error, Game, Result, TieOrder};
 
 /// How the soft mask is optimised.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -58,9 +64,7 @@ impl Schedule {
             Schedule::Paper => (1.0, AreaWeight::Ramp { end: 1500.0, over: 150 }),
         };
         Objective {
-            target: site.target(),
             game,
-            reward: Reward::Simple,
             reward_scale,
             areas: vec![keep as f64 / site.channels as f64],
             ties: TieOrder::Index,
@@ -124,6 +128,53 @@ impl Default for ChannelConfig {
     }
 }
 
+/// How [`explain_channels`] maps where a kept channel's contribution comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
+#[serde(rename_all = "kebab-case")]
+pub enum ExplainMethod {
+    /// Conditional gradient × input ([`conditional_heatmaps`]): one backward pass per channel.
+    #[default]
+    Gradient,
+    /// Image-space extremal perturbation of the channel's contribution
+    /// ([`crate::explain_channel`]): the sum of its masks; a full optimisation per channel.
+    Extremal,
+}
+
+/// Image-space maps of where each of `channels` (kept in `report`, made at `cs`) draws its
+/// contribution, by `method`; `cfg` configures the extremal method (its areas and
+/// iterations). `progress(i, iteration)` is called as the `i`-th channel's optimisation runs.
+///
+/// # Shapes
+/// - returns: `(K, 1, H, W)`, the input's size.
+pub fn explain_channels(
+    cs: &ChannelSite,
+    report: &ChannelReport,
+    channels: &[usize],
+    method: ExplainMethod,
+    cfg: &crate::ExtremalConfig,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<Tensor> {
+    report.check_site(cs.site(), cs.channels)?;
+    if let Some(k) = channels.iter().find(|k| !report.kept().contains(k)) {
+        return Err(Error::Invalid(format!(
+            "channel {k} is not one of the kept channels {:?}",
+            report.kept()
+        )));
+    }
+    match method {
+        ExplainMethod::Gradient => conditional_heatmaps(cs, report.kept(), channels),
+        ExplainMethod::Extremal => {
+            let mut maps = Vec::with_capacity(channels.len());
+            for (i, &k) in channels.iter().enumerate() {
+                let r = crate::explain_channel(cs, report.kept(), k, cfg, &mut |t| progress(i, t))?;
+                maps.push(r.masks.sum_keepdim(0)?.to_dtype(candle_core::DType::F32)?);
+            }
+            Ok(Tensor::cat(&maps, 0)?)
+        }
+    }
+}
+
 /// Indices of the `k` largest values, ties to the lower index.
 pub fn top_k(values: &[f64], k: usize) -> Vec<usize> {
     let mut idx: Vec<usize> = (0..values.len()).collect();
@@ -181,7 +232,7 @@ pub fn channel_masks_at(
     let (init, mut optimiser) = cfg.schedule.start();
     let param = cs.mask(init)?;
     let mut tracker = search::TopK::new(&hard, cfg.keep, iterations, progress);
-    let history = optimise(cs.cached(), &param, &objective, optimiser.as_mut(), &mut tracker)?;
+    let history = optimise(&cs.evidence(), &param, &objective, optimiser.as_mut(), &mut tracker)?;
     let soft_set = tracker.finish(&param)?;
     let mask = param.mask_values()?;
     let soft_kept_score = cs.hard_scores(std::slice::from_ref(&soft_set), true, 1)?[0];
@@ -199,16 +250,9 @@ pub fn channel_masks_at(
     let kept_score = cs.hard_scores(std::slice::from_ref(&set), true, 1)?[0];
     let deleted_score = cs.hard_scores(std::slice::from_ref(&set), false, 1)?[0];
 
-    // Ranking: kept set first, each part by mask value, ties to the lower index.
-    let mut kept_flag = vec![false; c];
-    set.iter().for_each(|&i| kept_flag[i] = true);
-    let mut ranking: Vec<usize> = (0..c).collect();
-    ranking.sort_by(|&a, &b| {
-        kept_flag[b]
-            .cmp(&kept_flag[a])
-            .then(mask[b].total_cmp(&mask[a]))
-            .then(a.cmp(&b))
-    });
+    // Contributions, and the ranking by them.
+    let contribution = contributions(cs, &set, kept_score, cfg.batch)?;
+    let ranking = rank(&set, &contribution.values);
 
     Ok(ChannelReport {
         site: cs.site().to_string(),
@@ -218,8 +262,12 @@ pub fn channel_masks_at(
         original_score: cs.original_score(),
         kept_score,
         deleted_score,
+        empty_score: contribution.empty_score,
         mask,
         ranking,
+        contributions: contribution.values,
+        drops: contribution.drops,
+        exact: contribution.exact,
         baselines,
         soft_kept_score,
         swaps,

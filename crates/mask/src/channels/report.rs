@@ -34,11 +34,20 @@ pub struct ChannelReport {
     pub kept_score: f64,
     /// The target logit with the kept channels removed.
     pub deleted_score: f64,
+    /// The target logit with no channel kept.
+    pub empty_score: f64,
     /// The final soft mask, one value per channel.
     pub mask: Vec<f32>,
-    /// Channel indices by rank: the kept set first (ranks 1…keep), each group by mask value,
-    /// ties to the lower index.
+    /// Channel indices by rank: the kept set first (ranks 1…keep) by contribution, then the
+    /// others by gain; ties to the lower index.
     pub ranking: Vec<usize>,
+    /// Each channel's contribution ([`super::Contributions`]): a kept channel's Shapley share
+    /// of `kept_score − empty_score`, another's gain when it alone is added.
+    pub contributions: Vec<f64>,
+    /// A kept channel's drop when it alone is removed (`None` for the others).
+    pub drops: Vec<Option<f64>>,
+    /// Per channel: `false` where the contribution is a first-order estimate.
+    pub exact: Vec<bool>,
     /// The heuristics' kept scores.
     pub baselines: Baselines,
     /// Kept score of the best top-`keep` set of the soft mask (checked every 10 iterations),
@@ -84,6 +93,14 @@ pub struct RankedChannel {
     pub mask: f32,
     /// Its rank (1 = first).
     pub rank: usize,
+    /// Its contribution (kept: its Shapley share of what the set keeps; other: the gain with
+    /// it).
+    pub contribution: f64,
+    /// Kept: the score's drop without it alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drop: Option<f64>,
+    /// `false` where the contribution is a first-order estimate.
+    pub exact: bool,
 }
 
 /// [`ChannelReport`] as JSON.
@@ -96,6 +113,7 @@ struct ReportJson {
     original_score: f64,
     kept_score: f64,
     deleted_score: f64,
+    empty_score: f64,
     soft_kept_score: f64,
     swaps: usize,
     baselines: Baselines,
@@ -112,6 +130,9 @@ impl From<ChannelReport> for ReportJson {
                 index: c,
                 mask: r.mask[c],
                 rank: i + 1,
+                contribution: r.contributions[c],
+                drop: r.drops[c],
+                exact: r.exact[c],
             })
             .collect();
         Self {
@@ -122,6 +143,7 @@ impl From<ChannelReport> for ReportJson {
             original_score: r.original_score,
             kept_score: r.kept_score,
             deleted_score: r.deleted_score,
+            empty_score: r.empty_score,
             soft_kept_score: r.soft_kept_score,
             swaps: r.swaps,
             baselines: r.baselines,
@@ -142,6 +164,9 @@ impl TryFrom<ReportJson> for ChannelReport {
             ));
         }
         let mut mask = vec![f32::NAN; n];
+        let mut contributions = vec![0.0; n];
+        let mut exact = vec![true; n];
+        let mut drops = vec![None; n];
         let mut by_rank: Vec<(usize, usize)> = Vec::with_capacity(n);
         for c in &j.channels {
             if c.index >= n || !mask[c.index].is_nan() {
@@ -151,6 +176,9 @@ impl TryFrom<ReportJson> for ChannelReport {
                 return Err(format!("channel {}'s mask value {} is outside [0, 1]", c.index, c.mask));
             }
             mask[c.index] = c.mask;
+            contributions[c.index] = c.contribution;
+            exact[c.index] = c.exact;
+            drops[c.index] = c.drop;
             by_rank.push((c.rank, c.index));
         }
         by_rank.sort();
@@ -162,8 +190,12 @@ impl TryFrom<ReportJson> for ChannelReport {
             original_score: j.original_score,
             kept_score: j.kept_score,
             deleted_score: j.deleted_score,
+            empty_score: j.empty_score,
             mask,
             ranking: by_rank.into_iter().map(|(_, c)| c).collect(),
+            contributions,
+            drops,
+            exact,
             baselines: j.baselines,
             soft_kept_score: j.soft_kept_score,
             swaps: j.swaps,

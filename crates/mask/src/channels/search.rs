@@ -113,7 +113,7 @@ pub(super) fn refine(
         let mut mask = vec![0f32; c];
         set.iter().for_each(|&i| mask[i] = 1.0);
         let m = Var::from_tensor(&Tensor::from_vec(mask, (1, c), cs.activation().device())?)?;
-        let s = cs.game_scores(m.as_tensor(), objective)?;
+        let s = cs.game_scores(m.as_tensor(), objective.game)?;
         let g = s
             .sum_all()?
             .backward()?

@@ -3,8 +3,8 @@
 use candle_core::{DType, Tensor, Var};
 use extremal_hook::Network;
 
-use crate::engine::{game_scores, MaskParameterisation, MaskValues, Objective, Site};
-use crate::{reward, scalar, Error, Result, Reward};
+use crate::engine::{game_scores, ClassEvidence, MaskParameterisation, MaskValues, Site};
+use crate::{reward, scalar, Error, Game, Result, Reward};
 
 /// A prefix cached at a site, with what is needed to score channel sets quickly.
 pub struct ChannelSite<'a> {
@@ -122,17 +122,25 @@ impl<'a> ChannelSite<'a> {
         reward(&out, self.target, Reward::Simple)
     }
 
-    /// The game's reward of a batch of soft channel masks under `objective` (its target
-    /// must be this site's), differentiable with respect to them.
+    /// The target logit as the engine's evidence.
+    pub fn evidence(&self) -> ClassEvidence<'_, 'a> {
+        ClassEvidence {
+            site: &self.site,
+            target: self.target,
+            reward: Reward::Simple,
+        }
+    }
+
+    /// The game's reward of a batch of soft channel masks, differentiable with respect to them.
     ///
     /// # Shapes
     /// - `masks`: `(B, C)`; returns `(B,)`.
-    pub fn game_scores(&self, masks: &Tensor, objective: &Objective) -> Result<Tensor> {
+    pub fn game_scores(&self, masks: &Tensor, game: Game) -> Result<Tensor> {
         let param = ChannelMask {
             params: Var::from_tensor(&masks.detach())?,
             activation: self.activation().clone(),
         };
-        game_scores(&self.site, &param, masks, objective, 0)
+        game_scores(&self.evidence(), &param, masks, game, 0)
     }
 
     /// Target logits with hard masks: for each set, exactly its channels kept (`keep_only`)

@@ -24,7 +24,8 @@ pub use generator::MaskGenerator;
 pub use params::{PyramidMask, SpatialMask};
 pub use pyramid::Pyramid;
 
-use crate::engine::{optimise, AreaWeight, History, MaskParameterisation, Objective, Site};
+use crate::channels::{ChannelContribution, ChannelSite};
+use crate::engine::{optimise, AreaWeight, ClassEvidence, Evidence, History, MaskParameterisation, Objective, Site};
 use crate::{reward, Error, Game, Result, Reward, TieOrder};
 
 /// How the site is perturbed where the mask is 0.
@@ -193,6 +194,89 @@ pub fn extremal_perturbation(
     cfg: &ExtremalConfig,
     progress: &mut dyn FnMut(usize),
 ) -> Result<ExtremalResult> {
+    check(input, cfg)?;
+    let k = cfg.areas.len();
+    let site = Site::new(net, input, cfg.site.as_deref().unwrap_or("input"))?;
+    let unperturbed = crate::scalar(&reward(&site.output(site.activation())?, target, cfg.reward)?)?;
+    let evidence = ClassEvidence {
+        site: &site,
+        target,
+        reward: cfg.reward,
+    };
+    let (masks, history) = if site.name() == "input" {
+        let param = PyramidMask::new(input, k, cfg)?;
+        let mut sgd = Sgd::new(cfg.learning_rate, cfg.momentum, cfg.momentum);
+        run(&evidence, &param, &torchray(cfg, 1.0), &mut sgd, cfg, progress)?
+    } else {
+        // TorchRay's schedule is calibrated for its smooth image mask (thousands of values
+        // behind a generator); a mask with one value per position of a small activation
+        // takes the channel masks' recipe instead: start at 0.5, Adam, the reward relative to
+        // the unperturbed one, and the area weight ramped from 0 so the reward leads first —
+        // to 100, which on EfficientNet-Lite0's layer2–layer4 (49 to 784 positions) ends
+        // within 0.02 of the target areas in 300 iterations (10 leaves the masks twice too
+        // large, 1000 costs reward).
+        let objective = Objective {
+            reward_scale: 1.0 / unperturbed.abs().max(1e-6),
+            ties: TieOrder::Index,
+            area_weight: AreaWeight::Ramp {
+                end: 100.0,
+                over: cfg.iterations,
+            },
+            ..torchray(cfg, 1.0)
+        };
+        let param = SpatialMask::new(site.activation(), k, cfg.perturbation)?;
+        run(&evidence, &param, &objective, &mut Adam::new(0.05), cfg, progress)?
+    };
+    let rewards = history.last().map(|i| i.rewards.clone()).unwrap_or_default();
+    Ok(ExtremalResult {
+        site: site.name().to_string(),
+        masks,
+        history,
+        rewards,
+        target,
+        unperturbed_reward: unperturbed,
+    })
+}
+
+/// Image-space extremal perturbation that explains one kept channel instead of the class:
+/// TorchRay's method with the reward [`ChannelContribution`] — channel `channel`'s masked
+/// contribution `s_S(x′) − s_{S∖{k}}(x′)` on the perturbed image — scaled so that the
+/// unperturbed contribution weighs as much as the class logit (TorchRay's area weight is
+/// calibrated for logits). [`ExtremalResult::unperturbed_reward`] is the unperturbed
+/// contribution and `rewards` the masks' (unscaled).
+pub fn explain_channel(
+    cs: &ChannelSite,
+    set: &[usize],
+    channel: usize,
+    cfg: &ExtremalConfig,
+    progress: &mut dyn FnMut(usize),
+) -> Result<ExtremalResult> {
+    let input = cs.cached().input();
+    check(input, cfg)?;
+    let evidence = ChannelContribution::new(cs, set, channel)?;
+    let unperturbed = crate::scalar(&evidence.on(input)?)?;
+    if unperturbed.abs() < 1e-6 {
+        return Err(Error::Invalid(format!(
+            "channel {channel} contributes nothing to the kept set on this image: there is nothing to explain"
+        )));
+    }
+    let scale = cs.original_score().abs().max(1.0) / unperturbed.abs();
+    let param = PyramidMask::new(input, cfg.areas.len(), cfg)?;
+    let mut sgd = Sgd::new(cfg.learning_rate, cfg.momentum, cfg.momentum);
+    let (masks, history) = run(&evidence, &param, &torchray(cfg, scale), &mut sgd, cfg, progress)?;
+    let rewards = history.last().map(|i| i.rewards.clone()).unwrap_or_default();
+    Ok(ExtremalResult {
+        site: "input".into(),
+        masks,
+        history,
+        rewards,
+        target: cs.target(),
+        unperturbed_reward: unperturbed,
+    })
+}
+
+/// Checks a configuration against one input image.
+fn check(input: &Tensor, cfg: &ExtremalConfig) -> Result<()> {
     let (n, _, _, _) = input.dims4()?;
     if n != 1 {
         return Err(Error::Invalid(format!(
@@ -211,14 +295,14 @@ pub fn extremal_perturbation(
             cfg.smooth
         )));
     }
-    let k = cfg.areas.len();
-    let site = Site::new(net, input, cfg.site.as_deref().unwrap_or("input"))?;
-    let unperturbed = crate::scalar(&reward(&site.output(site.activation())?, target, cfg.reward)?)?;
-    let mut objective = Objective {
-        target,
+    Ok(())
+}
+
+/// TorchRay's objective: its geometric area weight, ties ranked as PyTorch's sort does.
+fn torchray(cfg: &ExtremalConfig, reward_scale: f64) -> Objective {
+    Objective {
         game: cfg.game,
-        reward: cfg.reward,
-        reward_scale: 1.0,
+        reward_scale,
         areas: cfg.areas.clone(),
         ties: TieOrder::Torch,
         area_weight: AreaWeight::Geometric {
@@ -226,32 +310,25 @@ pub fn extremal_perturbation(
             growth: cfg.area_growth,
         },
         iterations: cfg.iterations,
-    };
-    let (param, mut optimiser): (Box<dyn MaskParameterisation>, Box<dyn Optimiser>) = if site.name() == "input" {
-        let sgd = Sgd::new(cfg.learning_rate, cfg.momentum, cfg.momentum);
-        (Box::new(PyramidMask::new(input, k, cfg)?), Box::new(sgd))
-    } else {
-        // TorchRay's schedule is calibrated for its smooth image mask (thousands of values
-        // behind a generator); a mask with one value per position of a small activation
-        // takes the channel masks' recipe instead: start at 0.5, Adam, the reward relative to
-        // the unperturbed one, and the area weight ramped from 0 so the reward leads first —
-        // to 100, which on EfficientNet-Lite0's layer2–layer4 (49 to 784 positions) ends
-        // within 0.02 of the target areas in 300 iterations (10 leaves the masks twice too
-        // large, 1000 costs reward).
-        objective.reward_scale = 1.0 / unperturbed.abs().max(1e-6);
-        objective.area_weight = AreaWeight::Ramp {
-            end: 100.0,
-            over: cfg.iterations,
-        };
-        let param = SpatialMask::new(site.activation(), k, cfg.perturbation)?;
-        (Box::new(param), Box::new(Adam::new(0.05)))
-    };
+    }
+}
+
+/// Runs the engine; returns the masks of the last iteration (smoothed if asked) and the
+/// history.
+fn run(
+    evidence: &dyn Evidence,
+    param: &dyn MaskParameterisation,
+    objective: &Objective,
+    optimiser: &mut dyn Optimiser,
+    cfg: &ExtremalConfig,
+    progress: &mut dyn FnMut(usize),
+) -> Result<(Tensor, History)> {
     let mut last = None;
     let history = optimise(
-        &site,
-        param.as_ref(),
-        &objective,
-        optimiser.as_mut(),
+        evidence,
+        param,
+        objective,
+        optimiser,
         &mut |t: usize, masks: &Tensor| {
             last = Some(masks.clone());
             progress(t);
@@ -262,15 +339,7 @@ pub fn extremal_perturbation(
         let (_, _, mh, mw) = masks.dims4()?;
         masks = gaussian_blur(&masks, cfg.smooth * mh.min(mw) as f64, Border::Zero)?;
     }
-    let rewards = history.last().map(|i| i.rewards.clone()).unwrap_or_default();
-    Ok(ExtremalResult {
-        site: site.name().to_string(),
-        masks,
-        history,
-        rewards,
-        target,
-        unperturbed_reward: unperturbed,
-    })
+    Ok((masks, history))
 }
 
 impl ExtremalResult {
