@@ -31,6 +31,8 @@ cargo run --release --example perturbation -- --out "$IMG"
 # Tutorials 3 and 4: the kept channels' saliency map and their inversions.
 $E channels assets/chelsea.png --layer layer3 --keep 10 --render --out "$W/render"
 cp "$W/render/saliency.png" "$IMG/channels-saliency.png"
+$E channels assets/chelsea.png --layer layer3 --keep 10 --out "$W/channels"
+cp "$W/channels/channels-sheet.png" "$IMG/channels-sheet.png"
 cp "$W/render/render.png" "$IMG/render-layer3.png"
 
 # Tutorial 4 and the reference: the four stages inverted.

@@ -58,7 +58,7 @@ pub(crate) struct ChannelsArgs {
     #[arg(long, default_value_t = 0, requires = "render")]
     render_seed: u64,
     /// With --out: map where the top N kept channels draw their contribution (default: every
-    /// kept channel; 0: none).
+    /// kept channel, up to 32; 0: none).
     #[arg(long, requires = "out")]
     explain: Option<usize>,
     /// How the maps of --explain are made: gradient (conditional gradient × input, Concept
@@ -126,7 +126,7 @@ pub(crate) fn run(args: &ChannelsArgs) -> Result<()> {
             .kept()
             .iter()
             .copied()
-            .take(args.explain.unwrap_or(chosen.keep))
+            .take(args.explain.unwrap_or(chosen.keep.min(32)))
             .collect();
         let mut rows: Vec<(usize, image::RgbImage)> = Vec::new();
         if !explained.is_empty() {
@@ -257,7 +257,11 @@ fn save_channel_sheet(
     inversions: &[(usize, image::RgbImage)],
     path: &std::path::Path,
 ) -> Result<()> {
-    let columns = if inversions.is_empty() { rows.len().clamp(1, 5) } else { 2 };
+    let columns = if inversions.is_empty() {
+        rows.len().clamp(1, 5)
+    } else {
+        2
+    };
     let mut tiles = Vec::new();
     for (k, overlay) in rows {
         tiles.push((overlay.clone(), format!("ch {k} {:+.3}", report.contributions[*k])));

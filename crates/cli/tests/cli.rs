@@ -461,6 +461,36 @@ fn channels_render_writes_the_sheet() {
     assert!((3..=5).contains(&errors.len()), "{v}");
     let sheet = image::open(dir.join("render.png")).unwrap();
     assert!(sheet.width() > 3 * 224 && sheet.height() > 224);
+    // Every kept channel explained: its heatmap, its overlay, and a row of the channel sheet
+    // (heatmap and inversion).
+    let kept: Vec<u64> = v["channels"].as_array().unwrap()[..3]
+        .iter()
+        .map(|c| c["index"].as_u64().unwrap())
+        .collect();
+    assert_eq!(v["explained"]["channels"], serde_json::json!(kept));
+    let maps = candle_core::safetensors::load(dir.join("heatmaps.safetensors"), &candle_core::Device::Cpu).unwrap();
+    assert_eq!(maps["heatmaps"].dims(), [3, 1, 224, 224]);
+    for k in &kept {
+        assert!(dir.join(format!("channel-{k}.png")).exists());
+    }
+    let sheet = image::open(dir.join("channels-sheet.png")).unwrap();
+    assert!(
+        sheet.width() >= 2 * 224 && sheet.height() >= 3 * 224,
+        "{}x{}",
+        sheet.width(),
+        sheet.height()
+    );
+    // Contributions: the kept ones add up to what the set keeps.
+    let sum: f64 = v["channels"].as_array().unwrap()[..3]
+        .iter()
+        .map(|c| c["contribution"].as_f64().unwrap())
+        .sum();
+    let kept_gain = v["kept_score"].as_f64().unwrap() - v["empty_score"].as_f64().unwrap();
+    assert!(
+        (sum - kept_gain).abs() < 1e-4 * kept_gain.abs().max(1.0),
+        "{sum} vs {kept_gain}"
+    );
+    assert!(v["channels"][0]["drop"].is_f64() && v["channels"][5].get("drop").is_none());
 }
 
 #[test]
