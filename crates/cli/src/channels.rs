@@ -1,10 +1,15 @@
 //! `extremal channels`.
 
-use anyhow::Result;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
 use clap::Args;
+use extremal_eval::{read_records, Journal, Shard};
+use extremal_mask::{channel_masks_at, class_tables, ChannelRecord, ClassTable};
 use extremal_mask::{
     channel_sweep, explain_channels, ChannelConfig, ChannelSite, ExplainMethod, ExtremalConfig, Game, Schedule,
 };
+use extremal_models::Model;
 use serde_json::json;
 
 use crate::args::{progress_bar, InputArgs, ModelArgs, OutputArgs};
@@ -13,16 +18,28 @@ use crate::render;
 
 /// Channel-space extremal masks. `--out` writes channels.json, saliency.png, the kept channels'
 /// conditional heatmaps (heatmaps.safetensors, channel-<k>.png and channels-sheet.png), (with
-/// --sweep) sweep.png and (with --render) render.png.
+/// --sweep) sweep.png and (with --render) render.png. Given a folder, it runs every image
+/// (found recursively) with the model loaded once: `--out DIR` gets results.jsonl (one record
+/// per image; a rerun skips the images done) and classes.json (per class, how often each
+/// channel is kept, its mean contribution, and the class-level set against the per-image sets
+/// and the heuristics); `--shard K/N` splits the images, `channels merge` tabulates shards.
 #[derive(Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
 pub(crate) struct ChannelsArgs {
+    #[command(subcommand)]
+    command: Option<ChannelsCommand>,
     #[command(flatten)]
     model: ModelArgs,
-    #[command(flatten)]
-    input: InputArgs,
-    /// The site: a native name (`layer4.2.conv3`, `_blocks.10`) or a stage alias (`layer1`…`layer4`).
+    /// An image file (PNG, JPEG, …), a .safetensors file whose tensor `input` is used as is, or
+    /// a folder of images. (Not `InputArgs`: with the `merge` subcommand it may be absent.)
+    #[arg(required = true)]
+    input: Option<PathBuf>,
+    /// Resize the shorter side to the model's input size instead of the whole image to a square.
     #[arg(long)]
-    layer: String,
+    keep_aspect: bool,
+    /// The site: a native name (`layer4.2.conv3`, `_blocks.10`) or a stage alias (`layer1`…`layer4`).
+    #[arg(long, required = true)]
+    layer: Option<String>,
     /// How many channels to keep (default 25 when no --sweep is given).
     #[arg(long, conflicts_with = "sweep")]
     keep: Option<usize>,
@@ -69,11 +86,66 @@ pub(crate) struct ChannelsArgs {
     /// Iterations of `--explain-method extremal`.
     #[arg(long, default_value_t = 300)]
     explain_iterations: usize,
+    /// A folder run: do share K of N of the images (K from 0; images i with i mod N = K).
+    #[arg(long, default_value = "0/1")]
+    shard: String,
+}
+
+#[derive(clap::Subcommand)]
+enum ChannelsCommand {
+    /// Tabulate the records of folder runs (their shards' results.jsonl) into classes.json:
+    /// the images are read again (from --images, with the runs' --model, preprocessing and
+    /// --keep-aspect) to score the class-level sets.
+    Merge {
+        /// The records files.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// The folder the runs read.
+        #[arg(long)]
+        images: PathBuf,
+        #[command(flatten)]
+        model: ModelArgs,
+        /// As the runs: resize the shorter side instead of the whole image.
+        #[arg(long)]
+        keep_aspect: bool,
+        /// Where to write the tables (JSON).
+        #[arg(long)]
+        out: PathBuf,
+        /// Print the tables as one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 pub(crate) fn run(args: &ChannelsArgs) -> Result<()> {
+    if let Some(ChannelsCommand::Merge {
+        files,
+        images,
+        model,
+        keep_aspect,
+        out,
+        json,
+    }) = &args.command
+    {
+        let mut records = Vec::new();
+        for f in files {
+            records.extend(read_records::<ChannelRecord>(f)?);
+        }
+        let model_loaded = model.load()?;
+        return write_tables(&records, images, model, &model_loaded, *keep_aspect, out, *json);
+    }
+    let (Some(input), Some(layer)) = (&args.input, &args.layer) else {
+        bail!("channels needs an INPUT and --layer L (or: channels merge FILE… --images DIR --out table.json)");
+    };
+    if input.is_dir() {
+        return run_folder(args, input, layer);
+    }
     let mut out = args.output.out.as_deref().map(OutDir::prepare).transpose()?;
-    let (model, x) = args.model.load_with_image(&args.input, "channels")?;
+    let input = InputArgs {
+        input: input.clone(),
+        keep_aspect: args.keep_aspect,
+    };
+    let (model, x) = args.model.load_with_image(&input, "channels")?;
     let cfg = ChannelConfig {
         game: args.game,
         schedule: args.schedule,
@@ -81,7 +153,7 @@ pub(crate) fn run(args: &ChannelsArgs) -> Result<()> {
         refine: !args.no_refine && args.schedule == Schedule::Default,
         ..ChannelConfig::default()
     };
-    let site = ChannelSite::new(&model, &x, &args.layer, args.target)?;
+    let site = ChannelSite::new(&model, &x, layer, args.target)?;
     let keeps = args
         .sweep
         .clone()
@@ -99,7 +171,7 @@ pub(crate) fn run(args: &ChannelsArgs) -> Result<()> {
 
     let mut obj = serde_json::to_value(chosen)?;
     obj["model"] = json!(model.name());
-    obj["layer"] = json!(args.layer);
+    obj["layer"] = json!(layer);
     if args.sweep.is_some() {
         obj["sweep"] = json!(sweep
             .reports
@@ -176,7 +248,7 @@ pub(crate) fn run(args: &ChannelsArgs) -> Result<()> {
             let rendered = crate::invert::render_sheet(
                 &model,
                 &x,
-                &args.layer,
+                layer,
                 chosen,
                 &extremal_invert::InvertConfig {
                     iterations: args
@@ -273,4 +345,139 @@ fn save_channel_sheet(
         }
     }
     render::save_png(&render::sheet(&tiles, columns), path)
+}
+
+/// `channels DIR`: every image of the folder (of this shard), one record each in
+/// `DIR/results.jsonl`; with the whole folder done in one shard, the class tables too.
+fn run_folder(args: &ChannelsArgs, dir: &Path, layer: &str) -> Result<()> {
+    let Some(out) = &args.output.out else {
+        bail!("a folder run needs --out DIR (its records go to DIR/results.jsonl)");
+    };
+    if args.sweep.is_some() || args.render {
+        bail!("--sweep and --render take one image; a folder run keeps --keep channels of each");
+    }
+    let shard: Shard = args.shard.parse()?;
+    let images = extremal_models::image_files(dir)?;
+    if images.is_empty() {
+        bail!(
+            "{}: no images (png, jpg, jpeg, gif, bmp, webp) in this folder",
+            dir.display()
+        );
+    }
+    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+    let mut journal = Journal::<ChannelRecord>::open(&out.join("results.jsonl"))?;
+    let done: std::collections::HashSet<String> = journal.done.iter().map(|r| r.image.clone()).collect();
+    let name = |p: &Path| p.strip_prefix(dir).unwrap_or(p).to_string_lossy().replace('\\', "/");
+    let todo: Vec<&PathBuf> = images
+        .iter()
+        .enumerate()
+        .filter(|(i, p)| i % shard.count == shard.index && !done.contains(&name(p)))
+        .map(|(_, p)| p)
+        .collect();
+    let model = args.model.load()?;
+    let cfg = ChannelConfig {
+        keep: args.keep.unwrap_or(ChannelConfig::default().keep),
+        game: args.game,
+        schedule: args.schedule,
+        iterations: args.iterations,
+        refine: !args.no_refine && args.schedule == Schedule::Default,
+        ..ChannelConfig::default()
+    };
+    let bar = progress_bar(todo.len() as u64, "channels", " images (eta {eta}) {msg}");
+    for path in todo {
+        bar.set_message(name(path));
+        let x = args.model.image(&model, path, args.keep_aspect)?;
+        let site = ChannelSite::new(&model, &x, layer, args.target)?;
+        let report = channel_masks_at(&site, &cfg, &mut |_, _| {})?;
+        journal.append(&ChannelRecord::new(&name(path), &site, &report)?)?;
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    let records = read_records::<ChannelRecord>(&out.join("results.jsonl"))?;
+    let mine = images
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| i % shard.count == shard.index)
+        .count();
+    if shard.count > 1 {
+        crate::out(&format!(
+            "{} of {} images of shard {}/{} done in {}; `extremal channels merge` tabulates the shards\n",
+            records.len(),
+            mine,
+            shard.index,
+            shard.count,
+            out.join("results.jsonl").display()
+        ));
+        return Ok(());
+    }
+    write_tables(
+        &records,
+        dir,
+        &args.model,
+        &model,
+        args.keep_aspect,
+        &out.join("classes.json"),
+        args.output.json,
+    )
+}
+
+/// The class tables of `records` (images under `images`), written to `out` and printed.
+fn write_tables(
+    records: &[ChannelRecord],
+    images: &Path,
+    args: &ModelArgs,
+    model: &Model,
+    keep_aspect: bool,
+    out: &Path,
+    json: bool,
+) -> Result<()> {
+    let bar = progress_bar(records.len() as u64, "class sets", "");
+    let tables = class_tables(records, &mut |r, sets| {
+        let path = images.join(&r.image);
+        let x = args
+            .image(model, &path, keep_aspect)
+            .map_err(|e| extremal_mask::Error::Invalid(format!("{}: {e}", path.display())))?;
+        let site = ChannelSite::new(model, &x, &r.site, Some(r.target))?;
+        bar.inc(1);
+        site.hard_scores(sets, true, 32)
+    });
+    bar.finish_and_clear();
+    let tables = tables?;
+    let value = json!({"model": model.name(), "classes": tables});
+    crate::render::write_atomic(out, format!("{}\n", serde_json::to_string_pretty(&value)?).as_bytes())?;
+    if json {
+        crate::out(&format!("{value}\n"));
+    } else {
+        crate::out(&tables_text(model, &tables));
+    }
+    Ok(())
+}
+
+fn tables_text(model: &Model, tables: &[ClassTable]) -> String {
+    let mut text = String::new();
+    for t in tables {
+        text.push_str(&format!(
+            "class {} ({}) at {}, {} images, keep {}:\n  mean original score {:.4}\n  mean kept score: own sets {:.4}, class set {:.4}, top activation {:.4}, activation x gradient {:.4}\n  class set      {:?}\n  most kept      ",
+            t.target,
+            model.labels().get(t.target).cloned().unwrap_or_default(),
+            t.site,
+            t.images,
+            t.keep,
+            t.mean_original_score,
+            t.mean_image_set_score,
+            t.mean_class_set_score,
+            t.mean_top_activation_score,
+            t.mean_activation_x_gradient_score,
+            t.class_set
+        ));
+        let top: Vec<String> = t
+            .channels
+            .iter()
+            .take(8)
+            .map(|c| format!("{} ({}/{}, {:+.3})", c.index, c.kept, t.images, c.mean_contribution))
+            .collect();
+        text.push_str(&top.join(", "));
+        text.push('\n');
+    }
+    text
 }

@@ -113,7 +113,7 @@ pub(crate) fn run(args: &EvaluateArgs) -> Result<()> {
     let model_classes = model.forward(&probe)?.dim(1)?;
     let map = ClassMap::resolve(args.class_map.as_deref(), format, model_classes, dataset.classes.len())?;
 
-    let mut journal = Journal::open(out)?;
+    let mut journal = Journal::<Record>::open(out)?;
     let done = journal.done_keys();
     if let Some(r) = journal.done.first() {
         if r.method != method.name() || r.metric != metric.name() {

@@ -569,3 +569,87 @@ fn attribute_baselines_write_a_map_at_the_input_size() {
         "window",
     );
 }
+
+/// A folder run: one record per image, a rerun skips them, and two shards merged give the
+/// same records and class tables as one run.
+#[test]
+fn channels_over_a_folder_shard_and_merge_to_the_single_run() {
+    let args = |out: &str, extra: &[&str]| -> Vec<String> {
+        let mut a: Vec<String> = [
+            "channels",
+            "tests/fixtures/views",
+            "--layer",
+            "layer4",
+            "--keep",
+            "5",
+            "--iterations",
+            "20",
+            "--out",
+            out,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        a.extend(extra.iter().map(|s| s.to_string()));
+        a
+    };
+    let run = |a: Vec<String>| {
+        let refs: Vec<&str> = a.iter().map(String::as_str).collect();
+        let out = extremal(&refs);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let single = tmp("folder-single");
+    let _ = std::fs::remove_dir_all(&single);
+    let s = single.to_str().unwrap();
+    let v: serde_json::Value = serde_json::from_str(&run(args(s, &["--json"]))).unwrap();
+    let classes = v["classes"].as_array().unwrap();
+    assert_eq!(classes.len(), 2, "{v}");
+    assert_eq!(classes[0]["target"], 285);
+    assert_eq!(classes[0]["images"], 5);
+    assert_eq!(classes[0]["class_set"].as_array().unwrap().len(), 5);
+    let records = |dir: &std::path::Path| -> Vec<serde_json::Value> {
+        let text = std::fs::read_to_string(dir.join("results.jsonl")).unwrap();
+        let mut r: Vec<serde_json::Value> = text.lines().skip(1).map(|l| serde_json::from_str(l).unwrap()).collect();
+        r.sort_by(|a, b| a["image"].as_str().cmp(&b["image"].as_str()));
+        r
+    };
+    assert_eq!(records(&single).len(), 8);
+    // A rerun skips every image and writes the same tables.
+    let again: serde_json::Value = serde_json::from_str(&run(args(s, &["--json"]))).unwrap();
+    assert_eq!(records(&single).len(), 8);
+    assert_eq!(again, v);
+
+    let shards: Vec<std::path::PathBuf> = (0..2).map(|k| tmp(&format!("folder-shard{k}"))).collect();
+    for (k, dir) in shards.iter().enumerate() {
+        let _ = std::fs::remove_dir_all(dir);
+        let printed = run(args(dir.to_str().unwrap(), &["--shard", &format!("{k}/2")]));
+        assert!(printed.contains("channels merge"), "{printed}");
+    }
+    let mut merged_records: Vec<serde_json::Value> = shards.iter().flat_map(|d| records(d)).collect();
+    merged_records.sort_by(|a, b| a["image"].as_str().cmp(&b["image"].as_str()));
+    assert_eq!(merged_records, records(&single));
+    let table = tmp("folder-merged.json");
+    let files: Vec<String> = shards
+        .iter()
+        .map(|d| d.join("results.jsonl").display().to_string())
+        .collect();
+    let mut merge = vec![
+        "channels",
+        "merge",
+        &files[0],
+        &files[1],
+        "--images",
+        "tests/fixtures/views",
+    ];
+    let t = table.to_str().unwrap();
+    merge.extend(["--out", t, "--json"]);
+    let m: serde_json::Value = serde_json::from_str(&run(merge.iter().map(|s| s.to_string()).collect())).unwrap();
+    assert_eq!(m, v, "two shards merged give the single run's tables");
+    let written: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&table).unwrap()).unwrap();
+    assert_eq!(written, v);
+    fails_with(
+        &["channels", "tests/fixtures/views", "--layer", "layer4"],
+        "needs --out",
+    );
+}

@@ -287,7 +287,7 @@ fn evaluate_fails(out: &str, needle: &str) {
 fn journals_are_locked_identified_and_regular_files() {
     // A second writer while one holds the journal.
     let held = fresh("held.jsonl");
-    let journal = extremal_eval::Journal::open(&held).unwrap();
+    let journal = extremal_eval::Journal::<extremal_eval::Record>::open(&held).unwrap();
     evaluate_fails(held.to_str().unwrap(), "another extremal run is writing this journal");
     drop(journal);
 

@@ -108,14 +108,14 @@ const MAX_LINE: u64 = 1 << 20;
 ///   1 MiB, and a last line cut short by an interruption is dropped;
 /// - every record is written as one line and flushed;
 /// - it must be a regular file (not `/dev/stdout`, `/dev/full`).
-pub struct Journal {
+pub struct Journal<R = Record> {
     file: std::fs::File,
     path: PathBuf,
     /// The records read when the journal was opened.
-    pub done: Vec<Record>,
+    pub done: Vec<R>,
 }
 
-impl Journal {
+impl<R: Serialize + serde::de::DeserializeOwned> Journal<R> {
     /// Opens (or creates) the journal at `path`.
     pub fn open(path: &Path) -> Result<Self> {
         let shown = path.display().to_string();
@@ -178,7 +178,7 @@ impl Journal {
                 let text = line.trim_end();
                 if n == 1 {
                     let ours = if complete {
-                        text == HEADER || serde_json::from_str::<Record>(text).is_ok()
+                        text == HEADER || serde_json::from_str::<R>(text).is_ok()
                     } else {
                         // A header cut short by an interruption.
                         !text.is_empty() && HEADER.starts_with(text)
@@ -198,7 +198,7 @@ impl Journal {
                 if !complete {
                     break; // cut short: dropped below
                 }
-                let record: Record = serde_json::from_str(text)
+                let record: R = serde_json::from_str(text)
                     .map_err(|e| refuse(format!("line {n} is not a record ({e}); is this the right file?")))?;
                 done.push(record);
                 good += read as u64;
@@ -218,13 +218,8 @@ impl Journal {
         })
     }
 
-    /// The pairs already recorded.
-    pub fn done_keys(&self) -> HashSet<(String, usize)> {
-        self.done.iter().map(Record::key).collect()
-    }
-
     /// Appends one record as one line, flushed to the file.
-    pub fn append(&mut self, record: &Record) -> Result<()> {
+    pub fn append(&mut self, record: &R) -> Result<()> {
         let mut line = serde_json::to_string(record).map_err(|e| Error::Invalid(e.to_string()))?;
         line.push('\n');
         self.file
@@ -237,9 +232,16 @@ impl Journal {
     }
 }
 
+impl Journal<Record> {
+    /// The pairs already recorded.
+    pub fn done_keys(&self) -> HashSet<(String, usize)> {
+        self.done.iter().map(Record::key).collect()
+    }
+}
+
 /// Reads the records of a journal (a shard's output), without changing it: the header and a
 /// last line cut short are skipped.
-pub fn read_records(path: &Path) -> Result<Vec<Record>> {
+pub fn read_records<R: serde::de::DeserializeOwned>(path: &Path) -> Result<Vec<R>> {
     let shown = path.display().to_string();
     let meta = std::fs::metadata(path).map_err(|e| Error::Io {
         path: shown.clone(),

@@ -27,8 +27,9 @@ pub mod sort;
 pub mod spatial;
 
 pub use channels::{
-    channel_masks, channel_masks_at, channel_sweep, conditional_heatmaps, explain_channels, Baselines, ChannelConfig,
-    ChannelContribution, ChannelMask, ChannelReport, ChannelSite, ChannelSweep, ExplainMethod, RankedChannel, Schedule,
+    channel_masks, channel_masks_at, channel_sweep, class_tables, conditional_heatmaps, explain_channels, Baselines,
+    ChannelConfig, ChannelContribution, ChannelMask, ChannelRecord, ChannelReport, ChannelSite, ChannelSweep,
+    ClassChannel, ClassTable, ExplainMethod, RankedChannel, Schedule,
 };
 pub use engine::{
     game_scores, optimise, AreaWeight, ClassEvidence, Evidence, History, Iteration, MaskParameterisation, MaskValues,

@@ -30,7 +30,7 @@ mod vgg;
 mod weights;
 
 pub use model::{Model, ModelKind, Prediction};
-pub use preprocess::{load_input, load_input_within, Preprocess, DEFAULT_MAX_PIXELS};
+pub use preprocess::{image_files, load_input, load_input_within, Preprocess, DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS};
 pub use weights::Weights;
 
 /// Errors of model building, weight loading and input reading.

@@ -1,7 +1,7 @@
 //! Reading inputs: image files (resized with PyTorch's bilinear interpolation and normalised
 //! for the model) or `.safetensors` tensors used exactly as given.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
 
@@ -348,6 +348,44 @@ pub fn load_input_within(
     };
     check_finite(&x, "the input").map_err(|_| fail("the tensor holds NaN or infinite values".into()))?;
     Ok(x.to_dtype(dtype)?.to_device(device)?)
+}
+
+/// The extensions [`image_files`] takes as images (any case).
+pub const IMAGE_EXTENSIONS: [&str; 7] = ["png", "jpg", "jpeg", "gif", "bmp", "webp", "safetensors"];
+
+/// The images below `dir`, recursively, sorted by path (files with one of
+/// [`IMAGE_EXTENSIONS`]; links to folders are not followed, so a link cycle cannot loop).
+pub fn image_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let err = |e: std::io::Error| Error::Input {
+        path: dir.display().to_string(),
+        message: e.to_string(),
+    };
+    if !dir.is_dir() {
+        return Err(Error::Input {
+            path: dir.display().to_string(),
+            message: "is not a folder".into(),
+        });
+    }
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for entry in std::fs::read_dir(&d).map_err(err)? {
+            let entry = entry.map_err(err)?;
+            let kind = entry.file_type().map_err(err)?;
+            let path = entry.path();
+            if kind.is_dir() {
+                todo.push(path);
+            } else if path
+                .extension()
+                .and_then(|e| e.to_str())
+                .is_some_and(|e| IMAGE_EXTENSIONS.iter().any(|x| x.eq_ignore_ascii_case(e)))
+            {
+                out.push(path);
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
 }
 
 #[cfg(test)]

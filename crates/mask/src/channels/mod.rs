@@ -4,6 +4,7 @@
 //! tracked while it runs; a swap search then refines the hard set, scoring batches of
 //! candidate sets in one suffix pass.
 
+mod class;
 mod contribution;
 mod explain;
 mod report;
@@ -15,6 +16,7 @@ use extremal_hook::Network;
 use extremal_ops::{Adam, Optimiser, Sgd};
 use serde::{Deserialize, Serialize};
 
+pub use class::{class_tables, ChannelRecord, ClassChannel, ClassTable, SetScorer};
 pub use contribution::{
     contributions, rank, Contributions, EXACT_GAINS_UP_TO, EXACT_SHAPLEY_UP_TO, SHAPLEY_PERMUTATIONS,
 };
