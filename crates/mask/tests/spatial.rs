@@ -199,3 +199,55 @@ fn a_spatial_mask_at_an_inner_site_finds_the_evidence() -> Result<(), Box<dyn st
     }
     Ok(())
 }
+
+/// Extremal perturbation of one kept channel's contribution: channel 0 counts the red plane
+/// in one square, channel 1 the green plane in another; explaining channel 0 keeps its square,
+/// not the other.
+#[test]
+fn explaining_a_channel_keeps_where_it_draws_its_contribution() -> Result<(), Box<dyn std::error::Error>> {
+    use extremal_mask::{explain_channel, ChannelSite};
+    let (h, w) = (56, 56);
+    let mut head = vec![0f32; 2 * h * w];
+    for y in 8..24 {
+        for x in 8..24 {
+            head[y * w + x] = 10.0 / 256.0; // channel 0, top left
+            head[h * w + (y + 24) * w + x + 24] = 10.0 / 256.0; // channel 1, bottom right
+        }
+    }
+    let head = Tensor::from_vec(head, (1, 2 * h * w), &Device::Cpu)?;
+    let net = Graph::new(Node::seq(
+        "",
+        vec![
+            Node::layer("features", |x: &Tensor| x.narrow(1, 0, 2)?.relu()),
+            Node::layer("logits", move |x: &Tensor| {
+                let s = x.flatten_from(1)?.broadcast_mul(&head)?.sum_keepdim(1)?;
+                Tensor::cat(&[&s, &s.zeros_like()?], 1)
+            }),
+        ],
+    ));
+    let input = Tensor::ones((1, 3, h, w), DType::F32, &Device::Cpu)?;
+    let site = ChannelSite::new(&net, &input, "features", Some(0))?;
+    let cfg = ExtremalConfig {
+        areas: vec![0.1],
+        iterations: 300,
+        perturbation: Perturbation::Fade,
+        jitter: false,
+        step: 4,
+        sigma: 4.0,
+        ..Default::default()
+    };
+    let r = explain_channel(&site, &[0, 1], 0, &cfg, &mut |_| {})?;
+    assert!((r.unperturbed_reward - 10.0).abs() < 1e-4, "{}", r.unperturbed_reward);
+    let m = r.masks.get(0)?.squeeze(0)?;
+    let mean = |y: usize, x: usize| -> candle_core::Result<f32> {
+        m.narrow(0, y, 16)?.narrow(1, x, 16)?.mean_all()?.to_scalar::<f32>()
+    };
+    let (own, other) = (mean(8, 8)?, mean(32, 32)?);
+    println!(
+        "channel 0's square {own:.3}, channel 1's {other:.3}, reward {:.3}",
+        r.rewards[0]
+    );
+    assert!(own > 0.8 && other < 0.2, "{own} {other}");
+    assert!(explain_channel(&site, &[1], 0, &cfg, &mut |_| {}).is_err());
+    Ok(())
+}
