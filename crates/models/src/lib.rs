@@ -20,6 +20,7 @@
 //! ```
 
 mod efficientnet;
+pub mod fetch;
 mod googlenet;
 pub mod hub;
 pub mod layers;

@@ -2,7 +2,6 @@
 //! the set keeps (and its drop when it alone is removed), and the gain when another channel
 //! alone is added.
 
-use candle_core::{DType, Tensor, Var};
 use extremal_ops::random::SeededRng;
 
 use super::ChannelSite;
@@ -88,17 +87,7 @@ pub fn contributions(cs: &ChannelSite, set: &[usize], kept_score: f64, batch: us
     };
 
     // First order: ∂s/∂m at the hard mask of S, checked against the drops and the largest gains.
-    let mut hard = vec![0f32; c];
-    set.iter().for_each(|&k| hard[k] = 1.0);
-    let m = Var::from_tensor(&Tensor::from_vec(hard, (1, c), cs.activation().device())?)?;
-    let s = cs.game_scores(m.as_tensor(), Game::Preserve)?;
-    let g = s
-        .sum_all()?
-        .backward()?
-        .get(m.as_tensor())
-        .cloned()
-        .unwrap_or(m.as_tensor().zeros_like()?);
-    let g = g.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?;
+    let g = cs.gradient_at(set, Game::Preserve)?;
     let mut probes = others.clone();
     probes.sort_by(|&a, &b| g[b].abs().total_cmp(&g[a].abs()).then(a.cmp(&b)));
     probes.truncate(PROBES);

@@ -110,17 +110,7 @@ pub(super) fn refine(
     let mut swaps = 0;
     for _round in 0..200 {
         // Gradient of the kept score at the hard mask: a first-order estimate of each swap.
-        let mut mask = vec![0f32; c];
-        set.iter().for_each(|&i| mask[i] = 1.0);
-        let m = Var::from_tensor(&Tensor::from_vec(mask, (1, c), cs.activation().device())?)?;
-        let s = cs.game_scores(m.as_tensor(), objective.game)?;
-        let g = s
-            .sum_all()?
-            .backward()?
-            .get(m.as_tensor())
-            .cloned()
-            .unwrap_or(m.as_tensor().zeros_like()?);
-        let g = g.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?;
+        let g = cs.gradient_at(&set, objective.game)?;
         let mut inside = vec![false; c];
         set.iter().for_each(|&i| inside[i] = true);
         let outs: Vec<usize> = {

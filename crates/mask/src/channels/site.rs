@@ -143,6 +143,23 @@ impl<'a> ChannelSite<'a> {
         game_scores(&self.evidence(), &param, masks, game, 0)
     }
 
+    /// The gradient of the game's reward with respect to the mask, at the hard mask of `set`
+    /// (a first-order estimate of adding or removing each channel).
+    pub fn gradient_at(&self, set: &[usize], game: Game) -> Result<Vec<f64>> {
+        let c = self.channels;
+        let mut hard = vec![0f32; c];
+        set.iter().for_each(|&k| hard[k] = 1.0);
+        let m = Var::from_tensor(&Tensor::from_vec(hard, (1, c), self.activation().device())?)?;
+        let s = self.game_scores(m.as_tensor(), game)?;
+        let g = s
+            .sum_all()?
+            .backward()?
+            .get(m.as_tensor())
+            .cloned()
+            .unwrap_or(m.as_tensor().zeros_like()?);
+        Ok(g.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?)
+    }
+
     /// Target logits with hard masks: for each set, exactly its channels kept (`keep_only`)
     /// or exactly its channels removed.
     pub fn hard_scores(&self, sets: &[Vec<usize>], keep_only: bool, batch: usize) -> Result<Vec<f64>> {
