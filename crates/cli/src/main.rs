@@ -52,6 +52,40 @@ enum Command {
     Evaluate(evaluate::EvaluateArgs),
     /// Time forward and forward + backward-to-input passes of a model.
     Bench(bench::BenchArgs),
+    /// Write a weight file (.pth, zip or legacy, or .safetensors) as safetensors, as the zoo
+    /// reads it; with --model, checked against that model's tensors and shapes first.
+    Convert(ConvertArgs),
+}
+
+#[derive(Args)]
+struct ConvertArgs {
+    /// The weights to convert.
+    input: std::path::PathBuf,
+    /// The .safetensors file to write.
+    output: std::path::PathBuf,
+    /// Check the weights against this zoo model first (resnet18, …, efficientnet-lite0).
+    #[arg(long)]
+    model: Option<String>,
+}
+
+fn convert(args: &ConvertArgs) -> Result<()> {
+    let kind = args
+        .model
+        .as_deref()
+        .map(str::parse::<extremal_models::ModelKind>)
+        .transpose()?;
+    let c = extremal_models::convert(&args.input, &args.output, kind)?;
+    let checked = c
+        .checked
+        .map(|k| format!(", checked against {}", k.name()))
+        .unwrap_or_default();
+    out(&format!(
+        "{} tensors, {} values{checked} -> {}\n",
+        c.tensors,
+        c.parameters,
+        args.output.display()
+    ));
+    Ok(())
 }
 
 #[derive(Args)]
@@ -198,6 +232,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Compare(a) => compare::run(a),
         Command::Evaluate(a) => evaluate::run(a),
         Command::Bench(a) => bench::run(a),
+        Command::Convert(a) => convert(a),
     }
 }
 

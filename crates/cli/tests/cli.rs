@@ -653,3 +653,55 @@ fn channels_over_a_folder_shard_and_merge_to_the_single_run() {
         "needs --out",
     );
 }
+
+/// `convert`: a PyTorch checkpoint written as safetensors with the same tensors; checked
+/// against a model when asked; the input never overwritten.
+#[test]
+fn convert_writes_safetensors_and_checks_against_a_model() {
+    let out = tmp("converted.safetensors");
+    let o = out.to_str().unwrap();
+    let printed =
+        String::from_utf8_lossy(&extremal(&["convert", "tests/fixtures/tiny_zip.pth", o]).stdout).into_owned();
+    assert!(printed.contains("tensors") && printed.contains(o), "{printed}");
+    let dev = candle_core::Device::Cpu;
+    let a = extremal_models::Weights::load(&root().join("tests/fixtures/tiny_zip.pth")).unwrap();
+    let b = candle_core::safetensors::load(&out, &dev).unwrap();
+    assert_eq!(a.tensors().len(), b.len());
+    for (name, t) in a.tensors() {
+        let u = &b[name];
+        assert_eq!(t.dims(), u.dims(), "{name}");
+        let d = (t.to_dtype(candle_core::DType::F64).unwrap() - u.to_dtype(candle_core::DType::F64).unwrap())
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f64>()
+            .unwrap();
+        assert_eq!(d, 0.0, "{name}");
+    }
+    let (_, weights) =
+        extremal_models::Model::random(extremal_models::ModelKind::Resnet18, 0, candle_core::DType::F32, &dev).unwrap();
+    let source = tmp("resnet18-source.safetensors");
+    weights.save(&source).unwrap();
+    let s = source.to_str().unwrap();
+    let checked = tmp("resnet18.safetensors");
+    let c = checked.to_str().unwrap();
+    let printed = String::from_utf8_lossy(&extremal(&["convert", s, c, "--model", "resnet18"]).stdout).into_owned();
+    assert!(printed.contains("checked against resnet18"), "{printed}");
+    fails_with(&["convert", s, c, "--model", "vgg16"], "for another model");
+    fails_with(
+        &["convert", "tests/fixtures/tiny_zip.pth", "out.bin"],
+        "must be a .safetensors file",
+    );
+    fails_with(
+        &[
+            "convert",
+            "tests/fixtures/resnet18_random.safetensors",
+            "tests/fixtures/resnet18_random.safetensors",
+        ],
+        "is the input",
+    );
+}

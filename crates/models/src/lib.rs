@@ -32,7 +32,7 @@ mod weights;
 
 pub use model::{Model, ModelKind, Prediction};
 pub use preprocess::{image_files, load_input, load_input_within, Preprocess, DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS};
-pub use weights::Weights;
+pub use weights::{convert, Converted, Weights};
 
 /// Errors of model building, weight loading and input reading.
 #[derive(Debug, thiserror::Error)]

@@ -96,6 +96,49 @@ impl Weights {
     }
 }
 
+/// What [`convert`] wrote.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Converted {
+    /// Tensors written.
+    pub tensors: usize,
+    /// Their values, summed.
+    pub parameters: usize,
+    /// The model they were checked against (every tensor it needs, of the right shape, and
+    /// none other), if any.
+    pub checked: Option<crate::ModelKind>,
+}
+
+/// Writes the weights at `input` (safetensors, or a PyTorch checkpoint, zip or legacy) as a
+/// safetensors file at `output`, as the zoo reads them: the same names and values; checked
+/// against `kind` first when given (the model is built from them). `output` must end in
+/// `.safetensors` and not be `input`; it appears complete or not at all.
+pub fn convert(input: &Path, output: &Path, kind: Option<crate::ModelKind>) -> Result<Converted> {
+    let bad = |message: String| Error::Weights {
+        path: output.display().to_string(),
+        message,
+    };
+    if output.extension().and_then(|e| e.to_str()) != Some("safetensors") {
+        return Err(bad("the output must be a .safetensors file".into()));
+    }
+    let same = match (input.canonicalize(), output.canonicalize()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    };
+    if same {
+        return Err(bad("is the input: give the output another name".into()));
+    }
+    let weights = Weights::load(input)?;
+    if let Some(kind) = kind {
+        crate::Model::from_weights(kind, &weights, candle_core::DType::F32, &Device::Cpu)?;
+    }
+    weights.save(output)?;
+    Ok(Converted {
+        tensors: weights.tensors.len(),
+        parameters: weights.tensors.values().map(|t| t.elem_count()).sum(),
+        checked: kind,
+    })
+}
+
 type Map = HashMap<String, Tensor>;
 
 fn read_zip_pth(bytes: &[u8]) -> candle_core::Result<Map> {
