@@ -128,6 +128,9 @@ pub(crate) struct OutputArgs {
     /// Print one JSON object.
     #[arg(long)]
     pub(crate) json: bool,
+    /// With --out: also write each saved tensor as NumPy's .npy beside its .safetensors.
+    #[arg(long, requires = "out")]
+    pub(crate) npy: bool,
 }
 
 /// Extremal perturbation's options (`attribute`, `compare`, `evaluate`).

@@ -58,7 +58,7 @@ fn run_baseline(
         "seconds": seconds,
     });
     if let Some(dir) = out.as_mut() {
-        render::save_tensor(&map, "saliency", &dir.path("saliency.safetensors"))?;
+        render::save_tensors_in(dir, &map, "saliency", "saliency", args.output.npy)?;
         let rgb = model.preprocess().denormalise(x)?.squeeze(0)?;
         render::save_png(
             &render::heat_overlay(&rgb, &map.squeeze(0)?.squeeze(0)?)?,
@@ -108,9 +108,9 @@ pub(crate) fn run(args: &AttributeArgs) -> Result<()> {
     if let Some(dir) = out.as_mut() {
         let (_, _, h, w) = x.dims4()?;
         let masks = result.masks.to_dtype(DType::F32)?;
-        render::save_tensor(&masks, "masks", &dir.path("masks.safetensors"))?;
+        render::save_tensors_in(dir, &masks, "masks", "masks", args.output.npy)?;
         let at_image = result.masks_at(h, w)?.to_dtype(DType::F32)?;
-        render::save_tensor(&at_image.sum_keepdim(0)?, "saliency", &dir.path("saliency.safetensors"))?;
+        render::save_tensors_in(dir, &at_image.sum_keepdim(0)?, "saliency", "saliency", args.output.npy)?;
         let rgb = model.preprocess().denormalise(&x)?.squeeze(0)?;
         for (i, a) in cfg.areas.iter().enumerate() {
             let m = at_image.get(i)?; // (1, H, W)

@@ -217,7 +217,7 @@ pub(crate) fn run(args: &ChannelsArgs) -> Result<()> {
             });
             bar.finish_and_clear();
             let maps = maps?;
-            render::save_tensor(&maps, "heatmaps", &dir.path("heatmaps.safetensors"))?;
+            render::save_tensors_in(dir, &maps, "heatmaps", "heatmaps", args.output.npy)?;
             let rgb = model.preprocess().denormalise(&x)?.squeeze(0)?;
             let (_, _, h, w) = x.dims4()?;
             for (i, &k) in explained.iter().enumerate() {

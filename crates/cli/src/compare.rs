@@ -97,7 +97,7 @@ pub(crate) fn run(args: &CompareArgs) -> Result<()> {
         let rgb = model.preprocess().denormalise(&x)?.squeeze(0)?;
         let mut tiles = vec![(render::rgb_image(&rgb)?, format!("{target} {label}"))];
         for (name, map) in &maps {
-            render::save_tensor(map, "saliency", &dir.path(&format!("saliency-{name}.safetensors")))?;
+            render::save_tensors_in(dir, map, "saliency", &format!("saliency-{name}"), args.output.npy)?;
             let heat = map.squeeze(0)?.squeeze(0)?.to_dtype(DType::F32)?;
             tiles.push((render::heat_overlay(&rgb, &heat)?, name.to_string()));
         }

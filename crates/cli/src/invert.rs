@@ -180,7 +180,7 @@ pub(crate) fn run(args: &InvertArgs) -> Result<()> {
         "seconds_per_iteration": seconds / cfg.iterations as f64,
     });
     if let Some(dir) = out.as_mut() {
-        render::save_tensor(&inv.images, "image", &dir.path("inversion.safetensors"))?;
+        render::save_tensors_in(dir, &inv.images, "image", "inversion", args.output.npy)?;
         render::save_png(&picture(&model, &inv.images.squeeze(0)?)?, &dir.path("inversion.png"))?;
         dir.commit()?;
     }

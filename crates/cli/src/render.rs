@@ -147,6 +147,20 @@ pub fn save_tensor(t: &Tensor, name: &str, path: &Path) -> Result<()> {
         .with_context(|| format!("cannot write {}", path.display()))
 }
 
+/// Saves `t` (f32) into `dir` as `{stem}.safetensors` (under `name`) and, with `npy`, also as
+/// NumPy's `{stem}.npy` (`numpy.load("masks.npy")`).
+pub fn save_tensors_in(dir: &mut OutDir, t: &Tensor, name: &str, stem: &str, npy: bool) -> Result<()> {
+    save_tensor(t, name, &dir.path(&format!("{stem}.safetensors")))?;
+    if npy {
+        let path = dir.path(&format!("{stem}.npy"));
+        t.to_dtype(DType::F32)?
+            .contiguous()?
+            .write_npy(&path)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    Ok(())
+}
+
 /// An RGB image `(3, H, W)` in [0, 1] as a PNG image.
 pub fn rgb_image(rgb: &Tensor) -> Result<RgbImage> {
     let (_, h, w) = rgb.dims3()?;

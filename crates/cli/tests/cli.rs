@@ -251,9 +251,25 @@ fn attribute_writes_masks_saliency_pictures_and_report() {
         "3",
         "--out",
         inner.to_str().unwrap(),
+        "--npy",
         "--json",
     ]);
     assert_eq!(v["site"], "_blocks.10");
+    // --npy: NumPy's format, read here by hand (magic, version 1, header, little-endian f32).
+    let npy = std::fs::read(inner.join("masks.npy")).unwrap();
+    assert_eq!(&npy[..6], b"\x93NUMPY");
+    let header_len = u16::from_le_bytes([npy[8], npy[9]]) as usize;
+    let header = String::from_utf8_lossy(&npy[10..10 + header_len]).to_string();
+    assert!(
+        header.contains("'descr': '<f4'") && header.contains("(1,1,14,14,)"),
+        "{header}"
+    );
+    let data = &npy[10 + header_len..];
+    assert_eq!(data.len(), 14 * 14 * 4);
+    let first = f32::from_le_bytes([data[0], data[1], data[2], data[3]]);
+    let t = candle_core::safetensors::load(inner.join("masks.safetensors"), &candle_core::Device::Cpu).unwrap();
+    assert_eq!(first, t["masks"].flatten_all().unwrap().to_vec1::<f32>().unwrap()[0]);
+    assert!(inner.join("saliency.npy").exists());
     let t = candle_core::safetensors::load(inner.join("masks.safetensors"), &candle_core::Device::Cpu).unwrap();
     assert_eq!(t["masks"].dims(), [1, 1, 14, 14]);
     let s = candle_core::safetensors::load(inner.join("saliency.safetensors"), &candle_core::Device::Cpu).unwrap();
