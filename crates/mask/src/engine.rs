@@ -245,19 +245,20 @@ fn game_reward(r: Tensor, game: Game, k: usize) -> Result<Tensor> {
     })
 }
 
-/// The game's reward of a batch of masks, differentiable with respect to them.
+/// The game's reward of a batch of masks, differentiable with respect to them: `perturb`
+/// turns the game's batch of masks into the perturbed activation (a parameterisation's
+/// [`MaskParameterisation::perturb`] at one iteration), `evidence` reads it.
 ///
 /// # Shapes
 /// - `masks`: `(K, …)`; returns `(K,)`.
 pub fn game_scores(
     evidence: &dyn Evidence,
-    param: &dyn MaskParameterisation,
+    perturb: &dyn Fn(&Tensor) -> Result<Tensor>,
     masks: &Tensor,
     game: Game,
-    iteration: usize,
 ) -> Result<Tensor> {
     let k = masks.dim(0)?;
-    let seen = param.perturb(&game_masks(masks, game)?, iteration)?;
+    let seen = perturb(&game_masks(masks, game)?)?;
     game_reward(evidence.evidence(&seen)?, game, k)
 }
 
@@ -281,7 +282,7 @@ pub fn optimise(
     for (t, &lambda) in weights.iter().enumerate() {
         observer.before_step(t, param.params())?;
         let MaskValues { masks, area } = param.masks()?;
-        let r = game_scores(evidence, param, &masks, objective.game, t)?;
+        let r = game_scores(evidence, &|m| param.perturb(m, t), &masks, objective.game)?;
         let penalty = area_penalty(&area, &objective.areas, objective.ties)?;
         let loss = ((&penalty * lambda)? - (&r * objective.reward_scale)?)?.sum_all()?;
         let rewards = r.to_dtype(DType::F64)?.to_vec1::<f64>()?;

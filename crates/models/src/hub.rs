@@ -15,7 +15,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::fetch::{agent, download, offline, sha256_file, WheelFile};
+use crate::fetch::{agent, cached, download, offline, WheelFile};
 use crate::{Error, ModelKind, Result};
 
 /// extremal's cache directory: `$EXTREMAL_CACHE`, else `$XDG_CACHE_HOME/extremal`, else
@@ -124,24 +124,8 @@ pub fn googlenet_weights(cache: &Path) -> Result<PathBuf> {
             target.display()
         ),
     };
-    if target.exists() {
-        let got = sha256_file(&target).map_err(|e| fail(format!("cannot read {}: {e}", target.display())))?;
-        if got.starts_with(GOOGLENET_SHA256_PREFIX) {
-            return Ok(target);
-        }
-        if offline() {
-            return Err(fail(format!(
-                "the cached {} is corrupt (SHA-256 {got}) and HF_HUB_OFFLINE is set",
-                target.display()
-            )));
-        }
-        eprintln!(
-            "the cached {} is corrupt (SHA-256 {got}); fetching it again",
-            target.display()
-        );
-    }
-    if offline() {
-        return Err(fail("HF_HUB_OFFLINE is set and the weights are not cached".into()));
+    if cached(&target, GOOGLENET_SHA256_PREFIX).map_err(fail)? {
+        return Ok(target);
     }
     eprintln!("fetching GoogLeNet weights from {GOOGLENET_URL}");
     download(&agent(), GOOGLENET_URL, &target, GOOGLENET_SHA256_PREFIX).map_err(fail)?;

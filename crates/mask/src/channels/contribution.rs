@@ -114,21 +114,23 @@ pub fn contributions(cs: &ChannelSite, set: &[usize], kept_score: f64, batch: us
         }
     }
 
-    // The others: gains.
-    if linear || c > EXACT_GAINS_UP_TO {
-        for &j in &others {
-            values[j] = g[j];
-            exact[j] = linear;
-        }
-        for (&j, s) in probes.iter().zip(checked) {
+    // The others: gains. The probes' are already exact; on a narrow site every other one is
+    // scored too, else the first-order value stands (exact when the suffix is linear).
+    for &j in &others {
+        values[j] = g[j];
+        exact[j] = linear;
+    }
+    if !linear && c <= EXACT_GAINS_UP_TO {
+        let rest: Vec<usize> = others.iter().copied().filter(|j| !probes.contains(j)).collect();
+        let gains = cs.hard_scores(&with(&rest), true, batch)?;
+        for (&j, s) in rest.iter().zip(gains) {
             values[j] = s - kept_score;
             exact[j] = true;
         }
-    } else {
-        let gains = cs.hard_scores(&with(&others), true, batch)?;
-        for (&j, s) in others.iter().zip(gains) {
-            values[j] = s - kept_score;
-        }
+    }
+    for (&j, s) in probes.iter().zip(checked) {
+        values[j] = s - kept_score;
+        exact[j] = true;
     }
     Ok(Contributions {
         values,

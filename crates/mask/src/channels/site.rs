@@ -136,11 +136,7 @@ impl<'a> ChannelSite<'a> {
     /// # Shapes
     /// - `masks`: `(B, C)`; returns `(B,)`.
     pub fn game_scores(&self, masks: &Tensor, game: Game) -> Result<Tensor> {
-        let param = ChannelMask {
-            params: Var::from_tensor(&masks.detach())?,
-            activation: self.activation().clone(),
-        };
-        game_scores(&self.evidence(), &param, masks, game, 0)
+        game_scores(&self.evidence(), &|m| mask_channels(self.activation(), m), masks, game)
     }
 
     /// The gradient of the game's reward with respect to the mask, at the hard mask of `set`
