@@ -8,7 +8,8 @@
 //! - [`invert`]: feature inversion, to render what channels encode;
 //! - [`attr`]: the attribution baselines (gradient, guided backprop, Grad-CAM, RISE, …);
 //! - [`eval`]: dataset runs (VOC/COCO ground truth, class maps, shards);
-//! - [`onnx`]: any ONNX classifier as a model, with a site at every node output.
+//! - [`onnx`]: any ONNX classifier as a model, with a site at every node output;
+//! - [`render`]: pictures (overlays at the photograph's resolution, colour maps, sheets, plots).
 //!
 //! ```
 //! use candle_core::{DType, Device, Tensor};
@@ -32,6 +33,7 @@ pub use extremal_mask as mask;
 pub use extremal_models as models;
 pub use extremal_onnx as onnx;
 pub use extremal_ops as ops;
+pub use extremal_render as render;
 
 /// The README's Rust code, compiled and run as a doctest.
 #[cfg(doctest)]

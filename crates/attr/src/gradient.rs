@@ -5,7 +5,7 @@ use candle_core::{Tensor, Var, D};
 use extremal_hook::{Hooks, Network};
 use extremal_ops::{last_classifier, set_excitation_backprop, set_gradient_rule, GradientRule};
 
-use crate::{class_score, Method, Result};
+use crate::{batch_class_score, class_score, Method, Result};
 
 /// The gradient of the class score with respect to the input, under a ReLU rule: `Standard`
 /// (the gradient), `Deconvnet` or `Guided` (guided backpropagation). Saliency: the maximum
@@ -46,21 +46,29 @@ impl Method for Gradient {
     }
 
     fn saliency(&self, net: &dyn Network, x: &Tensor, target: usize) -> Result<Tensor> {
+        self.saliency_batch(net, x, &[target])
+    }
+
+    fn batches(&self) -> bool {
+        true
+    }
+
+    fn saliency_batch(&self, net: &dyn Network, x: &Tensor, targets: &[usize]) -> Result<Tensor> {
         let v = Var::from_tensor(x)?;
         let _rule = set_gradient_rule(self.rule);
         let logits = net.forward(v.as_tensor())?;
-        let grads = class_score(&logits, target)?.sum_all()?.backward()?;
+        let grads = batch_class_score(&logits, targets)?.backward()?;
         let g = grads.get(v.as_tensor()).cloned().unwrap_or(x.zeros_like()?);
         Ok(g.abs()?.max_keepdim(1)?)
     }
 }
 
-/// The activation at `layer` and the gradient of the class score there.
-fn activation_and_gradient(net: &dyn Network, x: &Tensor, layer: &str, target: usize) -> Result<(Tensor, Tensor)> {
+/// The activation at `layer` and the gradient of each image's class score there.
+fn activation_and_gradient(net: &dyn Network, x: &Tensor, layer: &str, targets: &[usize]) -> Result<(Tensor, Tensor)> {
     let site = net.resolve(layer)?;
     let mut hooks = Hooks::new().grad(&site);
     let logits = net.forward_hooked(&x.detach(), &mut hooks)?;
-    let grads = class_score(&logits, target)?.sum_all()?.backward()?;
+    let grads = batch_class_score(&logits, targets)?.backward()?;
     let a = hooks
         .activation(&site)
         .cloned()
@@ -88,7 +96,15 @@ impl Method for GradCam {
     }
 
     fn saliency(&self, net: &dyn Network, x: &Tensor, target: usize) -> Result<Tensor> {
-        let (a, g) = activation_and_gradient(net, x, &self.layer, target)?;
+        self.saliency_batch(net, x, &[target])
+    }
+
+    fn batches(&self) -> bool {
+        true
+    }
+
+    fn saliency_batch(&self, net: &dyn Network, x: &Tensor, targets: &[usize]) -> Result<Tensor> {
+        let (a, g) = activation_and_gradient(net, x, &self.layer, targets)?;
         let weight = g.mean_keepdim(D::Minus1)?.mean_keepdim(D::Minus2)?;
         Ok(a.broadcast_mul(&weight)?.sum_keepdim(1)?.relu()?)
     }
@@ -102,12 +118,24 @@ pub struct LinearApprox {
 }
 
 impl Method for LinearApprox {
+    fn signed(&self) -> bool {
+        true
+    }
+
     fn name(&self) -> &'static str {
         "linear-approx"
     }
 
     fn saliency(&self, net: &dyn Network, x: &Tensor, target: usize) -> Result<Tensor> {
-        let (a, g) = activation_and_gradient(net, x, &self.layer, target)?;
+        self.saliency_batch(net, x, &[target])
+    }
+
+    fn batches(&self) -> bool {
+        true
+    }
+
+    fn saliency_batch(&self, net: &dyn Network, x: &Tensor, targets: &[usize]) -> Result<Tensor> {
+        let (a, g) = activation_and_gradient(net, x, &self.layer, targets)?;
         Ok((a * g)?.sum_keepdim(1)?)
     }
 }

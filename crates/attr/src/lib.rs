@@ -116,6 +116,64 @@ pub trait Method {
     fn needs_model_class(&self) -> bool {
         false
     }
+
+    /// Whether the map's values carry a sign that means something (evidence for the class
+    /// against evidence against it), so that pictures show it in diverging colours around
+    /// zero; maps of one sign (magnitudes, masks, ReLU'd maps) say `false`.
+    fn signed(&self) -> bool {
+        false
+    }
+
+    /// Whether [`Method::saliency_batch`] takes a batch through the network in one pass
+    /// (the backpropagation methods whose maps are gradients of a per-image score); the others
+    /// take the images one at a time.
+    fn batches(&self) -> bool {
+        false
+    }
+
+    /// The saliency maps of a batch, image `i` for class `targets[i]`: one pass when the
+    /// method [batches](Method::batches), otherwise [`Method::saliency`] image by image.
+    ///
+    /// # Shapes
+    /// - `x`: `(N, 3, H, W)`, normalised; `targets`: `N` classes.
+    /// - returns: `(N, 1, h, w)`.
+    fn saliency_batch(&self, net: &dyn Network, x: &Tensor, targets: &[usize]) -> Result<Tensor> {
+        let n = x.dim(0)?;
+        check_targets(n, targets)?;
+        let maps = (0..n)
+            .map(|i| self.saliency(net, &x.narrow(0, i, 1)?, targets[i]))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Tensor::cat(&maps, 0)?)
+    }
+}
+
+/// Checks that a batch of `n` images has one target each.
+fn check_targets(n: usize, targets: &[usize]) -> Result<()> {
+    if targets.len() != n {
+        return Err(Error::Invalid(format!(
+            "a batch of {n} images needs {n} targets, got {}",
+            targets.len()
+        )));
+    }
+    Ok(())
+}
+
+/// The saliency maps of `method` for a batch, resized to the input (bilinear, as TorchRay's
+/// `resize=True`); image `i` is explained for class `targets[i]`.
+///
+/// # Shapes
+/// - `x`: `(N, 3, H, W)`; returns `(N, 1, H, W)`, f32.
+pub fn attribute_batch(method: &dyn Method, net: &dyn Network, x: &Tensor, targets: &[usize]) -> Result<Tensor> {
+    let (n, _, h, w) = x.dims4()?;
+    check_targets(n, targets)?;
+    let map = method.saliency_batch(net, x, targets)?;
+    let (_, _, mh, mw) = map.dims4()?;
+    let map = if (mh, mw) == (h, w) {
+        map
+    } else {
+        extremal_ops::resize_bilinear(&map, h, w)?
+    };
+    Ok(map.to_dtype(candle_core::DType::F32)?)
 }
 
 /// The saliency map of `method` resized to the input (bilinear, as TorchRay's `resize=True`).
@@ -141,6 +199,25 @@ pub fn attribute(method: &dyn Method, net: &dyn Network, x: &Tensor, target: usi
 
 /// The logit of `target` (checked against the number of classes).
 pub(crate) fn class_score(logits: &Tensor, target: usize) -> Result<Tensor> {
+    check_class(logits, target)?;
+    Ok(logits.narrow(1, target, 1)?)
+}
+
+/// Σ_i `logits[i, targets[i]]`: the score whose gradient is each image's own class score's
+/// gradient (the images of a batch do not interact in an evaluation-mode network).
+pub(crate) fn batch_class_score(logits: &Tensor, targets: &[usize]) -> Result<Tensor> {
+    check_targets(logits.dim(0)?, targets)?;
+    let classes = logits.dim(1)?;
+    let mut one_hot = vec![0f32; targets.len() * classes];
+    for (i, &t) in targets.iter().enumerate() {
+        check_class(logits, t)?;
+        one_hot[i * classes + t] = 1.0;
+    }
+    let one_hot = Tensor::from_vec(one_hot, (targets.len(), classes), logits.device())?.to_dtype(logits.dtype())?;
+    Ok((logits * one_hot)?.sum_all()?)
+}
+
+fn check_class(logits: &Tensor, target: usize) -> Result<()> {
     let classes = logits.dim(1)?;
     if target >= classes {
         return Err(Error::Invalid(format!(
@@ -148,5 +225,5 @@ pub(crate) fn class_score(logits: &Tensor, target: usize) -> Result<Tensor> {
             classes - 1
         )));
     }
-    Ok(logits.narrow(1, target, 1)?)
+    Ok(())
 }

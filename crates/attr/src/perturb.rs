@@ -204,6 +204,10 @@ impl Default for Occlusion {
 }
 
 impl Method for Occlusion {
+    fn signed(&self) -> bool {
+        true
+    }
+
     fn name(&self) -> &'static str {
         "occlusion"
     }
@@ -411,6 +415,10 @@ impl IntegratedGradients {
 }
 
 impl Method for IntegratedGradients {
+    fn signed(&self) -> bool {
+        true
+    }
+
     fn name(&self) -> &'static str {
         "integrated-gradients"
     }

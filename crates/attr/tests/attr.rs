@@ -2,8 +2,8 @@
 
 use candle_core::{DType, Device, Tensor};
 use extremal_attr::{
-    attribute, rise_masks, ExcitationBackprop, GradCam, Gradient, IntegratedGradients, LinearApprox, Method, Occlusion,
-    Rise,
+    attribute, attribute_batch, rise_masks, ExcitationBackprop, GradCam, Gradient, IntegratedGradients, LinearApprox,
+    Method, Occlusion, Rise,
 };
 use extremal_hook::{Graph, Network, Node};
 use extremal_ops::random::SeededRng;
@@ -134,6 +134,39 @@ fn grad_cam_and_linear_approx_at_a_site() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("2-d activation"), "{err}");
+}
+
+/// A batch through the methods that batch gives each image's own map, for its own class;
+/// a method that does not batch gives the same through its per-image loop.
+#[test]
+fn a_batch_gives_each_image_its_own_map() {
+    let net = conv_net();
+    let x = normal(&[3, 3, 8, 9], 8);
+    let targets = [1, 0, 1];
+    let methods: Vec<Box<dyn Method>> = vec![
+        Box::new(Gradient::default()),
+        Box::new(Gradient::guided()),
+        Box::new(GradCam { layer: "relu".into() }),
+        Box::new(LinearApprox { layer: "relu".into() }),
+        Box::new(IntegratedGradients {
+            steps: 4,
+            ..Default::default()
+        }),
+    ];
+    for m in &methods {
+        let batch = attribute_batch(m.as_ref(), &net, &x, &targets).unwrap();
+        assert_eq!(batch.dims(), &[3, 1, 8, 9], "{}", m.name());
+        for (i, &t) in targets.iter().enumerate() {
+            let one = attribute(m.as_ref(), &net, &x.narrow(0, i, 1).unwrap(), t).unwrap();
+            let diff = max_diff(&batch.narrow(0, i, 1).unwrap(), &one);
+            assert!(diff < 1e-5, "{} image {i}: {diff}", m.name());
+        }
+    }
+    assert!(Gradient::default().batches() && !IntegratedGradients::default().batches());
+    let err = attribute_batch(&Gradient::default(), &net, &x, &[0])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("needs 3 targets"), "{err}");
 }
 
 #[test]

@@ -10,6 +10,7 @@ use extremal_attr::{BaselineSpec, MethodKind, MethodOptions};
 use extremal_mask::{ExtremalConfig, Game, Perturbation, Reward};
 use extremal_models::{load_input_within, Model, Preprocess};
 use extremal_onnx::OnnxOptions;
+use extremal_render::{Colormap, HeatStyle, ValueRange};
 use indicatif::{ProgressBar, ProgressStyle};
 
 /// Which model, with which weights, labels and preprocessing, on which device.
@@ -105,6 +106,84 @@ impl ModelArgs {
             DType::F32,
             model.device(),
         )?)
+    }
+}
+
+/// The photograph an input shows, `(3, H, W)` in [0, 1], at its own resolution, for
+/// pictures: the image file read again, or (a `.safetensors` input) the input denormalised.
+pub(crate) fn photograph(args: &ModelArgs, model: &Model, path: &Path, x: &Tensor) -> Result<Tensor> {
+    let is_tensor = path.extension().is_some_and(|e| e.eq_ignore_ascii_case("safetensors"));
+    Ok(if is_tensor {
+        model.preprocess().denormalise(x)?.squeeze(0)?
+    } else {
+        extremal_models::preprocess::read_image_within(path, args.max_pixels)?.squeeze(0)?
+    })
+}
+
+/// How saliency maps are drawn over the photograph.
+#[derive(Args, Debug, Clone)]
+pub(crate) struct PictureArgs {
+    /// The colour map of unsigned maps (signed maps, those of integrated-gradients,
+    /// linear-approx and occlusion, use a blue-white-red diverging map around zero).
+    #[arg(long, value_enum, default_value_t = Colormap::Viridis)]
+    colormap: Colormap,
+    /// The colours' weight over the photograph, in [0, 1].
+    #[arg(long, default_value_t = 0.5)]
+    alpha: f32,
+    /// Show values beyond this percentile (of |value| for signed maps) at the end of the
+    /// scale, so that a few outliers do not wash the map out (Captum's outlier_perc); 100:
+    /// the whole range. Masks are always shown from 0 to 1.
+    #[arg(long, default_value_t = 99.0)]
+    clip_percentile: f32,
+}
+
+impl PictureArgs {
+    /// The style for maps whose values sit in `range`.
+    pub(crate) fn style(&self, range: ValueRange) -> Result<HeatStyle> {
+        let style = HeatStyle {
+            colormap: self.colormap,
+            alpha: self.alpha,
+            clip_percentile: self.clip_percentile,
+            range,
+        };
+        style
+            .check()
+            .map_err(|e| anyhow::anyhow!("--alpha/--clip-percentile: {e}"))?;
+        Ok(style)
+    }
+}
+
+/// Several inputs: image files or folders of images.
+#[derive(Args)]
+pub(crate) struct InputsArgs {
+    /// Image files (PNG, JPEG, …), .safetensors files whose tensor `input` is used as is, or
+    /// folders of images (searched recursively). One file: the results of that image; several,
+    /// or a folder: a folder run (see the command's description).
+    #[arg(required = true)]
+    pub(crate) inputs: Vec<PathBuf>,
+    /// Resize the shorter side to the model's input size instead of the whole image to a square.
+    #[arg(long)]
+    pub(crate) keep_aspect: bool,
+    /// A folder run: do share K of N of the images (K from 0; images i with i mod N = K).
+    #[arg(long, default_value = "0/1")]
+    pub(crate) shard: String,
+    /// A folder run: images per forward pass, for the methods that batch (classify, gradient,
+    /// deconvnet, guided-backprop, grad-cam, linear-approx); images of one size are batched
+    /// together.
+    #[arg(long, default_value_t = 16)]
+    pub(crate) batch: usize,
+}
+
+impl InputsArgs {
+    /// The one image of a single-image run (one input, a file), or `None` for a folder run.
+    pub(crate) fn single(&self) -> Option<InputArgs> {
+        match self.inputs.as_slice() {
+            [one] if !one.is_dir() => Some(InputArgs {
+                input: one.clone(),
+                keep_aspect: self.keep_aspect,
+            }),
+            _ => None,
+        }
     }
 }
 

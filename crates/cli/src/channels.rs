@@ -2,9 +2,10 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use clap::Args;
-use extremal_eval::{read_records, Journal, Shard};
+use extremal_eval::folder::image_folder;
+use extremal_eval::{read_records, ImageSet};
 use extremal_mask::{channel_masks_at, class_tables, ChannelRecord, ClassTable};
 use extremal_mask::{
     channel_sweep, explain_channels, ChannelConfig, ChannelSite, ExplainMethod, ExtremalConfig, Game, Schedule,
@@ -12,15 +13,17 @@ use extremal_mask::{
 use extremal_models::Model;
 use serde_json::json;
 
-use crate::args::{progress_bar, InputArgs, ModelArgs, OutputArgs};
+use crate::args::{photograph, progress_bar, InputsArgs, ModelArgs, OutputArgs, PictureArgs};
+use crate::folder::{self, Folder};
 use crate::outdir::OutDir;
-use crate::render;
+use crate::render::{self, ValueRange};
 
 /// Channel-space extremal masks. `--out` writes channels.json, saliency.png, the kept channels'
 /// conditional heatmaps (heatmaps.safetensors, channel-<k>.png and channels-sheet.png), (with
 /// --sweep) sweep.png and (with --render) render.png. Given a folder, it runs every image
-/// (found recursively) with the model loaded once: `--out DIR` gets results.jsonl (one record
-/// per image; a rerun skips the images done) and classes.json (per class, how often each
+/// (found recursively) with the model loaded once: `--out DIR` gets each image's channels.json
+/// in DIR/<its path>/, results.jsonl (one record per image; a rerun skips the images done) and
+/// classes.json (per class, how often each
 /// channel is kept, its mean contribution, and the class-level set against the per-image sets
 /// and the heuristics); `--shard K/N` splits the images, `channels merge` tabulates shards.
 #[derive(Args)]
@@ -30,10 +33,11 @@ pub(crate) struct ChannelsArgs {
     command: Option<ChannelsCommand>,
     #[command(flatten)]
     model: ModelArgs,
-    /// An image file (PNG, JPEG, …), a .safetensors file whose tensor `input` is used as is, or
-    /// a folder of images. (Not `InputArgs`: with the `merge` subcommand it may be absent.)
+    /// An image file (PNG, JPEG, …), a .safetensors file whose tensor `input` is used as is;
+    /// several, or folders of images: a folder run. (Not `InputsArgs`: with the `merge`
+    /// subcommand they may be absent, and channels does not batch.)
     #[arg(required = true)]
-    input: Option<PathBuf>,
+    inputs: Vec<PathBuf>,
     /// Resize the shorter side to the model's input size instead of the whole image to a square.
     #[arg(long)]
     keep_aspect: bool,
@@ -62,6 +66,8 @@ pub(crate) struct ChannelsArgs {
     /// Skip the swap refinement of the hard set.
     #[arg(long)]
     no_refine: bool,
+    #[command(flatten)]
+    pictures: PictureArgs,
     #[command(flatten)]
     output: OutputArgs,
     /// Also render render.png: the image and the feature inversions of the full activation,
@@ -118,6 +124,8 @@ enum ChannelsCommand {
 }
 
 pub(crate) fn run(args: &ChannelsArgs) -> Result<()> {
+    // The picture options are checked before any long work.
+    args.pictures.style(ValueRange::Data)?;
     if let Some(ChannelsCommand::Merge {
         files,
         images,
@@ -131,21 +139,26 @@ pub(crate) fn run(args: &ChannelsArgs) -> Result<()> {
         for f in files {
             records.extend(read_records::<ChannelRecord>(f)?);
         }
+        let set = ImageSet::from_inputs(std::slice::from_ref(images))?;
         let model_loaded = model.load()?;
-        return write_tables(&records, images, model, &model_loaded, *keep_aspect, out, *json);
+        return write_tables(&records, &set, model, &model_loaded, *keep_aspect, out, *json);
     }
-    let (Some(input), Some(layer)) = (&args.input, &args.layer) else {
+    let Some(layer) = &args.layer else {
         bail!("channels needs an INPUT and --layer L (or: channels merge FILE… --images DIR --out table.json)");
     };
-    if input.is_dir() {
-        return run_folder(args, input, layer);
-    }
-    let mut out = args.output.out.as_deref().map(OutDir::prepare).transpose()?;
-    let input = InputArgs {
-        input: input.clone(),
+    let inputs = InputsArgs {
+        inputs: args.inputs.clone(),
         keep_aspect: args.keep_aspect,
+        shard: args.shard.clone(),
+        batch: 1,
     };
+    let Some(input) = inputs.single() else {
+        return run_folder(args, &inputs, layer);
+    };
+    let mut out = args.output.out.as_deref().map(OutDir::prepare).transpose()?;
     let (model, x) = args.model.load_with_image(&input, "channels")?;
+    let photo = photograph(&args.model, &model, &input.input, &x)?;
+    let style = args.pictures.style(ValueRange::Data)?;
     let cfg = ChannelConfig {
         game: args.game,
         schedule: args.schedule,
@@ -184,12 +197,18 @@ pub(crate) fn run(args: &ChannelsArgs) -> Result<()> {
     if let Some(dir) = out.as_mut() {
         let (_, _, h, w) = x.dims4()?;
         if let Some(v) = site.saliency(&chosen.mask, h, w)? {
-            let rgb = model.preprocess().denormalise(&x)?.squeeze(0)?;
-            render::save_png(&render::heat_overlay(&rgb, &v)?, &dir.path("saliency.png"))?;
+            render::save_png(&render::overlay(&photo, &v, &style)?, &dir.path("saliency.png"))?;
         }
         if args.sweep.is_some() {
             let pts: Vec<(f64, f64)> = sweep.reports.iter().map(|r| (r.keep as f64, r.kept_score)).collect();
-            render::save_png(&render::line_plot(&pts, original, true), &dir.path("sweep.png"))?;
+            let plot = render::LinePlot {
+                points: &pts,
+                reference: Some((original, "original score")),
+                log_x: true,
+                x_label: "channels kept",
+                y_label: "score with the kept channels only",
+            };
+            render::save_png(&render::line_plot(&plot), &dir.path("sweep.png"))?;
         }
         // The computed result first: an interrupted rendering does not lose it.
         render::write_json(&dir.path("channels.json"), &obj)?;
@@ -218,7 +237,6 @@ pub(crate) fn run(args: &ChannelsArgs) -> Result<()> {
             bar.finish_and_clear();
             let maps = maps?;
             render::save_tensors_in(dir, &maps, "heatmaps", "heatmaps", args.output.npy)?;
-            let rgb = model.preprocess().denormalise(&x)?.squeeze(0)?;
             let (_, _, h, w) = x.dims4()?;
             for (i, &k) in explained.iter().enumerate() {
                 // Where the channel draws support for the class: the positive part, blurred
@@ -231,9 +249,9 @@ pub(crate) fn run(args: &ChannelsArgs) -> Result<()> {
                     ExplainMethod::Extremal => heat,
                 };
                 let heat = heat.squeeze(0)?.squeeze(0)?;
-                let overlay = render::heat_overlay(&rgb, &heat)?;
+                let overlay = render::overlay(&photo, &heat, &style)?;
                 render::save_png(&overlay, &dir.path(&format!("channel-{k}.png")))?;
-                rows.push((k, overlay));
+                rows.push((k, render::fit(&overlay, render::SHEET_SIDE)));
             }
             obj["explained"] = json!({
                 "channels": explained,
@@ -347,33 +365,17 @@ fn save_channel_sheet(
     render::save_png(&render::sheet(&tiles, columns), path)
 }
 
-/// `channels DIR`: every image of the folder (of this shard), one record each in
-/// `DIR/results.jsonl`; with the whole folder done in one shard, the class tables too.
-fn run_folder(args: &ChannelsArgs, dir: &Path, layer: &str) -> Result<()> {
+/// `channels DIR…`: every image of the inputs (of this shard), its channels.json in
+/// `DIR/<image>/` and its record in `DIR/results.jsonl`; with the whole set done in one shard,
+/// the class tables too.
+fn run_folder(args: &ChannelsArgs, inputs: &InputsArgs, layer: &str) -> Result<()> {
     let Some(out) = &args.output.out else {
         bail!("a folder run needs --out DIR (its records go to DIR/results.jsonl)");
     };
     if args.sweep.is_some() || args.render {
         bail!("--sweep and --render take one image; a folder run keeps --keep channels of each");
     }
-    let shard: Shard = args.shard.parse()?;
-    let images = extremal_models::image_files(dir)?;
-    if images.is_empty() {
-        bail!(
-            "{}: no images (png, jpg, jpeg, gif, bmp, webp) in this folder",
-            dir.display()
-        );
-    }
-    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
-    let mut journal = Journal::<ChannelRecord>::open(&out.join("results.jsonl"))?;
-    let done: std::collections::HashSet<String> = journal.done.iter().map(|r| r.image.clone()).collect();
-    let name = |p: &Path| p.strip_prefix(dir).unwrap_or(p).to_string_lossy().replace('\\', "/");
-    let todo: Vec<&PathBuf> = images
-        .iter()
-        .enumerate()
-        .filter(|(i, p)| i % shard.count == shard.index && !done.contains(&name(p)))
-        .map(|(_, p)| p)
-        .collect();
+    let mut folder = Folder::<ChannelRecord>::open(inputs, Some(out))?;
     let model = args.model.load()?;
     let cfg = ChannelConfig {
         keep: args.keep.unwrap_or(ChannelConfig::default().keep),
@@ -383,36 +385,34 @@ fn run_folder(args: &ChannelsArgs, dir: &Path, layer: &str) -> Result<()> {
         refine: !args.no_refine && args.schedule == Schedule::Default,
         ..ChannelConfig::default()
     };
-    let bar = progress_bar(todo.len() as u64, "channels", " images (eta {eta}) {msg}");
-    for path in todo {
-        bar.set_message(name(path));
-        let x = args.model.image(&model, path, args.keep_aspect)?;
-        let site = ChannelSite::new(&model, &x, layer, args.target)?;
+    let total = folder.mine();
+    let failed = folder.each(&args.model, &model, inputs, 1, "channels", |items, x| {
+        let item = items[0];
+        let site = ChannelSite::new(&model, x, layer, args.target)?;
         let report = channel_masks_at(&site, &cfg, &mut |_, _| {})?;
-        journal.append(&ChannelRecord::new(&name(path), &site, &report)?)?;
-        bar.inc(1);
-    }
-    bar.finish_and_clear();
-    let records = read_records::<ChannelRecord>(&out.join("results.jsonl"))?;
-    let mine = images
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| i % shard.count == shard.index)
-        .count();
-    if shard.count > 1 {
+        let mut dir = OutDir::prepare(&image_folder(out, item))?;
+        let mut obj = serde_json::to_value(&report)?;
+        obj["model"] = json!(model.name());
+        obj["layer"] = json!(layer);
+        obj["image"] = json!(item.name);
+        render::write_json(&dir.path("channels.json"), &obj)?;
+        dir.commit()?;
+        Ok(vec![ChannelRecord::new(&item.name, &site, &report)?])
+    })?;
+    let run = folder.run.as_ref().expect("opened with --out");
+    let records = run.records()?;
+    if inputs.shard.parse::<extremal_eval::Shard>()?.count > 1 || failed > 0 {
         crate::out(&format!(
-            "{} of {} images of shard {}/{} done in {}; `extremal channels merge` tabulates the shards\n",
+            "{} of {total} images of shard {} done in {}; `extremal channels merge` tabulates the shards\n",
             records.len(),
-            mine,
-            shard.index,
-            shard.count,
-            out.join("results.jsonl").display()
+            inputs.shard,
+            run.results().display()
         ));
-        return Ok(());
+        return folder::finish(failed, total);
     }
     write_tables(
         &records,
-        dir,
+        &folder.set,
         &args.model,
         &model,
         args.keep_aspect,
@@ -421,10 +421,10 @@ fn run_folder(args: &ChannelsArgs, dir: &Path, layer: &str) -> Result<()> {
     )
 }
 
-/// The class tables of `records` (images under `images`), written to `out` and printed.
+/// The class tables of `records` (images of `images`, by name), written to `out` and printed.
 fn write_tables(
     records: &[ChannelRecord],
-    images: &Path,
+    images: &ImageSet,
     args: &ModelArgs,
     model: &Model,
     keep_aspect: bool,
@@ -433,7 +433,17 @@ fn write_tables(
 ) -> Result<()> {
     let bar = progress_bar(records.len() as u64, "class sets", "");
     let tables = class_tables(records, &mut |r, sets| {
-        let path = images.join(&r.image);
+        let path = images
+            .items()
+            .iter()
+            .find(|i| i.name == r.image)
+            .map(|i| i.path.clone())
+            .ok_or_else(|| {
+                extremal_mask::Error::Invalid(format!(
+                    "the record of `{}` names an image that the inputs do not hold",
+                    r.image
+                ))
+            })?;
         let x = args
             .image(model, &path, keep_aspect)
             .map_err(|e| extremal_mask::Error::Invalid(format!("{}: {e}", path.display())))?;

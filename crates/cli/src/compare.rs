@@ -4,21 +4,20 @@
 use std::time::Instant;
 
 use anyhow::{bail, Result};
-use candle_core::DType;
 use extremal_attr::{attribute, causal_curve, Causal, Method, MethodKind};
 use extremal_hook::Network;
 use serde_json::json;
 
-use crate::args::{progress_bar, InputArgs, MethodArgs, ModelArgs, OutputArgs};
+use crate::args::{photograph, progress_bar, InputArgs, MethodArgs, ModelArgs, OutputArgs, PictureArgs};
 use crate::outdir::OutDir;
-use crate::render;
+use crate::render::{self, ValueRange};
 
 /// Every method, in the order `compare` shows them.
 const ALL: &str = "gradient,deconvnet,guided-backprop,grad-cam,linear-approx,excitation-backprop,\
                    contrastive-excitation-backprop,rise,occlusion,integrated-gradients,extremal";
 
 /// Several attribution methods on one image. `--out` writes methods.png (the overlays side by
-/// side), saliency-<method>.safetensors and report.json.
+/// side, signed maps in diverging colours), saliency-<method>.safetensors and report.json.
 #[derive(clap::Args)]
 pub(crate) struct CompareArgs {
     #[command(flatten)]
@@ -39,10 +38,14 @@ pub(crate) struct CompareArgs {
     #[arg(long)]
     scores: bool,
     #[command(flatten)]
+    pictures: PictureArgs,
+    #[command(flatten)]
     output: OutputArgs,
 }
 
 pub(crate) fn run(args: &CompareArgs) -> Result<()> {
+    // The picture options are checked before any long work.
+    args.pictures.style(ValueRange::Data)?;
     let mut out = args.output.out.as_deref().map(OutDir::prepare).transpose()?;
     let (model, x) = args.model.load_with_image(&args.input, "compare")?;
     let options = args.options.options(&model, vec![0.1], 0.0)?;
@@ -80,7 +83,7 @@ pub(crate) fn run(args: &CompareArgs) -> Result<()> {
             "deletion": deletion,
             "insertion": insertion,
         }));
-        maps.push((method.name(), map));
+        maps.push((method.name(), method.signed(), map));
         bar.inc(1);
     }
     bar.finish_and_clear();
@@ -94,12 +97,16 @@ pub(crate) fn run(args: &CompareArgs) -> Result<()> {
         "methods": rows,
     });
     if let Some(dir) = out.as_mut() {
-        let rgb = model.preprocess().denormalise(&x)?.squeeze(0)?;
-        let mut tiles = vec![(render::rgb_image(&rgb)?, format!("{target} {label}"))];
-        for (name, map) in &maps {
+        let photo = photograph(&args.model, &model, &args.input.input, &x)?;
+        let fit = |p: image::RgbImage| render::fit(&p, render::SHEET_SIDE);
+        let mut tiles = vec![(fit(render::rgb_image(&photo)?), format!("{target} {label}"))];
+        for (name, signed, map) in &maps {
             render::save_tensors_in(dir, map, "saliency", &format!("saliency-{name}"), args.output.npy)?;
-            let heat = map.squeeze(0)?.squeeze(0)?.to_dtype(DType::F32)?;
-            tiles.push((render::heat_overlay(&rgb, &heat)?, name.to_string()));
+            let range = if *signed { ValueRange::Signed } else { ValueRange::Data };
+            tiles.push((
+                fit(render::overlay(&photo, map, &args.pictures.style(range)?)?),
+                name.to_string(),
+            ));
         }
         render::save_png(&render::sheet(&tiles, 4), &dir.path("methods.png"))?;
     }

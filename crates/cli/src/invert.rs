@@ -146,7 +146,9 @@ pub(crate) fn run_inversion(
 
 /// An inverted image `(3, H, W)` (normalised input space) as a picture.
 pub(crate) fn picture(model: &Model, image: &Tensor) -> Result<image::RgbImage> {
-    render::rgb_image(&model.preprocess().denormalise(&image.unsqueeze(0)?)?.squeeze(0)?)
+    Ok(render::rgb_image(
+        &model.preprocess().denormalise(&image.unsqueeze(0)?)?.squeeze(0)?,
+    )?)
 }
 
 pub(crate) fn run(args: &InvertArgs) -> Result<()> {

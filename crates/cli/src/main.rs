@@ -8,7 +8,7 @@ use clap::{Args, Parser, Subcommand};
 use extremal_hook::Network;
 use serde_json::json;
 
-use args::{device, InputArgs, ModelArgs};
+use args::{device, InputsArgs, ModelArgs};
 
 mod args;
 mod attribute;
@@ -16,6 +16,7 @@ mod bench;
 mod channels;
 mod compare;
 mod evaluate;
+mod folder;
 mod invert;
 mod outdir;
 mod render;
@@ -35,7 +36,9 @@ struct Cli {
 enum Command {
     /// List every site of a model with its output shape at the model's input size.
     Layers(LayersArgs),
-    /// Classify an image: the top classes with labels and probabilities.
+    /// Classify images: the top classes with labels and probabilities. Several inputs or a
+    /// folder: one result per image (batched, --batch at a time), and with --out DIR one
+    /// record per image in DIR/results.jsonl (a rerun skips the images done).
     Classify(ClassifyArgs),
     /// Channel-space extremal masks: the fewest channels at a layer that keep the class.
     Channels(channels::ChannelsArgs),
@@ -105,7 +108,11 @@ struct ClassifyArgs {
     #[command(flatten)]
     model: ModelArgs,
     #[command(flatten)]
-    input: InputArgs,
+    inputs: InputsArgs,
+    /// A folder run: write DIR/results.jsonl, one record per image (a rerun skips the images
+    /// it holds).
+    #[arg(long, value_name = "DIR")]
+    out: Option<std::path::PathBuf>,
     /// How many classes to show.
     #[arg(long, default_value_t = 5)]
     top: usize,
@@ -171,27 +178,82 @@ fn classify(args: &ClassifyArgs) -> Result<()> {
     if args.top == 0 {
         bail!("--top 0 shows nothing; give 1 or more");
     }
-    let (model, x) = args.model.load_with_image(&args.input, "classify")?;
+    let Some(input) = args.inputs.single() else {
+        return classify_folder(args);
+    };
+    if args.out.is_some() {
+        bail!("--out is for folder runs (several inputs or a folder); one image prints its classes");
+    }
+    let (model, x) = args.model.load_with_image(&input, "classify")?;
     let (preds, logits) = model.classify(&x, args.top)?;
-    let preds = &preds[0];
     if args.json {
-        let top: Vec<_> = preds
-            .iter()
-            .map(|p| json!({"class": p.class, "label": p.label, "prob": p.prob, "logit": p.logit}))
-            .collect();
         let logits = logits.squeeze(0)?.to_vec1::<f32>()?;
-        out(&format!(
-            "{}\n",
-            json!({"model": model.name(), "top": top, "logits": logits})
-        ));
+        let mut value = top_json(&preds[0]);
+        value["model"] = json!(model.name());
+        value["logits"] = json!(logits);
+        out(&format!("{value}\n"));
     } else {
-        let text: String = preds
-            .iter()
-            .map(|p| format!("{:>4}  {:>6.2}%  {}\n", p.class, 100.0 * p.prob, p.label))
-            .collect();
-        out(&text);
+        out(&top_text(&preds[0]));
     }
     Ok(())
+}
+
+/// `{"top": [{class, label, prob, logit}, …]}`.
+fn top_json(preds: &[extremal_models::Prediction]) -> serde_json::Value {
+    let top: Vec<_> = preds
+        .iter()
+        .map(|p| json!({"class": p.class, "label": p.label, "prob": p.prob, "logit": p.logit}))
+        .collect();
+    json!({ "top": top })
+}
+
+fn top_text(preds: &[extremal_models::Prediction]) -> String {
+    preds
+        .iter()
+        .map(|p| format!("{:>4}  {:>6.2}%  {}\n", p.class, 100.0 * p.prob, p.label))
+        .collect()
+}
+
+/// `classify` over several inputs or folders: one record per image, printed (JSON lines with
+/// --json) and, with --out, appended to results.jsonl.
+fn classify_folder(args: &ClassifyArgs) -> Result<()> {
+    let mut folder = folder::Folder::<serde_json::Value>::open(&args.inputs, args.out.as_deref())?;
+    let model = args.model.load()?;
+    let total = folder.mine();
+    let failed = folder.each(
+        &args.model,
+        &model,
+        &args.inputs,
+        args.inputs.batch,
+        "classify",
+        |items, x| {
+            let (preds, _) = model.classify(x, args.top)?;
+            let mut records = Vec::new();
+            let mut text = String::new();
+            for (item, p) in items.iter().zip(&preds) {
+                let mut r = json!({"image": item.name, "model": model.name()});
+                r["top"] = top_json(p)["top"].take();
+                if args.json {
+                    text.push_str(&format!("{r}\n"));
+                } else {
+                    text.push_str(&format!("{}\n{}", item.name, top_text(p)));
+                }
+                records.push(r);
+            }
+            out(&text);
+            Ok(records)
+        },
+    )?;
+    if let Some(run) = &folder.run {
+        if !args.json {
+            eprintln!(
+                "{} of {total} images recorded in {}",
+                run.records()?.len(),
+                run.results().display()
+            );
+        }
+    }
+    folder::finish(failed, total)
 }
 
 /// `--target`, checked against the model's classes, or the top-1 class of `logits` `(1, classes)`.
@@ -250,7 +312,7 @@ fn keep_freed_memory() {
 
 /// The error and its causes on one line, each said once (an OS error wrapped transparently
 /// would otherwise repeat itself: "No space left on device: No space left on device").
-fn one_line(e: &anyhow::Error) -> String {
+pub(crate) fn one_line(e: &anyhow::Error) -> String {
     let mut parts: Vec<String> = Vec::new();
     for cause in e.chain() {
         let text = cause.to_string();

@@ -631,6 +631,13 @@ fn channels_over_a_folder_shard_and_merge_to_the_single_run() {
         r
     };
     assert_eq!(records(&single).len(), 8);
+    // Each image's report in its own subfolder, named after its path.
+    let one: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(single.join("cat/whole.jpg/channels.json")).unwrap()).unwrap();
+    assert_eq!(
+        (one["image"].as_str(), one["keep"].as_u64()),
+        (Some("cat/whole.jpg"), Some(5))
+    );
     // A rerun skips every image and writes the same tables.
     let again: serde_json::Value = serde_json::from_str(&run(args(s, &["--json"]))).unwrap();
     assert_eq!(records(&single).len(), 8);
@@ -719,5 +726,147 @@ fn convert_writes_safetensors_and_checks_against_a_model() {
             "tests/fixtures/resnet18_random.safetensors",
         ],
         "is the input",
+    );
+}
+
+/// The width and height a PNG's header gives.
+fn png_size(path: &std::path::Path) -> (u32, u32) {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    assert_eq!(&bytes[1..4], b"PNG", "{}", path.display());
+    let be = |at: usize| u32::from_be_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]);
+    (be(16), be(20))
+}
+
+/// classify and attribute over a folder: one record per image, each image's files in its own
+/// subfolder with overlays at the photograph's size, batched maps equal to one image's, and a
+/// rerun that does only the images without a record.
+#[test]
+fn classify_and_attribute_over_a_folder() {
+    let views = "tests/fixtures/views";
+    // classify: JSON lines, one per image, batched; the same classes as one image alone.
+    let out = extremal(&["classify", views, "--top", "1", "--batch", "3", "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 8);
+    assert_eq!(lines[0]["image"], "cat/centre.jpg");
+    let alone = ok_json(&[
+        "classify",
+        "tests/fixtures/views/cat/centre.jpg",
+        "--top",
+        "1",
+        "--json",
+    ]);
+    assert_eq!(lines[0]["top"][0]["class"], alone["top"][0]["class"]);
+    let (a, b) = (
+        lines[0]["top"][0]["logit"].as_f64().unwrap(),
+        alone["top"][0]["logit"].as_f64().unwrap(),
+    );
+    assert!((a - b).abs() < 1e-3, "batched {a} vs alone {b}");
+
+    // attribute: shard 0 of 2 first, then the whole folder: only the other half is done.
+    let dir = tmp("attribute-folder");
+    let _ = std::fs::remove_dir_all(&dir);
+    let d = dir.to_str().unwrap();
+    let run = |extra: &[&str]| {
+        let mut a = vec!["attribute", views, "--method", "gradient", "--batch", "3", "--out", d];
+        a.extend(extra);
+        let out = extremal(&a);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    run(&["--shard", "0/2"]);
+    let first = dir.join("cat/centre.jpg/overlay.png");
+    let stamp = std::fs::metadata(&first).unwrap().modified().unwrap();
+    assert!(!dir.join("cat/left.jpg").exists(), "shard 0/2 holds images 0, 2, 4, 6");
+    let printed = run(&[]);
+    assert!(printed.contains("8 of 8 images done"), "{printed}");
+    assert_eq!(
+        std::fs::metadata(&first).unwrap().modified().unwrap(),
+        stamp,
+        "the rerun left the image done alone"
+    );
+    let text = std::fs::read_to_string(dir.join("results.jsonl")).unwrap();
+    let records: Vec<serde_json::Value> = text.lines().skip(1).map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(records.len(), 8);
+    for r in &records {
+        let name = r["image"].as_str().unwrap();
+        let sub = dir.join(name);
+        let img = image::image_dimensions(root().join(views).join(name)).unwrap();
+        assert_eq!(
+            png_size(&sub.join("overlay.png")),
+            img,
+            "{name}: the overlay has the photograph's size"
+        );
+        assert!(sub.join("saliency.safetensors").exists() && sub.join("report.json").exists());
+    }
+    // A batched map is the map of the image alone.
+    let single = tmp("attribute-folder-single");
+    ok_json(&[
+        "attribute",
+        "tests/fixtures/views/cup/whole.jpg",
+        "--method",
+        "gradient",
+        "--out",
+        single.to_str().unwrap(),
+        "--json",
+    ]);
+    let load = |p: std::path::PathBuf| {
+        candle_core::safetensors::load(p, &candle_core::Device::Cpu).unwrap()["saliency"].clone()
+    };
+    let (a, b) = (
+        load(dir.join("cup/whole.jpg/saliency.safetensors")),
+        load(single.join("saliency.safetensors")),
+    );
+    let diff = (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    assert!(diff < 1e-4, "batched and single maps differ by {diff}");
+
+    // Extremal perturbation over two inputs given as files.
+    let ep = tmp("attribute-folder-extremal");
+    let _ = std::fs::remove_dir_all(&ep);
+    let v = extremal(&[
+        "attribute",
+        "tests/fixtures/views/cat/left.jpg",
+        "tests/fixtures/views/cup/centre.jpg",
+        "--iterations",
+        "2",
+        "--out",
+        ep.to_str().unwrap(),
+        "--colormap",
+        "inferno",
+    ]);
+    assert!(v.status.success(), "{}", String::from_utf8_lossy(&v.stderr));
+    assert_eq!(png_size(&ep.join("left.jpg/overlay-0.1.png")), (235, 224));
+    assert_eq!(png_size(&ep.join("centre.jpg/masked-0.1.png")), (294, 224));
+
+    fails_with(&["attribute", views, "--method", "gradient"], "needs --out");
+    fails_with(&["classify", views, "--batch", "0"], "--batch 0");
+    fails_with(
+        &[
+            "classify",
+            "tests/fixtures/views/cat/centre.jpg",
+            "tests/fixtures/views/cup/centre.jpg",
+        ],
+        "both named `centre.jpg`",
+    );
+    fails_with(
+        &[
+            "attribute",
+            "assets/chelsea.png",
+            "--method",
+            "gradient",
+            "--alpha",
+            "2",
+        ],
+        "alpha",
     );
 }

@@ -39,11 +39,13 @@
 
 mod classes;
 pub mod dataset;
+pub mod folder;
 pub mod run;
 pub mod score;
 
 pub use classes::{ClassMap, Mapped};
 pub use dataset::{Dataset, DifficultFlags, Format, Item};
+pub use folder::{FolderRun, ImageItem, ImageRecord, ImageSet};
 pub use run::{merge, pairs, read_records, ClassRow, Journal, Record, Shard, Table};
 pub use score::{skip_reason, Metric, PairScorer, Scoring};
 
