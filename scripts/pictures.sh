@@ -5,6 +5,7 @@
 # steps).
 #
 #     bash scripts/pictures.sh
+#     bash scripts/pictures.sh --overlays   # only the pictures drawn over photographs (~10 min)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -26,16 +27,22 @@ $E attribute assets/chelsea.png --areas 0.05,0.1,0.2 --out "$W/perturbation"
 cp "$W/perturbation/masked-0.1.png" "$IMG/quick-start-extremal.png"
 
 # Tutorial 5: the image through the 5 %, 10 % and 20 % masks.
-cargo run --release --example perturbation -- --out "$IMG"
+[ "${1:-}" = "--overlays" ] || cargo run --release --example perturbation -- --out "$IMG"
 
 # Tutorials 3 and 4: the kept channels' saliency map and their inversions.
-$E channels assets/chelsea.png --layer layer3 --keep 10 --render --out "$W/render"
-cp "$W/render/saliency.png" "$IMG/channels-saliency.png"
 $E channels assets/chelsea.png --layer layer3 --keep 10 --out "$W/channels"
+cp "$W/channels/saliency.png" "$IMG/channels-saliency.png"
 cp "$W/channels/channels-sheet.png" "$IMG/channels-sheet.png"
-cp "$W/render/render.png" "$IMG/render-layer3.png"
+if [ "${1:-}" != "--overlays" ]; then
+    $E channels assets/chelsea.png --layer layer3 --keep 10 --render --out "$W/render"
+    cp "$W/render/render.png" "$IMG/render-layer3.png"
+fi
+
+# The quick start's folder run: a signed map (integrated gradients) over each view.
+$E attribute tests/fixtures/views --method integrated-gradients --out "$W/folder"
+cp "$W/folder/cup/whole.jpg/overlay.png" "$IMG/quick-start-folder-cup.png"
 
 # Tutorial 4 and the reference: the four stages inverted.
-cargo run --release --example invert_stages -- --out "$IMG"
+[ "${1:-}" = "--overlays" ] || cargo run --release --example invert_stages -- --out "$IMG"
 
 ls -l "$IMG"

@@ -21,7 +21,7 @@ pub use contribution::{
     contributions, rank, Contributions, EXACT_GAINS_UP_TO, EXACT_SHAPLEY_UP_TO, SHAPLEY_PERMUTATIONS,
 };
 pub use explain::{conditional_heatmaps, ChannelContribution};
-pub use report::{Baselines, ChannelReport, RankedChannel};
+pub use report::{Baselines, ChannelReport, RankedChannel, Timings};
 pub use site::{ChannelMask, ChannelSite};
 
 use crate::engine::{optimise, AreaWeight, Objective};
@@ -214,6 +214,15 @@ pub fn channel_masks_at(
         )));
     }
 
+    let clock = std::time::Instant::now();
+    let lap = |from: &mut f64| {
+        let now = clock.elapsed().as_secs_f64();
+        let spent = now - *from;
+        *from = now;
+        spent
+    };
+    let mut mark = 0.0;
+    let mut timings = Timings::default();
     // Baselines.
     let by_activation = top_k(&cs.mean_activation()?, cfg.keep);
     let by_axg = top_k(&cs.activation_x_gradient()?, cfg.keep);
@@ -222,6 +231,7 @@ pub fn channel_masks_at(
         top_activation: base[0],
         activation_x_gradient: base[1],
     };
+    timings.baselines = lap(&mut mark);
 
     // Soft optimisation; the best hard top-`keep` set seen along the way is kept.
     let hard = search::HardObjective {
@@ -238,6 +248,7 @@ pub fn channel_masks_at(
     let soft_set = tracker.finish(&param)?;
     let mask = param.mask_values()?;
     let soft_kept_score = cs.hard_scores(std::slice::from_ref(&soft_set), true, 1)?[0];
+    timings.soft = lap(&mut mark);
 
     // Discrete refinement, from the best of the candidate sets.
     let (mut set, mut swaps) = (soft_set.clone(), 0);
@@ -247,14 +258,17 @@ pub fn channel_masks_at(
         let best = (0..starts.len())
             .max_by(|&a, &b| scores[a].total_cmp(&scores[b]).then(b.cmp(&a)))
             .unwrap();
-        (set, swaps) = search::refine(&hard, &objective, starts[best].clone(), scores[best])?;
+        let refined = search::refine(&hard, &objective, starts[best].clone(), scores[best])?;
+        (set, swaps, timings.refine_sets) = refined;
     }
     let kept_score = cs.hard_scores(std::slice::from_ref(&set), true, 1)?[0];
     let deleted_score = cs.hard_scores(std::slice::from_ref(&set), false, 1)?[0];
+    timings.refine = lap(&mut mark);
 
     // Contributions, and the ranking by them.
     let contribution = contributions(cs, &set, kept_score, cfg.batch)?;
     let ranking = rank(&set, &contribution.values);
+    timings.contributions = lap(&mut mark);
 
     Ok(ChannelReport {
         site: cs.site().to_string(),
@@ -274,6 +288,7 @@ pub fn channel_masks_at(
         soft_kept_score,
         swaps,
         history,
+        timings,
     })
 }
 

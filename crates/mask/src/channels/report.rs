@@ -57,6 +57,24 @@ pub struct ChannelReport {
     pub swaps: usize,
     /// The soft optimisation's iterations.
     pub history: History,
+    /// Where the search's time went.
+    pub timings: Timings,
+}
+
+/// Where a channel search's time went, in seconds, and how many hard sets it scored (each a
+/// pass of the suffix).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Timings {
+    /// The two heuristic baselines.
+    pub baselines: f64,
+    /// The soft optimisation with its top-`keep` checks.
+    pub soft: f64,
+    /// The swap refinement.
+    pub refine: f64,
+    /// The contributions (Shapley values, gains, drops).
+    pub contributions: f64,
+    /// Hard sets scored by the refinement.
+    pub refine_sets: usize,
 }
 
 impl ChannelReport {
@@ -117,6 +135,8 @@ struct ReportJson {
     soft_kept_score: f64,
     swaps: usize,
     baselines: Baselines,
+    #[serde(default)]
+    timings: Timings,
     channels: Vec<RankedChannel>,
 }
 
@@ -147,6 +167,7 @@ impl From<ChannelReport> for ReportJson {
             soft_kept_score: r.soft_kept_score,
             swaps: r.swaps,
             baselines: r.baselines,
+            timings: r.timings,
             channels,
         }
     }
@@ -200,6 +221,7 @@ impl TryFrom<ReportJson> for ChannelReport {
             soft_kept_score: j.soft_kept_score,
             swaps: j.swaps,
             history: Vec::new(),
+            timings: j.timings,
         })
     }
 }

@@ -97,14 +97,15 @@ impl Observer for TopK<'_, '_, '_, '_> {
 
 /// Local search on hard sets: each round scores swaps (one kept channel out, one other in)
 /// chosen by the gradient of the game's reward at the hard mask, and accepts the best one if
-/// it raises the objective.
+/// it raises the objective. Returns the set, the swaps made and the sets scored.
 pub(super) fn refine(
     hard: &HardObjective,
     objective: &Objective,
     mut set: Vec<usize>,
     mut score: f64,
-) -> Result<(Vec<usize>, usize)> {
+) -> Result<(Vec<usize>, usize, usize)> {
     let cs = hard.site;
+    let mut scored = 0;
     let c = cs.channels;
     let width = 8usize;
     let mut swaps = 0;
@@ -137,6 +138,7 @@ pub(super) fn refine(
             break;
         }
         let scores = hard.scores(&candidates)?;
+        scored += candidates.len();
         let best = (0..candidates.len())
             .max_by(|&a, &b| scores[a].total_cmp(&scores[b]).then(b.cmp(&a)))
             .unwrap();
@@ -149,5 +151,5 @@ pub(super) fn refine(
         }
     }
     set.sort();
-    Ok((set, swaps))
+    Ok((set, swaps, scored))
 }
