@@ -2,7 +2,7 @@
 
 use candle_core::{Device, Module, Tensor};
 use extremal_hook::{Graph, Node};
-use extremal_mask::{area_penalty, channel_masks, ChannelConfig, Game, Schedule};
+use extremal_mask::{area_penalty, channel_masks, greedy_selection, ChannelConfig, ChannelSite, Game, Schedule};
 
 /// 8 channels at site `features`; class 0's logit is `p2·p5` (both channels are needed, an AND),
 /// class 1's is `p0 + p1`, where `p` is the spatial mean. Channels 0 and 1 have the largest
@@ -51,6 +51,23 @@ fn finds_the_two_channels_that_carry_the_class() {
         assert_eq!(r.baselines.top_activation, 0.0);
         assert_eq!(r.ranking.len(), 8);
     }
+}
+
+/// Greedy forward selection cannot see an AND: no single channel raises class 0's logit, so its
+/// first pick is a tie (the lowest index) and its pair misses; the search finds the pair.
+#[test]
+fn greedy_selection_misses_the_pair_the_search_finds() {
+    let (net, x) = and_network();
+    let site = ChannelSite::new(&net, &x, "features", None).unwrap();
+    let (set, score) = greedy_selection(&site, 2, 8).unwrap();
+    assert_eq!((set, score), (vec![0, 1], 0.0));
+    let (set, score) = greedy_selection(&site, 3, 8).unwrap();
+    assert_eq!(set.len(), 3);
+    assert!(score <= 9.0 + 1e-6);
+    let r = channel_masks(&net, &x, "features", &ChannelConfig { keep: 2, ..Default::default() }).unwrap();
+    assert!(r.kept_score > 8.9);
+    assert!(r.timings.refine >= 0.0 && r.timings.soft > 0.0);
+    assert!(greedy_selection(&site, 9, 8).is_err());
 }
 
 #[test]

@@ -354,6 +354,42 @@ fn fused_conv_bias_and_activation_gradients() {
     }
 }
 
+/// An input whose channels are mostly zero (a hard channel mask upstream) takes the gemm over
+/// its live channels only: the same values as candle's convolution, with a bias, strided, 3×3
+/// and 1×1, with one or no live channel, and per image (the two images keep different ones).
+#[test]
+fn conv_over_few_live_channels_equals_candles() -> R<()> {
+    let x = rand(&[2, 32, 9, 11], 11).to_dtype(DType::F32)?;
+    for live in [vec![vec![3usize, 17, 30], vec![0, 5]], vec![vec![7], vec![]]] {
+        let mut m = vec![0f32; 2 * 32];
+        for (i, keep) in live.iter().enumerate() {
+            keep.iter().for_each(|&c| m[i * 32 + c] = 1.0);
+        }
+        let m = Tensor::from_vec(m, (2, 32, 1, 1), x.device())?;
+        let xm = x.broadcast_mul(&m)?;
+        for (k, stride) in [(1, 1), (1, 2), (3, 1), (3, 2)] {
+            let w = rand(&[6, 32, k, k], 12).to_dtype(DType::F32)?;
+            let b = rand(&[6], 13).to_dtype(DType::F32)?;
+            let cfg = Conv2dConfig {
+                stride,
+                padding: Padding::uniform(k / 2),
+                ..Default::default()
+            };
+            let ours = conv2d(&xm, &w, Some(&b), &cfg)?;
+            let theirs = xm
+                .conv2d(&w, k / 2, stride, 1, 1)?
+                .broadcast_add(&b.reshape((1, 6, 1, 1))?)?;
+            let err = (ours - theirs)?.abs()?.max_all()?.to_scalar::<f32>()?;
+            assert!(err < 1e-5, "k {k} stride {stride} live {live:?}: {err}");
+            let plain = conv2d(&xm, &w, None, &cfg)?;
+            let theirs = xm.conv2d(&w, k / 2, stride, 1, 1)?;
+            let err = (plain - theirs)?.abs()?.max_all()?.to_scalar::<f32>()?;
+            assert!(err < 1e-5, "no bias, k {k} stride {stride} live {live:?}: {err}");
+        }
+    }
+    Ok(())
+}
+
 #[test]
 fn fast_conv_equals_candles_forward_and_input_gradient_in_f32() -> R<()> {
     // Candle's convolution (forward and backward) is right on these shapes: the fast op must

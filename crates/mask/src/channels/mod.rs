@@ -22,6 +22,7 @@ pub use contribution::{
 };
 pub use explain::{conditional_heatmaps, ChannelContribution};
 pub use report::{Baselines, ChannelReport, RankedChannel, Timings};
+pub use search::greedy_selection;
 pub use site::{ChannelMask, ChannelSite};
 
 use crate::engine::{optimise, AreaWeight, Objective};

@@ -1,0 +1,182 @@
+#!/usr/bin/env python3
+"""Channel masks at depth (issue 20), side by side on this machine: an earlier build of
+`extremal` against this one, whole `channels` commands, wall time and kept score, at
+EfficientNet-Lite0 `layer2`/`layer3` (its real weights) and ResNet-50 `layer2`/`layer3` (seeded
+random weights, seed 0, from `examples/random_weights`), keep 10 and 25, on the bundled
+images. Each command runs with both builds in turn, so that the machine's noise falls on both.
+
+With --greedy, greedy forward selection (add the channel that raises the hard-mask score most,
+keep times; `extremal::mask::greedy_selection`) on chelsea.png for each site at keep 10 (and
+25 with --greedy-25), beside this build's kept score (minutes: it scores keep x channels sets). With --torch, the PyTorch
+forward-hook loop of the paper's schedule (300 iterations, the whole network each step, the
+mask at ResNet-50 `layer3`) beside this build's whole command on the same weights and input.
+With --sweep, `--sweep 1,2,5,10,25,50` at ResNet-50 `layer3` against keep 25 alone.
+
+    git worktree add /tmp/before <old-commit>
+    (cd /tmp/before && CARGO_TARGET_DIR=/tmp/before-target cargo build --release -p extremal-cli)
+    cargo build --release -p extremal-cli --example channels_speed --example random_weights
+    python3 scripts/channels_depth.py /tmp/before-target/release/extremal [--greedy] [--torch] [--sweep]
+
+Development time only (--torch needs torch, torchvision and safetensors).
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NEW = os.path.join(ROOT, "target/release/extremal")
+SPEED = os.path.join(ROOT, "target/release/examples/channels_speed")
+WORK = os.path.join(ROOT, "target/depth")
+IMAGES = ["assets/chelsea.png", "assets/coffee.png"]
+KEEPS = [10, 25]
+
+
+def resnet_weights():
+    """ResNet-50's seeded random weights (seed 0) without the random input, and that input."""
+    os.makedirs(WORK, exist_ok=True)
+    weights = os.path.join(WORK, "resnet50-seed0.safetensors")
+    if not os.path.exists(weights):
+        both = os.path.join(WORK, "resnet50-seed0-all.safetensors")
+        subprocess.run([os.path.join(ROOT, "target/release/examples/random_weights"), "resnet50", "0", "224", "224",
+                        both], check=True, cwd=ROOT, capture_output=True)
+        # The weights file holds the seeded input too (`__input__`); split it off, in Rust's
+        # safetensors layout read by hand so that no Python package is needed.
+        split_input(both, weights, os.path.join(WORK, "resnet50-seed0-input.safetensors"))
+    return weights
+
+
+def split_input(src, weights, inputs):
+    """Writes `src`'s tensors but `__input__` to `weights`, and `__input__` as `input` to `inputs`."""
+    import struct
+
+    with open(src, "rb") as f:
+        n = struct.unpack("<Q", f.read(8))[0]
+        header = json.loads(f.read(n))
+        data = f.read()
+
+    def write(path, names, rename=lambda k: k):
+        meta, chunks, offset = {}, [], 0
+        for k in names:
+            v = header[k]
+            a, b = v["data_offsets"]
+            chunks.append(data[a:b])
+            meta[rename(k)] = {"dtype": v["dtype"], "shape": v["shape"], "data_offsets": [offset, offset + b - a]}
+            offset += b - a
+        h = json.dumps(meta).encode()
+        h += b" " * ((8 - len(h) % 8) % 8)
+        with open(path, "wb") as f:
+            f.write(struct.pack("<Q", len(h)) + h + b"".join(chunks))
+
+    names = [k for k in header if k != "__metadata__"]
+    write(weights, [k for k in names if k != "__input__"])
+    write(inputs, ["__input__"], lambda k: "input")
+
+
+def run(binary, args):
+    """Wall time and JSON of one command."""
+    t0 = time.time()
+    out = subprocess.run([binary] + args + ["--json"], cwd=ROOT, capture_output=True, text=True)
+    seconds = time.time() - t0
+    if out.returncode != 0:
+        sys.exit(f"{binary} {' '.join(args)}: {out.stderr.strip()}")
+    return seconds, json.loads(out.stdout)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("old", help="the earlier build's extremal binary")
+    p.add_argument("--greedy", action="store_true")
+    p.add_argument("--greedy-25", action="store_true")
+    p.add_argument("--torch", action="store_true")
+    p.add_argument("--sweep", action="store_true")
+    a = p.parse_args()
+    resnet = resnet_weights()
+    sites = [
+        ("efficientnet-lite0", [], "layer2"),
+        ("efficientnet-lite0", [], "layer3"),
+        ("resnet50", ["--model", "resnet50", "--weights", resnet], "layer2"),
+        ("resnet50", ["--model", "resnet50", "--weights", resnet], "layer3"),
+    ]
+    print(f"{'model':<19}{'site':<7}{'keep':>5}  {'image':<12}{'old s':>8}{'new s':>8}{'new/old':>8}"
+          f"{'old kept':>11}{'new kept':>11}{'new/old':>8}{'original':>11}")
+    worst = 1e9
+    for model, extra, layer in sites:
+        for keep in KEEPS:
+            for image in IMAGES:
+                args = ["channels", image, "--layer", layer, "--keep", str(keep)] + extra
+                old_s, old = run(a.old, args)
+                new_s, new = run(NEW, args)
+                ratio = new["kept_score"] / old["kept_score"] if old["kept_score"] else float("nan")
+                worst = min(worst, ratio)
+                print(f"{model:<19}{layer:<7}{keep:>5}  {os.path.basename(image):<12}{old_s:>8.2f}{new_s:>8.2f}"
+                      f"{new_s / old_s:>8.2f}{old['kept_score']:>11.2f}{new['kept_score']:>11.2f}{ratio:>8.3f}"
+                      f"{new['original_score']:>11.2f}", flush=True)
+    print(f"lowest new/old kept score: {worst:.3f}")
+
+    if a.greedy:
+        print(f"\n{'model':<19}{'site':<7}{'keep':>5}  {'greedy kept':>12}{'greedy s':>10}{'search kept':>12}{'search s':>10}")
+        for model, extra, layer in sites:
+            weights = resnet if model == "resnet50" else "-"
+            for keep in KEEPS if a.greedy_25 else [10]:
+                out = subprocess.run([SPEED, model, weights, "assets/chelsea.png", layer, str(keep), "--greedy"],
+                                     cwd=ROOT, check=True, capture_output=True, text=True)
+                r = json.loads(out.stdout)
+                print(f"{model:<19}{layer:<7}{keep:>5}  {r['greedy_score']:>12.2f}{r['greedy_seconds']:>10.1f}"
+                      f"{r['kept_score']:>12.2f}{r['seconds']:>10.2f}", flush=True)
+
+    if a.sweep:
+        extra = ["--model", "resnet50", "--weights", resnet, "--layer", "layer3"]
+        single_s, _ = run(NEW, ["channels", "assets/chelsea.png", "--keep", "25"] + extra)
+        sweep_s, _ = run(NEW, ["channels", "assets/chelsea.png", "--sweep", "1,2,5,10,25,50"] + extra)
+        print(f"\nResNet-50 layer3: --sweep 1,2,5,10,25,50 {sweep_s:.2f} s, --keep 25 {single_s:.2f} s: "
+              f"{sweep_s / single_s:.2f}x")
+
+    if a.torch:
+        torch_loop(resnet)
+
+
+def torch_loop(weights):
+    """The paper's schedule in PyTorch, a forward hook masking ResNet-50's layer3, the whole
+    network each of 300 iterations, beside this build's whole command on the same input."""
+    import torch
+    import torchvision
+    from safetensors.torch import load_file
+
+    torch.set_num_threads(2)
+    sd = load_file(weights)
+    x = load_file(os.path.join(WORK, "resnet50-seed0-input.safetensors"))["input"]
+    net = torchvision.models.resnet50(weights=None)
+    net.load_state_dict(sd, strict=False)
+    net.eval()
+    for q in net.parameters():
+        q.requires_grad_(False)
+    target = net(x).argmax().item()
+    n, keep = 1024, 25
+    mask = torch.ones(1, n, 1, 1, requires_grad=True)
+    net.layer3.register_forward_hook(lambda m, i, o: o * mask)
+    opt = torch.optim.SGD([mask], lr=0.01, momentum=0.9)
+    ref = torch.cat([torch.zeros(n - keep), torch.ones(keep)])
+    t0 = time.time()
+    for t in range(300):
+        lam = 1500 * min(t / 150, 1.0)
+        y = net(x)[0, target]
+        loss = -y + lam * ((mask.flatten().sort()[0] - ref) ** 2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        with torch.no_grad():
+            mask.clamp_(0, 1)
+    torch_s = time.time() - t0
+    ours_s, r = run(NEW, ["channels", os.path.join(WORK, "resnet50-seed0-input.safetensors"), "--model", "resnet50",
+                          "--weights", weights, "--layer", "layer3", "--keep", "25"])
+    print(f"\nResNet-50 layer3 keep 25: PyTorch forward-hook loop, 300 iterations (model loaded) {torch_s:.2f} s; "
+          f"extremal channels, whole command {ours_s:.2f} s (kept {r['kept_score']:.1f}, original "
+          f"{r['original_score']:.1f}): {ours_s / torch_s:.2f}x the PyTorch time")
+
+
+if __name__ == "__main__":
+    main()
