@@ -172,11 +172,12 @@ pub(crate) fn run(args: &ChannelsArgs) -> Result<()> {
         .clone()
         .unwrap_or_else(|| vec![args.keep.unwrap_or(cfg.keep)]);
     let iterations = args.iterations.unwrap_or(args.schedule.iterations());
-    let bar = progress_bar((iterations * keeps.len()) as u64, "{msg}", "");
-    let sweep = channel_sweep(&site, &keeps, &cfg, &mut |i, keep, t, _| {
-        bar.set_message(format!("keep {keep}"));
-        bar.set_position((i * iterations + t) as u64);
-    });
+    let bar = progress_bar(
+        iterations as u64,
+        "soft masks",
+        " (then the refinement and contributions)",
+    );
+    let sweep = channel_sweep(&site, &keeps, &cfg, &mut |t, _| bar.set_position(t as u64));
     bar.finish_and_clear();
     let sweep = sweep?;
     let chosen = sweep.chosen();

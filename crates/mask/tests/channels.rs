@@ -64,7 +64,16 @@ fn greedy_selection_misses_the_pair_the_search_finds() {
     let (set, score) = greedy_selection(&site, 3, 8).unwrap();
     assert_eq!(set.len(), 3);
     assert!(score <= 9.0 + 1e-6);
-    let r = channel_masks(&net, &x, "features", &ChannelConfig { keep: 2, ..Default::default() }).unwrap();
+    let r = channel_masks(
+        &net,
+        &x,
+        "features",
+        &ChannelConfig {
+            keep: 2,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     assert!(r.kept_score > 8.9);
     assert!(r.timings.refine >= 0.0 && r.timings.soft > 0.0);
     assert!(greedy_selection(&site, 9, 8).is_err());
@@ -156,15 +165,41 @@ fn sweeps_reports_as_json_and_the_sites_target() {
     let (net, x) = and_network();
     let site = ChannelSite::new(&net, &x, "features", None).unwrap();
     let cfg = ChannelConfig::default();
-    let e = channel_sweep(&site, &[2, 9], &cfg, &mut |_, _, _, _| {})
+    let e = channel_sweep(&site, &[2, 9], &cfg, &mut |_, _| {})
         .unwrap_err()
         .to_string();
     assert!(e.contains("--keep 9 is not possible"), "{e}");
     let mut calls = 0;
-    let sweep = channel_sweep(&site, &[4, 1, 2, 2], &cfg, &mut |_, _, _, _| calls += 1).unwrap();
+    let sweep = channel_sweep(&site, &[4, 1, 2, 2], &cfg, &mut |_, _| calls += 1).unwrap();
     let keeps: Vec<usize> = sweep.reports.iter().map(|r| r.keep).collect();
     assert_eq!(keeps, vec![1, 2, 4]);
-    assert_eq!(calls, 3 * 100, "one call per iteration of each keep");
+    assert_eq!(calls, 100, "one soft phase for every keep: one call per iteration");
+    // Each keep's report is the one a search for that keep alone gives.
+    for r in &sweep.reports {
+        let alone = channel_masks_at(
+            &site,
+            &ChannelConfig {
+                keep: r.keep,
+                ..cfg.clone()
+            },
+            &mut |_, _| {},
+        )
+        .unwrap();
+        assert_eq!(
+            (r.kept(), r.kept_score, r.swaps),
+            (alone.kept(), alone.kept_score, alone.swaps)
+        );
+        let gap = r
+            .mask
+            .iter()
+            .zip(&alone.mask)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(gap < 1e-5, "keep {}: the soft masks differ by {gap}", r.keep);
+        assert_eq!(r.history.len(), 100);
+        assert_eq!(r.history[7].rewards.len(), 1);
+        assert!((r.history[7].rewards[0] - alone.history[7].rewards[0]).abs() < 1e-5);
+    }
     assert_eq!(sweep.extremal_keep, Some(2), "channels 2 and 5 keep all of class 0");
     assert_eq!(sweep.chosen().kept(), &[2, 5]);
 

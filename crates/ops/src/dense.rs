@@ -62,33 +62,43 @@ impl Geometry {
 
     /// Fills `col` (`C_in·kh·kw` rows of `OH·OW`) from one image `x` (`C_in·H·W`).
     fn im2col<T: WithDType>(&self, x: &[T], col: &mut [T]) {
+        self.im2col_into(x, col, self.positions(), 0)
+    }
+
+    /// [`Geometry::im2col`] into the columns `offset..offset + OH·OW` of a column matrix whose
+    /// rows are `stride` long (several images side by side, for one gemm over all of them).
+    fn im2col_into<T: WithDType>(&self, x: &[T], col: &mut [T], stride: usize, offset: usize) {
         let g = *self;
         let p = g.positions();
-        col.par_chunks_mut(p).with_min_len(8).enumerate().for_each(|(r, row)| {
-            let (c, ky, kx) = (r / (g.kh * g.kw), (r / g.kw) % g.kh, r % g.kw);
-            let plane = &x[c * g.h * g.w..(c + 1) * g.h * g.w];
-            let (oy_lo, oy_hi) = g.inside(ky * g.dilation, g.top, g.h, g.oh);
-            let (ox_lo, ox_hi) = g.inside(kx * g.dilation, g.left, g.w, g.ow);
-            for oy in 0..g.oh {
-                let out = &mut row[oy * g.ow..(oy + 1) * g.ow];
-                if oy < oy_lo || oy >= oy_hi {
-                    out.fill(T::zero());
-                    continue;
-                }
-                let iy = oy * g.stride + ky * g.dilation - g.top;
-                let src = &plane[iy * g.w..(iy + 1) * g.w];
-                out[..ox_lo].fill(T::zero());
-                out[ox_hi..].fill(T::zero());
-                let ix0 = ox_lo * g.stride + kx * g.dilation - g.left;
-                if g.stride == 1 {
-                    out[ox_lo..ox_hi].copy_from_slice(&src[ix0..ix0 + ox_hi - ox_lo]);
-                } else {
-                    for (o, v) in out[ox_lo..ox_hi].iter_mut().enumerate() {
-                        *v = src[ix0 + o * g.stride];
+        col.par_chunks_mut(stride)
+            .with_min_len(8)
+            .enumerate()
+            .for_each(|(r, row)| {
+                let row = &mut row[offset..offset + p];
+                let (c, ky, kx) = (r / (g.kh * g.kw), (r / g.kw) % g.kh, r % g.kw);
+                let plane = &x[c * g.h * g.w..(c + 1) * g.h * g.w];
+                let (oy_lo, oy_hi) = g.inside(ky * g.dilation, g.top, g.h, g.oh);
+                let (ox_lo, ox_hi) = g.inside(kx * g.dilation, g.left, g.w, g.ow);
+                for oy in 0..g.oh {
+                    let out = &mut row[oy * g.ow..(oy + 1) * g.ow];
+                    if oy < oy_lo || oy >= oy_hi {
+                        out.fill(T::zero());
+                        continue;
+                    }
+                    let iy = oy * g.stride + ky * g.dilation - g.top;
+                    let src = &plane[iy * g.w..(iy + 1) * g.w];
+                    out[..ox_lo].fill(T::zero());
+                    out[ox_hi..].fill(T::zero());
+                    let ix0 = ox_lo * g.stride + kx * g.dilation - g.left;
+                    if g.stride == 1 {
+                        out[ox_lo..ox_hi].copy_from_slice(&src[ix0..ix0 + ox_hi - ox_lo]);
+                    } else {
+                        for (o, v) in out[ox_lo..ox_hi].iter_mut().enumerate() {
+                            *v = src[ix0 + o * g.stride];
+                        }
                     }
                 }
-            }
-        });
+            });
     }
 
     /// Adds the column matrix `col` back onto the image gradient `gx` (`C_in·H·W`, zeroed).
@@ -272,6 +282,11 @@ pub(crate) struct DenseConv {
     pub act: Activation,
 }
 
+/// A gemm over several images at once when each has fewer output positions than this: one
+/// image of a 7×7 or 14×14 map makes a gemm too narrow to run near the machine's peak (the
+/// images' columns side by side make it up to this wide).
+const BATCH_POSITIONS: usize = 2048;
+
 impl DenseConv {
     fn forward<T: WithDType>(&self, x: &[T], w: &[T]) -> candle_core::Result<Vec<T>> {
         let g = self.g;
@@ -282,6 +297,14 @@ impl DenseConv {
         };
         // Every element is written by the bias fill or by a gemm that does not read it.
         let mut y = crate::output_vec(g.n * g.c_out * p);
+        if g.groups == 1 && g.n > 1 && p < BATCH_POSITIONS {
+            let per = (BATCH_POSITIONS / p).max(1);
+            let image = g.c_in * g.h * g.w;
+            for (xs, ys) in x.chunks(per * image).zip(y.chunks_mut(per * g.c_out * p)) {
+                self.forward_batch(xs, w, bias.as_deref(), ys);
+            }
+            return Ok(y);
+        }
         let col_len = if g.is_pointwise() { 0 } else { g.c_in * g.kh * g.kw * p };
         with_scratch::<T, _>(col_len, 0, |col, _| {
             for (img, out) in x.chunks(g.c_in * g.h * g.w).zip(y.chunks_mut(g.c_out * p)) {
@@ -326,6 +349,102 @@ impl DenseConv {
             }
         });
         Ok(y)
+    }
+}
+
+impl DenseConv {
+    /// Several images (`xs`, whole images) through one gemm: their column matrices side by
+    /// side, `W · [col₀ col₁ …]`, the output scattered back per image. Input channels that
+    /// are zero in every one of them are left out of the gemm when they are most of them.
+    fn forward_batch<T: WithDType>(&self, xs: &[T], w: &[T], bias: Option<&[T]>, ys: &mut [T]) {
+        let g = self.g;
+        let image = g.c_in * g.h * g.w;
+        let nb = xs.len() / image;
+        let p = g.positions();
+        let khw = g.kh * g.kw;
+        // The channels live in any image of the batch, when few are.
+        let mut alive = vec![false; g.c_in];
+        for img in xs.chunks(image) {
+            for (c, plane) in img.chunks(g.h * g.w).enumerate() {
+                if !alive[c] && plane.iter().any(|v| *v != T::zero()) {
+                    alive[c] = true;
+                }
+            }
+        }
+        let live: Vec<usize> = (0..g.c_in).filter(|&c| alive[c]).collect();
+        let compact = g.c_in >= 8 && live.len() * 4 <= g.c_in;
+        let (gc, xc, wc): (Geometry, std::borrow::Cow<[T]>, std::borrow::Cow<[T]>) = if compact {
+            let gc = Geometry {
+                c_in: live.len(),
+                n: nb,
+                ..g
+            };
+            let plane = g.h * g.w;
+            let mut xc = Vec::with_capacity(nb * live.len() * plane);
+            for img in xs.chunks(image) {
+                for &c in &live {
+                    xc.extend_from_slice(&img[c * plane..(c + 1) * plane]);
+                }
+            }
+            let mut wc = Vec::with_capacity(g.c_out * live.len() * khw);
+            for row in w.chunks(g.k_group()).take(g.c_out) {
+                for &c in &live {
+                    wc.extend_from_slice(&row[c * khw..(c + 1) * khw]);
+                }
+            }
+            (gc, xc.into(), wc.into())
+        } else {
+            (Geometry { n: nb, ..g }, xs.into(), w.into())
+        };
+        let k = gc.c_in * khw;
+        let wide = nb * p;
+        with_scratch::<T, _>(k * wide, g.c_out * wide, |col, out| {
+            let cimage = gc.c_in * gc.h * gc.w;
+            for (i, img) in xc.chunks(cimage.max(1)).take(nb).enumerate() {
+                if k == 0 {
+                    break;
+                }
+                if gc.is_pointwise() {
+                    for (c, plane) in img.chunks(p).enumerate() {
+                        col[c * wide + i * p..c * wide + (i + 1) * p].copy_from_slice(plane);
+                    }
+                } else {
+                    gc.im2col_into(img, col, wide, i * p);
+                }
+            }
+            match bias {
+                Some(b) => {
+                    for (row, &v) in out.chunks_mut(wide).zip(b) {
+                        row.fill(v);
+                    }
+                }
+                None if k == 0 => out.fill(T::zero()),
+                None => {}
+            }
+            if k > 0 {
+                // SAFETY: the weight (c_out × k), the column matrix (k × wide) and the output
+                // (c_out × wide) are buffers of exactly those sizes.
+                unsafe {
+                    gemm(
+                        g.c_out,
+                        wide,
+                        k,
+                        out.as_mut_ptr(),
+                        bias.is_some(),
+                        wc.as_ptr(),
+                        k as isize,
+                        1,
+                        col.as_ptr(),
+                    )
+                }
+            }
+            for (i, y) in ys.chunks_mut(g.c_out * p).enumerate() {
+                for (co, dst) in y.chunks_mut(p).enumerate() {
+                    dst.copy_from_slice(&out[co * wide + i * p..co * wide + (i + 1) * p]);
+                }
+                activate(y, self.act);
+            }
+        });
     }
 }
 

@@ -25,7 +25,7 @@ pub use report::{Baselines, ChannelReport, RankedChannel, Timings};
 pub use search::greedy_selection;
 pub use site::{ChannelMask, ChannelSite};
 
-use crate::engine::{optimise, AreaWeight, Objective};
+use crate::engine::{optimise, AreaWeight, Iteration, Objective};
 use crate::{Error, Game, Result, TieOrder};
 
 /// How the soft mask is optimised.
@@ -201,20 +201,35 @@ pub fn channel_masks_at(
     cfg: &ChannelConfig,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<ChannelReport> {
+    let mut reports = search_keeps(cs, &[cfg.keep], cfg, progress)?;
+    Ok(reports.pop().expect("one keep, one report"))
+}
+
+/// The channel search for each of `keeps` (checked, distinct) with `cfg`'s other settings:
+/// one soft phase for all of them (one mask per keep, optimised together: the rows do not
+/// interact, so each is the mask a search for its keep alone would find), then per keep the
+/// refinement and the contributions.
+fn search_keeps(
+    cs: &ChannelSite,
+    keeps: &[usize],
+    cfg: &ChannelConfig,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<Vec<ChannelReport>> {
     let c = cs.channels;
     if cfg.iterations == Some(0) {
         return Err(Error::Invalid(
             "at least one iteration is needed (--iterations 1 or more)".into(),
         ));
     }
-    cs.check_keep(cfg.keep)?;
+    for &keep in keeps {
+        cs.check_keep(keep)?;
+    }
     if let Some(t) = cfg.target.filter(|&t| t != cs.target()) {
         return Err(Error::Invalid(format!(
             "the site was cached for class {}, the configuration asks for class {t}: make the ChannelSite with that target",
             cs.target()
         )));
     }
-
     let clock = std::time::Instant::now();
     let lap = |from: &mut f64| {
         let now = clock.elapsed().as_secs_f64();
@@ -223,74 +238,93 @@ pub fn channel_masks_at(
         spent
     };
     let mut mark = 0.0;
-    let mut timings = Timings::default();
-    // Baselines.
-    let by_activation = top_k(&cs.mean_activation()?, cfg.keep);
-    let by_axg = top_k(&cs.activation_x_gradient()?, cfg.keep);
-    let base = cs.hard_scores(&[by_activation.clone(), by_axg.clone()], true, 2)?;
-    let baselines = Baselines {
-        top_activation: base[0],
-        activation_x_gradient: base[1],
-    };
-    timings.baselines = lap(&mut mark);
 
-    // Soft optimisation; the best hard top-`keep` set seen along the way is kept.
+    // Soft optimisation, every keep at once; the best hard top-`keep` set seen along the way is
+    // kept for each.
     let hard = search::HardObjective {
         site: cs,
         game: cfg.game,
         batch: cfg.batch,
     };
     let iterations = cfg.iterations.unwrap_or(cfg.schedule.iterations());
-    let objective = cfg.schedule.objective(cs, cfg.game, cfg.keep, iterations);
+    let mut objective = cfg.schedule.objective(cs, cfg.game, keeps[0], iterations);
+    objective.areas = keeps.iter().map(|&k| k as f64 / c as f64).collect();
     let (init, mut optimiser) = cfg.schedule.start();
-    let param = cs.mask(init)?;
-    let mut tracker = search::TopK::new(&hard, cfg.keep, iterations, progress);
+    let param = cs.masks(init, keeps.len())?;
+    let mut tracker = search::TopK::new(&hard, keeps, iterations, progress);
     let history = optimise(&cs.evidence(), &param, &objective, optimiser.as_mut(), &mut tracker)?;
-    let soft_set = tracker.finish(&param)?;
-    let mask = param.mask_values()?;
-    let soft_kept_score = cs.hard_scores(std::slice::from_ref(&soft_set), true, 1)?[0];
-    timings.soft = lap(&mut mark);
+    let soft_sets = tracker.finish(&param)?;
+    let masks = param.rows()?;
+    let soft_scores = cs.hard_scores(&soft_sets, true, cfg.batch)?;
+    let soft_seconds = lap(&mut mark) / keeps.len() as f64;
 
-    // Discrete refinement, from the best of the candidate sets.
-    let (mut set, mut swaps) = (soft_set.clone(), 0);
-    if cfg.refine {
-        let starts = vec![soft_set, by_axg, by_activation];
-        let scores = hard.scores(&starts)?;
-        let best = (0..starts.len())
-            .max_by(|&a, &b| scores[a].total_cmp(&scores[b]).then(b.cmp(&a)))
-            .unwrap();
-        let refined = search::refine(&hard, &objective, starts[best].clone(), scores[best])?;
-        (set, swaps, timings.refine_sets) = refined;
+    let mean_activation = cs.mean_activation()?;
+    let activation_x_gradient = cs.activation_x_gradient()?;
+    let mut reports = Vec::with_capacity(keeps.len());
+    for (b, (&keep, soft_set)) in keeps.iter().zip(soft_sets).enumerate() {
+        let mut timings = Timings {
+            soft: soft_seconds,
+            ..Timings::default()
+        };
+        // Baselines.
+        let by_activation = top_k(&mean_activation, keep);
+        let by_axg = top_k(&activation_x_gradient, keep);
+        let base = cs.hard_scores(&[by_activation.clone(), by_axg.clone()], true, 2)?;
+        let baselines = Baselines {
+            top_activation: base[0],
+            activation_x_gradient: base[1],
+        };
+        timings.baselines = lap(&mut mark);
+
+        // Discrete refinement, from the best of the candidate sets.
+        let (mut set, mut swaps) = (soft_set.clone(), 0);
+        if cfg.refine {
+            let starts = vec![soft_set, by_axg, by_activation];
+            let scores = hard.scores(&starts)?;
+            let best = (0..starts.len())
+                .max_by(|&a, &b| scores[a].total_cmp(&scores[b]).then(b.cmp(&a)))
+                .unwrap();
+            let refined = search::refine(&hard, cfg.game, starts[best].clone(), scores[best])?;
+            (set, swaps, timings.refine_sets) = refined;
+        }
+        let kept_score = cs.hard_scores(std::slice::from_ref(&set), true, 1)?[0];
+        let deleted_score = cs.hard_scores(std::slice::from_ref(&set), false, 1)?[0];
+        timings.refine = lap(&mut mark);
+
+        // Contributions, and the ranking by them.
+        let contribution = contributions(cs, &set, kept_score, cfg.batch)?;
+        let ranking = rank(&set, &contribution.values);
+        timings.contributions = lap(&mut mark);
+
+        reports.push(ChannelReport {
+            site: cs.site().to_string(),
+            channels_total: c,
+            keep,
+            target: cs.target(),
+            original_score: cs.original_score(),
+            kept_score,
+            deleted_score,
+            empty_score: contribution.empty_score,
+            mask: masks[b].clone(),
+            ranking,
+            contributions: contribution.values,
+            drops: contribution.drops,
+            exact: contribution.exact,
+            baselines,
+            soft_kept_score: soft_scores[b],
+            swaps,
+            history: history
+                .iter()
+                .map(|it| Iteration {
+                    rewards: vec![it.rewards[b]],
+                    penalties: vec![it.penalties[b]],
+                    area_weight: it.area_weight,
+                })
+                .collect(),
+            timings,
+        });
     }
-    let kept_score = cs.hard_scores(std::slice::from_ref(&set), true, 1)?[0];
-    let deleted_score = cs.hard_scores(std::slice::from_ref(&set), false, 1)?[0];
-    timings.refine = lap(&mut mark);
-
-    // Contributions, and the ranking by them.
-    let contribution = contributions(cs, &set, kept_score, cfg.batch)?;
-    let ranking = rank(&set, &contribution.values);
-    timings.contributions = lap(&mut mark);
-
-    Ok(ChannelReport {
-        site: cs.site().to_string(),
-        channels_total: c,
-        keep: cfg.keep,
-        target: cs.target(),
-        original_score: cs.original_score(),
-        kept_score,
-        deleted_score,
-        empty_score: contribution.empty_score,
-        mask,
-        ranking,
-        contributions: contribution.values,
-        drops: contribution.drops,
-        exact: contribution.exact,
-        baselines,
-        soft_kept_score,
-        swaps,
-        history,
-        timings,
-    })
+    Ok(reports)
 }
 
 /// Channel masks for several `keeps` on one cached site (a sweep).
@@ -313,13 +347,14 @@ impl ChannelSweep {
 }
 
 /// [`channel_masks_at`] for each of `keeps` (sorted and deduplicated; all are checked before
-/// any runs), with `cfg`'s other settings. `progress(i, keep, iteration, iterations)` is
-/// called every step of the `i`-th keep.
+/// any runs), with `cfg`'s other settings: one soft phase optimises a mask per keep together
+/// (each row the mask its keep alone would get), then each keep's set is refined and its
+/// contributions computed. `progress(iteration, iterations)` is called every soft step.
 pub fn channel_sweep(
     cs: &ChannelSite,
     keeps: &[usize],
     cfg: &ChannelConfig,
-    progress: &mut dyn FnMut(usize, usize, usize, usize),
+    progress: &mut dyn FnMut(usize, usize),
 ) -> Result<ChannelSweep> {
     let mut keeps = keeps.to_vec();
     keeps.sort();
@@ -330,11 +365,7 @@ pub fn channel_sweep(
     for &k in &keeps {
         cs.check_keep(k)?;
     }
-    let mut reports = Vec::with_capacity(keeps.len());
-    for (i, &keep) in keeps.iter().enumerate() {
-        let cfg = ChannelConfig { keep, ..cfg.clone() };
-        reports.push(channel_masks_at(cs, &cfg, &mut |t, n| progress(i, keep, t, n))?);
-    }
+    let reports = search_keeps(cs, &keeps, cfg, progress)?;
     let original = cs.original_score();
     let extremal_keep = reports.iter().find(|r| r.kept_score >= original).map(|r| r.keep);
     Ok(ChannelSweep { reports, extremal_keep })

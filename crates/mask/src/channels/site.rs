@@ -105,8 +105,14 @@ impl<'a> ChannelSite<'a> {
 
     /// A channel mask at this site with every value `init`.
     pub fn mask(&self, init: f32) -> Result<ChannelMask> {
+        self.masks(init, 1)
+    }
+
+    /// `rows` channel masks at this site (optimised together, one per area), every value
+    /// `init`.
+    pub fn masks(&self, init: f32, rows: usize) -> Result<ChannelMask> {
         let a = self.activation();
-        let params = Var::from_tensor(&Tensor::full(init, (1, self.channels), a.device())?.to_dtype(a.dtype())?)?;
+        let params = Var::from_tensor(&Tensor::full(init, (rows, self.channels), a.device())?.to_dtype(a.dtype())?)?;
         Ok(ChannelMask {
             params,
             activation: a.clone(),
@@ -250,6 +256,11 @@ impl ChannelMask {
             .to_dtype(DType::F32)?
             .flatten_all()?
             .to_vec1::<f32>()?)
+    }
+
+    /// Each row's values (one mask per row).
+    pub fn rows(&self) -> Result<Vec<Vec<f32>>> {
+        Ok(self.params.as_tensor().to_dtype(DType::F32)?.to_vec2::<f32>()?)
     }
 }
 
