@@ -166,14 +166,7 @@ fn check_targets(n: usize, targets: &[usize]) -> Result<()> {
 pub fn attribute_batch(method: &dyn Method, net: &dyn Network, x: &Tensor, targets: &[usize]) -> Result<Tensor> {
     let (n, _, h, w) = x.dims4()?;
     check_targets(n, targets)?;
-    let map = method.saliency_batch(net, x, targets)?;
-    let (_, _, mh, mw) = map.dims4()?;
-    let map = if (mh, mw) == (h, w) {
-        map
-    } else {
-        extremal_ops::resize_bilinear(&map, h, w)?
-    };
-    Ok(map.to_dtype(candle_core::DType::F32)?)
+    at_input_size(method.saliency_batch(net, x, targets)?, h, w)
 }
 
 /// The saliency map of `method` resized to the input (bilinear, as TorchRay's `resize=True`).
@@ -187,7 +180,11 @@ pub fn attribute(method: &dyn Method, net: &dyn Network, x: &Tensor, target: usi
             "attribution takes one image, got a batch of {n}"
         )));
     }
-    let map = method.saliency(net, x, target)?;
+    at_input_size(method.saliency(net, x, target)?, h, w)
+}
+
+/// Maps `(N, 1, h, w)` resized to the input's `H × W` (bilinear) unless they have it, as f32.
+fn at_input_size(map: Tensor, h: usize, w: usize) -> Result<Tensor> {
     let (_, _, mh, mw) = map.dims4()?;
     let map = if (mh, mw) == (h, w) {
         map

@@ -432,21 +432,21 @@ fn write_tables(
     out: &Path,
     json: bool,
 ) -> Result<()> {
+    let paths: std::collections::HashMap<&str, &Path> = images
+        .items()
+        .iter()
+        .map(|i| (i.name.as_str(), i.path.as_path()))
+        .collect();
     let bar = progress_bar(records.len() as u64, "class sets", "");
     let tables = class_tables(records, &mut |r, sets| {
-        let path = images
-            .items()
-            .iter()
-            .find(|i| i.name == r.image)
-            .map(|i| i.path.clone())
-            .ok_or_else(|| {
-                extremal_mask::Error::Invalid(format!(
-                    "the record of `{}` names an image that the inputs do not hold",
-                    r.image
-                ))
-            })?;
+        let path = paths.get(r.image.as_str()).copied().ok_or_else(|| {
+            extremal_mask::Error::Invalid(format!(
+                "the record of `{}` names an image that the inputs do not hold",
+                r.image
+            ))
+        })?;
         let x = args
-            .image(model, &path, keep_aspect)
+            .image(model, path, keep_aspect)
             .map_err(|e| extremal_mask::Error::Invalid(format!("{}: {e}", path.display())))?;
         let site = ChannelSite::new(model, &x, &r.site, Some(r.target))?;
         bar.inc(1);

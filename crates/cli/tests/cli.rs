@@ -693,16 +693,7 @@ fn convert_writes_safetensors_and_checks_against_a_model() {
     for (name, t) in a.tensors() {
         let u = &b[name];
         assert_eq!(t.dims(), u.dims(), "{name}");
-        let d = (t.to_dtype(candle_core::DType::F64).unwrap() - u.to_dtype(candle_core::DType::F64).unwrap())
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f64>()
-            .unwrap();
+        let d = max_abs_diff(t, u);
         assert_eq!(d, 0.0, "{name}");
     }
     let (_, weights) =
@@ -820,14 +811,7 @@ fn classify_and_attribute_over_a_folder() {
         load(dir.join("cup/whole.jpg/saliency.safetensors")),
         load(single.join("saliency.safetensors")),
     );
-    let diff = (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
+    let diff = max_abs_diff(&a, &b);
     assert!(diff < 1e-4, "batched and single maps differ by {diff}");
 
     // Extremal perturbation over two inputs given as files.

@@ -214,66 +214,6 @@ fn values<T: WithDType>(
     crate::with_tensor_slice(t, "conv2d weights", f)?
 }
 
-/// The input channels of `img` (one image, `C_in × H × W`) that hold a nonzero value, when they
-/// are at most a quarter of an ungrouped convolution's inputs (`None` otherwise: the dense
-/// gemm is then as fast).
-fn few_live_channels<T: WithDType>(g: &Geometry, img: &[T]) -> Option<Vec<usize>> {
-    if g.groups != 1 || g.c_in < 8 {
-        return None;
-    }
-    let plane = g.h * g.w;
-    let mut live = Vec::new();
-    for (c, values) in img.chunks(plane).enumerate() {
-        if values.iter().any(|v| *v != T::zero()) {
-            live.push(c);
-            if live.len() * 4 > g.c_in {
-                return None;
-            }
-        }
-    }
-    Some(live)
-}
-
-/// `out (C_out × P) (+)= W[:, live] · col[live]`: the convolution's gemm over the `live` input
-/// channels only (each with its `kh·kw` weight columns and column rows); no live channel
-/// leaves the bias (or zeros).
-fn live_gemm<T: WithDType>(g: &Geometry, out: &mut [T], accumulate: bool, w: &[T], col: &[T], live: &[usize]) {
-    let (p, kg) = (g.positions(), g.k_group());
-    let khw = g.kh * g.kw;
-    let kl = live.len() * khw;
-    if kl == 0 {
-        if !accumulate {
-            out.fill(T::zero());
-        }
-        return;
-    }
-    let mut wl = Vec::with_capacity(g.c_out * kl);
-    for row in w.chunks(kg).take(g.c_out) {
-        for &c in live {
-            wl.extend_from_slice(&row[c * khw..(c + 1) * khw]);
-        }
-    }
-    let mut cl = Vec::with_capacity(kl * p);
-    for &c in live {
-        cl.extend_from_slice(&col[c * khw * p..(c + 1) * khw * p]);
-    }
-    // SAFETY: the gathered weight (c_out × kl), column rows (kl × p) and the output
-    // (c_out × p) are whole buffers of those sizes.
-    unsafe {
-        gemm(
-            g.c_out,
-            p,
-            kl,
-            out.as_mut_ptr(),
-            accumulate,
-            wl.as_ptr(),
-            kl as isize,
-            1,
-            cl.as_ptr(),
-        )
-    }
-}
-
 /// The forward op: `(N, C_in, H, W) -> act(conv(x, weight) + bias)`.
 pub(crate) struct DenseConv {
     pub g: Geometry,
@@ -297,7 +237,7 @@ impl DenseConv {
         };
         // Every element is written by the bias fill or by a gemm that does not read it.
         let mut y = crate::output_vec(g.n * g.c_out * p);
-        if g.groups == 1 && g.n > 1 && p < BATCH_POSITIONS {
+        if g.groups == 1 {
             let per = (BATCH_POSITIONS / p).max(1);
             let image = g.c_in * g.h * g.w;
             for (xs, ys) in x.chunks(per * image).zip(y.chunks_mut(per * g.c_out * p)) {
@@ -318,14 +258,6 @@ impl DenseConv {
                     for (row, &v) in out.chunks_mut(p).zip(b) {
                         row.fill(v);
                     }
-                }
-                if let Some(live) = few_live_channels(&g, img) {
-                    // Channels that are zero over the whole image add nothing: with few live
-                    // ones (a hard channel mask upstream keeps 25 of 1024), the gemm runs over
-                    // their weight columns and column rows only.
-                    live_gemm(&g, out, bias.is_some(), w, col, &live);
-                    activate(out, self.act);
-                    continue;
                 }
                 for gi in 0..g.groups {
                     // SAFETY: group `gi`'s weight rows (cg × kg), column rows (kg × p) and
@@ -353,9 +285,11 @@ impl DenseConv {
 }
 
 impl DenseConv {
-    /// Several images (`xs`, whole images) through one gemm: their column matrices side by
-    /// side, `W · [col₀ col₁ …]`, the output scattered back per image. Input channels that
-    /// are zero in every one of them are left out of the gemm when they are most of them.
+    /// Several images (`xs`, whole images; one when each fills a gemm alone) through one gemm:
+    /// their column matrices side by side, `W · [col₀ col₁ …]`, the output scattered back per
+    /// image (one image's is written in place, and a 1×1 convolution's column matrix is the
+    /// image itself). Input channels that are zero in every one of them (a hard channel mask
+    /// upstream keeps 25 of 1024) are left out of the gemm when they are most of them.
     fn forward_batch<T: WithDType>(&self, xs: &[T], w: &[T], bias: Option<&[T]>, ys: &mut [T]) {
         let g = self.g;
         let image = g.c_in * g.h * g.w;
@@ -398,20 +332,27 @@ impl DenseConv {
         };
         let k = gc.c_in * khw;
         let wide = nb * p;
-        with_scratch::<T, _>(k * wide, g.c_out * wide, |col, out| {
-            let cimage = gc.c_in * gc.h * gc.w;
-            for (i, img) in xc.chunks(cimage.max(1)).take(nb).enumerate() {
-                if k == 0 {
-                    break;
-                }
-                if gc.is_pointwise() {
-                    for (c, plane) in img.chunks(p).enumerate() {
-                        col[c * wide + i * p..c * wide + (i + 1) * p].copy_from_slice(plane);
+        // One image: its column matrix is the image itself for a 1×1 convolution, and the
+        // gemm writes its output in place.
+        let direct = nb == 1;
+        let in_place = direct && gc.is_pointwise();
+        let col_len = if in_place { 0 } else { k * wide };
+        let out_len = if direct { 0 } else { g.c_out * wide };
+        with_scratch::<T, _>(col_len, out_len, |col_scratch, out_scratch| {
+            if k > 0 && !in_place {
+                let cimage = gc.c_in * gc.h * gc.w;
+                for (i, img) in xc.chunks(cimage).take(nb).enumerate() {
+                    if gc.is_pointwise() {
+                        for (c, plane) in img.chunks(p).enumerate() {
+                            col_scratch[c * wide + i * p..c * wide + (i + 1) * p].copy_from_slice(plane);
+                        }
+                    } else {
+                        gc.im2col_into(img, col_scratch, wide, i * p);
                     }
-                } else {
-                    gc.im2col_into(img, col, wide, i * p);
                 }
             }
+            let col: &[T] = if in_place { &xc } else { col_scratch };
+            let out: &mut [T] = if direct { &mut *ys } else { out_scratch };
             match bias {
                 Some(b) => {
                     for (row, &v) in out.chunks_mut(wide).zip(b) {
@@ -438,12 +379,14 @@ impl DenseConv {
                     )
                 }
             }
-            for (i, y) in ys.chunks_mut(g.c_out * p).enumerate() {
-                for (co, dst) in y.chunks_mut(p).enumerate() {
-                    dst.copy_from_slice(&out[co * wide + i * p..co * wide + (i + 1) * p]);
+            if !direct {
+                for (i, y) in ys.chunks_mut(g.c_out * p).enumerate() {
+                    for (co, dst) in y.chunks_mut(p).enumerate() {
+                        dst.copy_from_slice(&out_scratch[co * wide + i * p..co * wide + (i + 1) * p]);
+                    }
                 }
-                activate(y, self.act);
             }
+            activate(ys, self.act);
         });
     }
 }

@@ -385,6 +385,13 @@ fn conv_over_few_live_channels_equals_candles() -> R<()> {
             let theirs = xm.conv2d(&w, k / 2, stride, 1, 1)?;
             let err = (plain - theirs)?.abs()?.max_all()?.to_scalar::<f32>()?;
             assert!(err < 1e-5, "no bias, k {k} stride {stride} live {live:?}: {err}");
+            // One image alone takes the same path, its gemm written in place.
+            let one = xm.narrow(0, 0, 1)?;
+            let err = (conv2d(&one, &w, None, &cfg)? - one.conv2d(&w, k / 2, stride, 1, 1)?)?
+                .abs()?
+                .max_all()?
+                .to_scalar::<f32>()?;
+            assert!(err < 1e-5, "one image, k {k} stride {stride} live {live:?}: {err}");
         }
     }
     Ok(())
