@@ -100,8 +100,8 @@ pub(crate) struct InvertArgs {
     output: OutputArgs,
 }
 
-/// The target of `--mask FILE [--soft]`, checked against the site.
-fn mask_target(path: &Path, soft: bool, site: &str, channels: usize) -> Result<Target> {
+/// The channels.json at `path`, checked against the site.
+pub(crate) fn read_report(path: &Path, site: &str, channels: usize) -> Result<ChannelReport> {
     let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
     let report: ChannelReport = serde_json::from_slice(&bytes).map_err(|e| {
         let what = if e.is_syntax() || e.is_eof() {
@@ -117,6 +117,12 @@ fn mask_target(path: &Path, soft: bool, site: &str, channels: usize) -> Result<T
     report
         .check_site(site, channels)
         .with_context(|| format!("{}", path.display()))?;
+    Ok(report)
+}
+
+/// The target of `--mask FILE [--soft]`, checked against the site.
+fn mask_target(path: &Path, soft: bool, site: &str, channels: usize) -> Result<Target> {
+    let report = read_report(path, site, channels)?;
     Ok(if soft {
         Target::Mask(report.mask.iter().map(|&m| m as f64).collect())
     } else {

@@ -20,6 +20,7 @@ mod folder;
 mod invert;
 mod outdir;
 mod render;
+mod visualize;
 
 #[derive(Parser)]
 #[command(
@@ -47,6 +48,9 @@ enum Command {
     /// Feature inversion: an image whose activation at a layer matches the photograph's (or
     /// only some of its channels).
     Invert(invert::InvertArgs),
+    /// Feature visualization: images optimised from noise to excite channels, a neuron or a
+    /// direction at a layer (Lucid's recipe).
+    Visualize(visualize::VisualizeArgs),
     /// Several attribution methods on one image side by side, optionally scored by deletion
     /// and insertion.
     Compare(compare::CompareArgs),
@@ -291,6 +295,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Channels(a) => channels::run(a),
         Command::Attribute(a) => attribute::run(a),
         Command::Invert(a) => invert::run(a),
+        Command::Visualize(a) => visualize::run(a),
         Command::Compare(a) => compare::run(a),
         Command::Evaluate(a) => evaluate::run(a),
         Command::Bench(a) => bench::run(a),

@@ -5,9 +5,9 @@ use std::str::FromStr;
 use candle_core::{DType, Tensor, D};
 use extremal_hook::Network;
 use extremal_ops::random::SeededRng;
-use extremal_ops::{set_gradient_rule_for, GradientRule};
 use extremal_ops::{Adam, Optimiser, Sgd, UnitRms};
 
+use crate::optimise::{optimise_image, Schedule};
 use crate::param::{ImageParam, Parameterisation};
 use crate::regularise::{alpha_norm, natural_norm, total_variation};
 use crate::transform::{roll, scale_rotate};
@@ -350,7 +350,6 @@ pub fn invert(
         OptimiserKind::Momentum => Box::new(UnitRms(Sgd::new(base_lr, 0.9, 0.0))),
     };
     let mut rng = SeededRng::new(cfg.seed ^ 0x5EED_F7A4_5EED);
-    let mut history = Vec::with_capacity(cfg.iterations);
     // A rectified site (exact zeros in the target) is produced by the activation that the
     // backward pass reaches first: redirect that one.
     let rectified = phi0.eq(0.0)?.to_dtype(DType::F64)?.mean_all()?.to_scalar::<f64>()? > 0.0;
@@ -360,14 +359,19 @@ pub fn invert(
         0
     };
     let transform_steps = (cfg.transform_until.clamp(0.0, 1.0) * cfg.iterations as f64).round() as usize;
-
-    for t in 0..cfg.iterations {
+    let lr_at = |t: usize| {
         let frac = t as f64 / cfg.iterations as f64;
-        let lr = base_lr
+        base_lr
             * cfg
                 .lr_decay
-                .powi(cfg.lr_steps.iter().filter(|&&s| frac >= s).count() as i32);
-        let image = param.image()?;
+                .powi(cfg.lr_steps.iter().filter(|&&s| frac >= s).count() as i32)
+    };
+    let schedule = Schedule {
+        iterations: cfg.iterations,
+        lr_at: &lr_at,
+        redirect_steps,
+    };
+    let mut loss = |t: usize, image: &Tensor| -> Result<(Tensor, Vec<f64>)> {
         let mut seen = image.clone();
         if t < transform_steps {
             if cfg.scale > 0.0 || cfg.rotate > 0.0 {
@@ -388,37 +392,20 @@ pub fn invert(
         let feature = (num * &den_t)?;
         let mut loss = feature.clone();
         if cfg.alpha_weight > 0.0 {
-            loss = (loss + (alpha_norm(&image, cfg.alpha, norm)? * cfg.alpha_weight)?)?;
+            loss = (loss + (alpha_norm(image, cfg.alpha, norm)? * cfg.alpha_weight)?)?;
         }
         if tv_weight > 0.0 {
-            loss = (loss + (total_variation(&image, cfg.beta, norm)? * tv_weight)?)?;
+            loss = (loss + (total_variation(image, cfg.beta, norm)? * tv_weight)?)?;
         }
-        let total = loss.sum_all()?;
-        let value = total.to_dtype(DType::F64)?.to_scalar::<f64>()?;
-        if !value.is_finite() {
-            return Err(Error::Invalid(format!(
-                "the inversion diverged (objective {value}) at step {t}; lower the learning rate (now {})",
-                cfg.lr
-            )));
-        }
-        let grads = {
-            let _rule = (t < redirect_steps).then(|| set_gradient_rule_for(GradientRule::Redirected, 1));
-            total.backward()?
-        };
-        let g = grads.get(param.var()).ok_or_else(|| {
-            Error::Invalid("no gradient reached the image: does the site depend on the input?".into())
-        })?;
-        optimiser.set_learning_rate(lr);
-        optimiser.step(param.var(), g)?;
-        let errors: Vec<f64> = feature
+        let errors = feature
             .to_dtype(DType::F64)?
             .to_vec1::<f64>()?
             .iter()
             .map(|v| v.sqrt())
             .collect();
-        progress(t + 1, &errors);
-        history.push(errors);
-    }
+        Ok((loss.sum_all()?, errors))
+    };
+    let history = optimise_image(&param, &schedule, optimiser.as_mut(), &mut loss, progress)?;
     let images = param.image()?.detach();
     let relative_errors = relative_errors(net, &images, &native, &phi0, masks.as_ref())?;
     Ok(Inversion {

@@ -1,4 +1,5 @@
-//! Feature inversion (Mahendran & Vedaldi, CVPR 2015): find an image whose activation at a
+//! Feature inversion (Mahendran & Vedaldi, CVPR 2015) and feature visualization (Olah et al.,
+//! Distill 2017). Inversion finds an image whose activation at a
 //! site matches a target — the full activation, only a set of channels (a hard or an extremal
 //! soft mask), or one channel — to see what those channels encode.
 //!
@@ -7,6 +8,12 @@
 //!   norm), Adam or momentum with a stepped learning rate, jitter / scale / rotation each step
 //!   ([`roll`], [`scale_rotate`]), pixels or a decorrelated Fourier parameterisation
 //!   ([`Parameterisation`]). Deterministic for a given seed.
+//! - [`visualize`] with [`VisualizeConfig`]: feature visualization (Olah et al. 2017) by
+//!   Lucid's recipe — a Fourier image in decorrelated colour through a sigmoid, seen each step
+//!   through [`Robustness`]' random pad, moves, scale and rotation, Adam — for a channel, a
+//!   neuron or a direction ([`Objective`]), with an optional [`diversity`] term.
+//!
+//! Both run the same optimisation loop over an [`ImageParam`].
 //!
 //! ```
 //! use candle_core::{Device, Tensor};
@@ -23,16 +30,19 @@
 //! ```
 
 mod invert;
+mod optimise;
 mod param;
 mod regularise;
 mod transform;
+mod visualize;
 
 pub use invert::{
     default_tv_weight, invert, relative_errors, target_activations, Inversion, InvertConfig, OptimiserKind, Target,
 };
-pub use param::{ImageParam, Parameterisation};
+pub use param::{colour_decorrelation, ImageParam, Parameterisation};
 pub use regularise::{alpha_norm, natural_norm, total_variation};
-pub use transform::{roll, scale_rotate};
+pub use transform::{pad_constant, rescale, roll, rotate, scale_rotate, translate, Robustness};
+pub use visualize::{diversity, visualize, Objective, ObjectiveKind, Visualization, VisualizeConfig};
 
 /// Errors of feature inversion.
 #[derive(Debug, thiserror::Error)]

@@ -6,6 +6,7 @@ use std::str::FromStr;
 
 use candle_core::{DType, Device, Tensor, Var};
 use extremal_ops::random::SeededRng;
+use extremal_ops::{irfft2, sigmoid};
 
 use crate::{Error, Result};
 
@@ -16,8 +17,9 @@ pub enum Parameterisation {
     /// The pixels themselves, in the model's normalised input space.
     #[default]
     Pixel,
-    /// A complex spectrum per colour channel, scaled by `1/frequency`, inverse-transformed
-    /// (as DFT matrix products: candle has no FFT) and mixed by a decorrelating colour matrix.
+    /// A half spectrum per colour channel (Lucid's `fft_image`), scaled by `1/frequency`,
+    /// inverse-transformed ([`irfft2`], orthonormal) and mixed by a decorrelating colour
+    /// matrix.
     Fourier,
 }
 
@@ -38,44 +40,54 @@ impl FromStr for Parameterisation {
 /// `color_correlation_svd_sqrt`), scaled so that its largest column has norm 1.
 const COLOUR: [[f64; 3]; 3] = [[0.26, 0.09, 0.02], [0.27, 0.00, -0.05], [0.27, -0.09, 0.03]];
 
+/// Lucid's colour decorrelation matrix: [`COLOUR`] divided by the largest norm of its
+/// columns (`color_correlation_normalized`). A decorrelated image `v` has colours `M v`.
+pub fn colour_decorrelation() -> [[f64; 3]; 3] {
+    let max_col = (0..3)
+        .map(|d| (0..3).map(|r| COLOUR[r][d] * COLOUR[r][d]).sum::<f64>().sqrt())
+        .fold(0.0, f64::max);
+    COLOUR.map(|row| row.map(|v| v / max_col))
+}
+
+/// Lucid's "magic" divisor of the Fourier image before the sigmoid (it reduces saturation).
+const LUCID_FOURIER_DIVISOR: f64 = 4.0;
+
 /// Optimisable parameters that render a batch of images.
 #[derive(Debug)]
 pub struct ImageParam {
     kind: Parameterisation,
     var: Var,
-    /// Fourier only: (C_H, S_H, C_W, S_W, frequency scale, colour matrix).
-    basis: Option<FourierBasis>,
+    /// Fourier only: the `1/f` scale of the half spectrum, `(1, 1, H, W/2 + 1, 1)`, and `W`.
+    spectrum: Option<(Tensor, usize)>,
+    /// The colour decorrelation matrix `(3, 3)`, when the parameters are decorrelated colour.
+    colour: Option<Tensor>,
+    /// Lucid's range: the image is `sigmoid(…)` in [0, 1] (the Fourier image divided by 4
+    /// first) instead of unbounded in the model's normalised space.
+    squash: bool,
 }
 
-#[derive(Debug)]
-struct FourierBasis {
-    ch: Tensor,
-    sh: Tensor,
-    cw: Tensor,
-    sw: Tensor,
-    scale: Tensor,
-    colour: Tensor,
-}
-
-fn dft(n: usize, dtype: DType, dev: &Device) -> Result<(Tensor, Tensor)> {
-    let mut c = vec![0f64; n * n];
-    let mut s = vec![0f64; n * n];
-    for j in 0..n {
-        for k in 0..n {
-            let a = 2.0 * std::f64::consts::PI * ((j * k) % n) as f64 / n as f64;
-            c[j * n + k] = a.cos();
-            s[j * n + k] = a.sin();
+/// `1 / max(|f|, 1/max(H, W))^decay` over the half spectrum (`f` in cycles per pixel), Lucid's
+/// `rfft2d_freqs` scaling.
+///
+/// # Shapes
+/// - returns: `(1, 1, H, W/2 + 1, 1)`.
+fn spectrum_scale(h: usize, w: usize, decay: f64, dtype: DType, dev: &Device) -> Result<Tensor> {
+    let wf = w / 2 + 1;
+    let fmin = 1.0 / h.max(w) as f64;
+    let mut scale = vec![0f64; h * wf];
+    for i in 0..h {
+        let fy = i.min(h - i) as f64 / h as f64;
+        for j in 0..wf {
+            let fx = j as f64 / w as f64;
+            scale[i * wf + j] = 1.0 / (fy * fy + fx * fx).sqrt().max(fmin).powf(decay);
         }
     }
-    Ok((
-        Tensor::from_vec(c, (n, n), dev)?.to_dtype(dtype)?,
-        Tensor::from_vec(s, (n, n), dev)?.to_dtype(dtype)?,
-    ))
+    Ok(Tensor::from_vec(scale, (1, 1, h, wf, 1), dev)?.to_dtype(dtype)?)
 }
 
 impl ImageParam {
-    /// Random images of `shape = (N, 3, H, W)` whose per-pixel colour norm is `norm` on
-    /// average, from `seed`.
+    /// Random images of `shape = (N, 3, H, W)` in the model's normalised space, whose per-pixel
+    /// colour norm is `norm` on average, from `seed` (the start of an inversion).
     pub fn random(
         kind: Parameterisation,
         shape: (usize, usize, usize, usize),
@@ -84,61 +96,86 @@ impl ImageParam {
         dtype: DType,
         dev: &Device,
     ) -> Result<Self> {
-        let (n, c, h, w) = shape;
-        let mut rng = SeededRng::new(seed);
-        let init = rng.normal_tensor(&[n, c, h, w], 1.0, dev)?.to_dtype(dtype)?;
-        match kind {
-            Parameterisation::Pixel => {
-                let p = Self {
-                    kind,
-                    var: Var::from_tensor(&init)?,
-                    basis: None,
-                };
-                p.rescale(norm)?;
-                Ok(p)
-            }
-            Parameterisation::Fourier => {
-                if c != 3 {
-                    return Err(Error::Invalid(format!(
-                        "the Fourier parameterisation decorrelates RGB colour: it needs 3 channels, got {c}"
-                    )));
-                }
-                let (ch, sh) = dft(h, dtype, dev)?;
-                let (cw, sw) = dft(w, dtype, dev)?;
-                // 1 / max(|f|, 1/max(H, W)), f in cycles per pixel.
-                let fmin = 1.0 / h.max(w) as f64;
-                let mut scale = vec![0f64; h * w];
-                for i in 0..h {
-                    let fy = i.min(h - i) as f64 / h as f64;
-                    for j in 0..w {
-                        let fx = j.min(w - j) as f64 / w as f64;
-                        scale[i * w + j] = 1.0 / (fy * fy + fx * fx).sqrt().max(fmin);
-                    }
-                }
-                let scale = Tensor::from_vec(scale, (1, 1, h, w), dev)?.to_dtype(dtype)?;
-                let max_col = (0..3)
-                    .map(|d| (0..3).map(|r| COLOUR[r][d] * COLOUR[r][d]).sum::<f64>().sqrt())
-                    .fold(0.0, f64::max);
-                let colour: Vec<f64> = COLOUR.iter().flatten().map(|v| v / max_col).collect();
-                let colour = Tensor::from_vec(colour, (3, 3), dev)?.to_dtype(dtype)?;
-                let im = rng.normal_tensor(&[n, c, h, w], 1.0, dev)?.to_dtype(dtype)?;
-                let spectrum = Tensor::cat(&[init, im], 1)?; // (N, 6, H, W): real then imaginary
-                let p = Self {
-                    kind,
-                    var: Var::from_tensor(&spectrum)?,
-                    basis: Some(FourierBasis {
-                        ch,
-                        sh,
-                        cw,
-                        sw,
-                        scale,
-                        colour,
-                    }),
-                };
-                p.rescale(norm)?;
-                Ok(p)
-            }
+        let p = Self::build(kind, shape, seed, 1.0, false, dtype, dev)?;
+        p.rescale(norm)?;
+        Ok(p)
+    }
+
+    /// Lucid's start of a feature visualization: parameters drawn from `N(0, 0.01²)`, colour
+    /// decorrelated, and the image `sigmoid(M v)` in [0, 1] (`v` the pixels, or the inverse FFT
+    /// of the `1/f`-scaled half spectrum divided by 4), as Lucid's `image(…, fft=…,
+    /// decorrelate=True)`.
+    pub fn lucid(
+        kind: Parameterisation,
+        shape: (usize, usize, usize, usize),
+        seed: u64,
+        dtype: DType,
+        dev: &Device,
+    ) -> Result<Self> {
+        Self::build(kind, shape, seed, 0.01, true, dtype, dev)
+    }
+
+    /// Lucid's images with the given parameters (shaped as [`ImageParam::var`] of
+    /// [`ImageParam::lucid`]), to check the parameterisation against a reference.
+    pub fn lucid_from(kind: Parameterisation, params: &Tensor, width: usize) -> Result<Self> {
+        let p = Self::build(
+            kind,
+            (params.dim(0)?, 3, params.dim(2)?, width),
+            0,
+            0.0,
+            true,
+            params.dtype(),
+            params.device(),
+        )?;
+        if p.var.dims() != params.dims() {
+            return Err(Error::Invalid(format!(
+                "parameters of shape {:?} do not fit a width-{width} {kind:?} image (shape {:?})",
+                params.dims(),
+                p.var.dims()
+            )));
         }
+        p.var.set(params)?;
+        Ok(p)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn build(
+        kind: Parameterisation,
+        shape: (usize, usize, usize, usize),
+        seed: u64,
+        sd: f64,
+        squash: bool,
+        dtype: DType,
+        dev: &Device,
+    ) -> Result<Self> {
+        let (n, c, h, w) = shape;
+        let decorrelate = squash || kind == Parameterisation::Fourier;
+        if decorrelate && c != 3 {
+            return Err(Error::Invalid(format!(
+                "the decorrelated colour space is RGB's: it needs 3 channels, got {c}"
+            )));
+        }
+        let colour = if decorrelate {
+            let m: Vec<f64> = colour_decorrelation().iter().flatten().copied().collect();
+            Some(Tensor::from_vec(m, (3, 3), dev)?.to_dtype(dtype)?)
+        } else {
+            None
+        };
+        let mut rng = SeededRng::new(seed);
+        let (var, spectrum) = match kind {
+            Parameterisation::Pixel => (rng.normal_tensor(&[n, c, h, w], sd, dev)?, None),
+            Parameterisation::Fourier => (
+                rng.normal_tensor(&[n, c, h, w / 2 + 1, 2], sd, dev)?,
+                Some((spectrum_scale(h, w, 1.0, dtype, dev)?, w)),
+            ),
+        };
+        Ok(Self {
+            kind,
+            var: Var::from_tensor(&var.to_dtype(dtype)?)?,
+            spectrum,
+            colour,
+            squash,
+        })
     }
 
     /// Scales the parameters so that the rendered images have per-pixel norm `norm`.
@@ -171,24 +208,29 @@ impl ImageParam {
     /// The images that parameters `p` (shaped as [`ImageParam::var`]) render to.
     ///
     /// # Shapes
-    /// - `p`: `(N, 3, H, W)` for pixels, `(N, 6, H, W)` (real, then imaginary parts) for Fourier.
+    /// - `p`: `(N, 3, H, W)` for pixels, `(N, 3, H, W/2 + 1, 2)` (real and imaginary parts of
+    ///   the half spectrum) for Fourier.
     /// - returns: `(N, 3, H, W)`.
     pub fn render(&self, p: &Tensor) -> Result<Tensor> {
-        let Some(b) = &self.basis else {
-            return Ok(p.clone());
+        let mut v = match &self.spectrum {
+            None => p.clone(),
+            Some((scale, w)) => {
+                let y = irfft2(&p.broadcast_mul(scale)?, *w)?;
+                if self.squash {
+                    (y / LUCID_FOURIER_DIVISOR)?
+                } else {
+                    y
+                }
+            }
         };
-        let (n, c2, h, w) = p.dims4()?;
-        let c = c2 / 2;
-        let re = p.narrow(1, 0, c)?.broadcast_mul(&b.scale)?;
-        let im = p.narrow(1, c, c)?.broadcast_mul(&b.scale)?;
-        // Re((C_H + iS_H)(P_r + iP_i)(C_W + iS_W)) = (C_H P_r − S_H P_i) C_W − (C_H P_i + S_H P_r) S_W.
-        let left = |m: &Tensor, x: &Tensor| m.broadcast_left((n, c))?.matmul(x);
-        let a = (left(&b.ch, &re)? - left(&b.sh, &im)?)?;
-        let bb = (left(&b.ch, &im)? + left(&b.sh, &re)?)?;
-        let right = |x: &Tensor, m: &Tensor| x.matmul(&m.broadcast_left((n, c))?);
-        let y = (right(&a, &b.cw)? - right(&bb, &b.sw)?)? / (h * w) as f64;
-        let y = y?.reshape((n, c, h * w))?;
-        let rgb = b.colour.broadcast_left(n)?.matmul(&y)?;
-        Ok(rgb.reshape((n, c, h, w))?)
+        if let Some(m) = &self.colour {
+            let (n, c, h, w) = v.dims4()?;
+            let flat = v.reshape((n, c, h * w))?;
+            v = m.broadcast_left(n)?.matmul(&flat)?.reshape((n, c, h, w))?;
+        }
+        if self.squash {
+            v = sigmoid(&v)?;
+        }
+        Ok(v)
     }
 }

@@ -15,6 +15,8 @@
 //!   (zero, reflect and replicate borders): separable matrix products, differentiable.
 //! - [`relu`] and [`relu6`]: PyTorch's gradient at the kinks (0 at 0); [`GradientRule`]
 //!   swaps their backward for guided backprop, deconvnet or redirected gradients.
+//! - [`irfft2`]: the inverse real 2-D FFT (`torch.fft.irfftn`, orthonormal), for Fourier
+//!   image parameterisations.
 //! - [`linear`]: a fully connected layer that skips the weight gradient of constant weights.
 //! - [`excite`]: excitation backprop's backward rules, which every linear kernel here follows
 //!   while [`set_excitation_backprop`] is on.
@@ -37,6 +39,7 @@ mod conv;
 mod dense;
 mod depthwise;
 pub mod excite;
+mod fft;
 pub mod gradcheck;
 mod linear;
 pub mod optim;
@@ -54,6 +57,7 @@ pub use excite::{
     excitation_backprop, excite, excite_identity, excite_sum, last_classifier, set_excitation_backprop, Classifier,
     ExcitationGuard,
 };
+pub use fft::irfft2;
 pub use linear::linear;
 pub use optim::{Adam, Optimiser, Sgd, UnitRms};
 pub use pool::{adaptive_avg_pool2d, max_pool2d, max_pool2d_primitive, Pool2d};

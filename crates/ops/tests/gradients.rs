@@ -510,3 +510,58 @@ fn gaussian_blur_gradients_and_borders() -> R<()> {
     assert!((y[0] - 2.0 * k[3]).abs() < 1e-6, "{y:?}");
     Ok(())
 }
+
+/// `irfft2` against the definition (as `torch.fft.irfftn`): a complex inverse transform along
+/// `H`, `Z[n, l] = Σ_k X[k, l] e^{2πikn/H}`, then the real inverse along `W` of the half
+/// spectrum, `y[n, m] = Σ_l c_l Re(Z[n, l] e^{2πilm/W}) / √(HW)`, where `c_l = 1` for the
+/// columns that are their own mirror (the first, and the last when `W` is even) and 2 for
+/// the others, which stand for themselves and their mirror.
+fn irfft2_by_definition(x: &[f64], h: usize, w: usize) -> Vec<f64> {
+    let wf = w / 2 + 1;
+    let tau = 2.0 * std::f64::consts::PI;
+    let mut y = vec![0.0; h * w];
+    for n in 0..h {
+        for l in 0..wf {
+            let (mut zr, mut zi) = (0.0, 0.0);
+            for k in 0..h {
+                let (re, im) = (x[(k * wf + l) * 2], x[(k * wf + l) * 2 + 1]);
+                let a = tau * (k * n) as f64 / h as f64;
+                zr += re * a.cos() - im * a.sin();
+                zi += re * a.sin() + im * a.cos();
+            }
+            let c = if l == 0 || (w.is_multiple_of(2) && l == w / 2) { 1.0 } else { 2.0 };
+            for m in 0..w {
+                let a = tau * (l * m) as f64 / w as f64;
+                y[n * w + m] += c * (zr * a.cos() - zi * a.sin()) / ((h * w) as f64).sqrt();
+            }
+        }
+    }
+    y
+}
+
+#[test]
+fn irfft2_matches_its_definition_and_finite_differences() -> R<()> {
+    for (h, w) in [(5, 6), (4, 7), (6, 8), (1, 2)] {
+        let x = rand(&[2, 3, h, w / 2 + 1, 2], (h * 10 + w) as u64);
+        let y = irfft2(&x, w)?;
+        assert_eq!(y.dims(), &[2, 3, h, w]);
+        let xs = x.flatten_all()?.to_vec1::<f64>()?;
+        let ys = y.flatten_all()?.to_vec1::<f64>()?;
+        let plane = h * (w / 2 + 1) * 2;
+        for p in 0..6 {
+            let want = irfft2_by_definition(&xs[p * plane..(p + 1) * plane], h, w);
+            for (a, b) in ys[p * h * w..(p + 1) * h * w].iter().zip(&want) {
+                assert!((a - b).abs() < 1e-12, "irfft2 {h}x{w}: {a} vs {b}");
+            }
+        }
+        check(&|x| weighted(&irfft2(x, w)?, 7), &x, &format!("irfft2 {h}x{w}"));
+        // f32 agrees with f64.
+        let y32 = irfft2(&x.to_dtype(DType::F32)?, w)?.to_dtype(DType::F64)?;
+        assert!((y32 - &y)?.abs()?.max_all()?.to_scalar::<f64>()? < 1e-5);
+    }
+    // A spectrum of the wrong width is refused with a message.
+    let bad = rand(&[1, 3, 4, 5, 2], 1);
+    let e = irfft2(&bad, 6).unwrap_err().to_string();
+    assert!(e.contains("half spectrum"), "{e}");
+    Ok(())
+}
