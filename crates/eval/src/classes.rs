@@ -123,6 +123,14 @@ impl Network for Mapped<'_> {
         self.net.forward_to(x, site)
     }
 
+    fn receptive_field(
+        &self,
+        site: &str,
+        input: (usize, usize),
+    ) -> extremal_hook::Result<Option<extremal_hook::ReceptiveField>> {
+        self.net.receptive_field(site, input)
+    }
+
     fn prefix(&self, x: &Tensor, site: &str) -> extremal_hook::Result<Prefix> {
         self.net.prefix(x, site)
     }

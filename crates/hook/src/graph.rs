@@ -1,5 +1,6 @@
 use candle_core::{Module, Tensor};
 
+use crate::receptive::{self, Footprint, ReceptiveField, Walks};
 use crate::{Error, Hook, Network, Prefix, Result};
 
 /// One node of a [`Graph`]. A node with a non-empty name is a site.
@@ -10,6 +11,8 @@ pub enum Node {
         name: String,
         /// The computation.
         module: Box<dyn Module + Send + Sync>,
+        /// How its output positions read its input (for receptive fields).
+        footprint: Footprint,
     },
     /// Children run one after the other.
     Seq {
@@ -26,7 +29,8 @@ pub enum Node {
         body: Box<Node>,
         /// The projection branch, if any.
         shortcut: Option<Box<Node>>,
-        /// Applied after the sum (e.g. ReLU), if any; not a site.
+        /// Applied after the sum (e.g. ReLU), if any; not a site. It must be pointwise (each
+        /// output position reads its own input position), as receptive fields assume.
         post: Option<Box<dyn Module + Send + Sync>>,
     },
     /// A chain of layers (e.g. convolution, batch norm, ReLU) that `fused` computes in one
@@ -49,12 +53,71 @@ pub enum Node {
 }
 
 impl Node {
-    /// A layer node.
+    /// A layer node, its [`Footprint`] unknown (see [`Node::with_footprint`]).
     pub fn layer(name: &str, module: impl Module + Send + Sync + 'static) -> Self {
         Node::Layer {
             name: name.to_string(),
             module: Box::new(module),
+            footprint: Footprint::Unknown,
         }
+    }
+
+    /// This node with `footprint` (a layer's; other nodes' footprints follow from their
+    /// children, and they are returned unchanged).
+    pub fn with_footprint(mut self, footprint: Footprint) -> Self {
+        if let Node::Layer { footprint: f, .. } = &mut self {
+            *f = footprint;
+        }
+        self
+    }
+
+    /// The receptive-field walk through this node: returns the state after it and whether
+    /// `site` was reached (the state is then the site's).
+    fn walk(&self, walks: Walks, site: &str, input: (usize, usize)) -> (Walks, bool) {
+        let (out, _) = match self {
+            Node::Layer { footprint, .. } => (receptive::through(walks, footprint, input), false),
+            Node::Seq { children, .. } | Node::Fused { chain: children, .. } => {
+                let mut w = walks;
+                for c in children {
+                    let (next, found) = c.walk(w, site, input);
+                    if found {
+                        return (next, true);
+                    }
+                    w = next;
+                }
+                (w, false)
+            }
+            Node::Residual { body, shortcut, .. } => {
+                let (b, found) = body.walk(walks, site, input);
+                if found {
+                    return (b, true);
+                }
+                let s = match shortcut {
+                    Some(s) => {
+                        let (s, found) = s.walk(walks, site, input);
+                        if found {
+                            return (s, true);
+                        }
+                        s
+                    }
+                    None => walks,
+                };
+                // The post-activation is pointwise.
+                (receptive::union(&[b, s]), false)
+            }
+            Node::Concat { branches, .. } => {
+                let mut outs = Vec::with_capacity(branches.len());
+                for b in branches {
+                    let (o, found) = b.walk(walks, site, input);
+                    if found {
+                        return (o, true);
+                    }
+                    outs.push(o);
+                }
+                (receptive::union(&outs), false)
+            }
+        };
+        (out, !self.name().is_empty() && self.name() == site)
     }
 
     /// A sequence node.
@@ -389,6 +452,16 @@ impl Network for Graph {
         let mut saved = Vec::new();
         let activation = self.root.forward_until(x, &path, &mut saved)?;
         Ok(Prefix::new(&native, activation.detach(), saved))
+    }
+
+    fn receptive_field(&self, site: &str, input: (usize, usize)) -> Result<Option<ReceptiveField>> {
+        let native = self.resolve(site)?;
+        let start = receptive::start(input);
+        if native == "input" {
+            return Ok(receptive::finish(start, input));
+        }
+        let (walks, found) = self.root.walk(start, &native, input);
+        Ok(if found { receptive::finish(walks, input) } else { None })
     }
 
     fn suffix(&self, prefix: &Prefix, activation: &Tensor, hook: &mut dyn Hook) -> Result<Tensor> {

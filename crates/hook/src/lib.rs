@@ -42,10 +42,12 @@
 mod graph;
 mod hooks;
 mod network;
+mod receptive;
 
 pub use graph::{fit_batch, Graph, Node, Silent};
 pub use hooks::{Action, Hook, Hooks};
 pub use network::{nearest_names, Network, Prefix};
+pub use receptive::{probe_region, AxisField, Footprint, ReceptiveField, Window, WindowPadding};
 
 /// Errors of site handling.
 #[derive(Debug, thiserror::Error)]

@@ -125,6 +125,14 @@ pub trait Network {
         Ok(Prefix::new(&native, activation.detach(), vec![x.detach()]))
     }
 
+    /// The receptive field of `site` for an `(H, W)` input, computed from the layers'
+    /// footprints, or `None` when the network does not describe them (then
+    /// [`crate::probe_region`] measures it). The default is `None`.
+    fn receptive_field(&self, site: &str, input: (usize, usize)) -> Result<Option<crate::ReceptiveField>> {
+        let _ = (site, input);
+        Ok(None)
+    }
+
     /// Runs the suffix from the site of `prefix`, with `activation` in place of the
     /// activation there; `hook` sees the sites after it. The batch size of `activation` may
     /// differ from the prefix's when the prefix's batch is 1 (several masks of one image).

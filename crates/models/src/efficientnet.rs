@@ -7,7 +7,7 @@ use extremal_hook::{Graph, Node};
 use extremal_ops::Activation;
 
 use crate::layers::{
-    conv_chain, AdaptiveAvgPool, BatchNorm, Conv, ConvPadding, ConvSpec, Flatten, Identity, Linear, ParamSource,
+    conv_chain, node, AdaptiveAvgPool, BatchNorm, Conv, ConvPadding, ConvSpec, Flatten, Identity, Linear, ParamSource,
 };
 use crate::Result;
 
@@ -76,10 +76,10 @@ pub fn efficientnet_lite0(p: &mut dyn ParamSource, classes: usize) -> Result<Gra
         Some("_head_act"),
         ConvSpec::new(320, 1280, 1),
     )?);
-    nodes.push(Node::layer("_avg_pooling", AdaptiveAvgPool(1, 1)));
-    nodes.push(Node::layer("", Flatten));
-    nodes.push(Node::layer("_dropout", Identity));
-    nodes.push(Node::layer("_fc", Linear::load(p, "_fc", 1280, classes)?));
+    nodes.push(node("_avg_pooling", AdaptiveAvgPool(1, 1)));
+    nodes.push(node("", Flatten));
+    nodes.push(node("_dropout", Identity));
+    nodes.push(node("_fc", Linear::load(p, "_fc", 1280, classes)?));
     Ok(Graph::new(Node::seq("", nodes))
         .with_alias("layer1", "_blocks.2")
         .with_alias("layer2", "_blocks.4")

@@ -6,7 +6,7 @@ use extremal_hook::{Graph, Node};
 use extremal_ops::{Activation, Pool2d};
 
 use crate::layers::{
-    conv_chain, AdaptiveAvgPool, BatchNorm, Conv, ConvPadding, ConvSpec, Flatten, Identity, Linear, MaxPool,
+    conv_chain, node, AdaptiveAvgPool, BatchNorm, Conv, ConvPadding, ConvSpec, Flatten, Identity, Linear, MaxPool,
     ParamSource,
 };
 use crate::Result;
@@ -60,7 +60,7 @@ fn inception(
         Node::seq(
             &b(4),
             vec![
-                Node::layer(
+                node(
                     &format!("{}.0", b(4)),
                     MaxPool(Pool2d::new(3, 1).with_padding(1).with_ceil_mode(true)),
                 ),
@@ -74,6 +74,12 @@ fn inception(
 /// torchvision's `transform_input`: the pretrained weights expect inputs normalised with
 /// mean 0.5 / std 0.5, so ImageNet-normalised inputs are converted first.
 struct TransformInput;
+impl crate::layers::Footprinted for TransformInput {
+    fn footprint(&self) -> extremal_hook::Footprint {
+        extremal_hook::Footprint::Pointwise
+    }
+}
+
 impl Module for TransformInput {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let (mean, std) = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]);
@@ -87,10 +93,10 @@ impl Module for TransformInput {
 
 /// Builds GoogLeNet with `classes` outputs; `transform_input` as torchvision's pretrained model.
 pub fn googlenet(p: &mut dyn ParamSource, classes: usize, transform_input: bool) -> Result<Graph> {
-    let pool = |name: &str, k: usize| Node::layer(name, MaxPool(Pool2d::new(k, 2).with_ceil_mode(true)));
+    let pool = |name: &str, k: usize| node(name, MaxPool(Pool2d::new(k, 2).with_ceil_mode(true)));
     let mut nodes = Vec::new();
     if transform_input {
-        nodes.push(Node::layer("", TransformInput));
+        nodes.push(node("", TransformInput));
     }
     nodes.push(basic(p, "conv1", 3, 64, 7, 2, 3)?);
     nodes.push(pool("maxpool1", 3));
@@ -119,10 +125,10 @@ pub fn googlenet(p: &mut dyn ParamSource, classes: usize, transform_input: bool)
             _ => {}
         }
     }
-    nodes.push(Node::layer("avgpool", AdaptiveAvgPool(1, 1)));
-    nodes.push(Node::layer("", Flatten));
-    nodes.push(Node::layer("dropout", Identity));
-    nodes.push(Node::layer("fc", Linear::load(p, "fc", 1024, classes)?));
+    nodes.push(node("avgpool", AdaptiveAvgPool(1, 1)));
+    nodes.push(node("", Flatten));
+    nodes.push(node("dropout", Identity));
+    nodes.push(node("fc", Linear::load(p, "fc", 1024, classes)?));
     Ok(Graph::new(Node::seq("", nodes))
         .with_alias("layer1", "conv3")
         .with_alias("layer2", "inception3b")

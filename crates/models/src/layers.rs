@@ -4,7 +4,7 @@
 use std::collections::HashSet;
 
 use candle_core::{DType, Device, Module, Tensor};
-use extremal_hook::Node;
+use extremal_hook::{Footprint, Node, Window, WindowPadding};
 use extremal_ops::random::SeededRng;
 use extremal_ops::{conv2d, conv2d_excitation, conv2d_fused, same_padding, Activation, Conv2dConfig, Padding, Pool2d};
 
@@ -392,19 +392,79 @@ impl Module for FusedConv {
     }
 }
 
+/// How a layer's output positions read its input, for receptive fields
+/// ([`extremal_hook::Network::receptive_field`]).
+pub trait Footprinted {
+    /// The layer's footprint.
+    fn footprint(&self) -> Footprint;
+}
+
+/// A [`Node::Layer`](extremal_hook::Node::Layer) for `module`, with its footprint.
+pub fn node<M: Module + Footprinted + Send + Sync + 'static>(name: &str, module: M) -> Node {
+    let f = module.footprint();
+    Node::layer(name, module).with_footprint(f)
+}
+
+impl Footprinted for Conv {
+    fn footprint(&self) -> Footprint {
+        let (kh, kw) = match self.weight.dims() {
+            [_, _, kh, kw] => (*kh, *kw),
+            _ => return Footprint::Unknown,
+        };
+        let padding = match self.padding {
+            ConvPadding::Fixed(p) => WindowPadding::Fixed(p, p, p, p),
+            ConvPadding::Explicit(p) => WindowPadding::Fixed(p.top, p.bottom, p.left, p.right),
+            ConvPadding::Same => WindowPadding::Same,
+            ConvPadding::SameLower => WindowPadding::SameLower,
+        };
+        Footprint::Window(Window {
+            kernel: (kh, kw),
+            stride: (self.stride, self.stride),
+            dilation: (self.dilation, self.dilation),
+            padding,
+            ceil_mode: false,
+        })
+    }
+}
+
+impl Footprinted for MaxPool {
+    fn footprint(&self) -> Footprint {
+        let p = &self.0;
+        Footprint::Window(Window {
+            kernel: p.kernel,
+            stride: p.stride,
+            dilation: (1, 1),
+            padding: WindowPadding::Fixed(p.padding.0, p.padding.0, p.padding.1, p.padding.1),
+            ceil_mode: p.ceil_mode,
+        })
+    }
+}
+
+macro_rules! footprint {
+    ($f:expr => $($t:ty),*) => {
+        $(impl Footprinted for $t {
+            fn footprint(&self) -> Footprint {
+                $f
+            }
+        })*
+    };
+}
+footprint!(Footprint::Pointwise => BatchNorm, Relu, Relu6, Identity);
+footprint!(Footprint::Global => AdaptiveAvgPool, Flatten, Linear);
+
 /// A convolution, its batch norm (if any) and its activation (if any) as a
 /// [`Node::Fused`](extremal_hook::Node::Fused): each keeps its site (`name` of each part; an
 /// empty name is no site), and the chain runs as one kernel when no hook needs the inner sites.
 pub fn conv_chain(conv: (&str, Conv), bn: Option<(&str, BatchNorm)>, act: Option<(&str, Activation)>) -> Result<Node> {
     let activation = act.map_or(Activation::None, |(_, a)| a);
     let fused = conv.1.fuse(bn.as_ref().map(|(_, b)| b), activation)?;
-    let mut chain = vec![Node::layer(conv.0, conv.1)];
+    let mut chain = vec![node(conv.0, conv.1)];
     if let Some((name, bn)) = bn {
-        chain.push(Node::layer(name, bn));
+        chain.push(node(name, bn));
     }
     match act {
-        Some((name, Activation::Relu)) => chain.push(Node::layer(name, Relu)),
-        Some((name, Activation::Relu6)) => chain.push(Node::layer(name, Relu6)),
+        Some((name, Activation::Relu)) => chain.push(node(name, Relu)),
+        Some((name, Activation::Relu6)) => chain.push(node(name, Relu6)),
         _ => {}
     }
     Ok(Node::fused(chain, fused))

@@ -368,4 +368,11 @@ impl Network for Model {
     fn suffix(&self, prefix: &Prefix, activation: &Tensor, hook: &mut dyn Hook) -> extremal_hook::Result<Tensor> {
         self.net.suffix(prefix, activation, hook)
     }
+    fn receptive_field(
+        &self,
+        site: &str,
+        input: (usize, usize),
+    ) -> extremal_hook::Result<Option<extremal_hook::ReceptiveField>> {
+        self.net.receptive_field(site, input)
+    }
 }

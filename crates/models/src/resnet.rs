@@ -4,7 +4,8 @@ use extremal_hook::{Graph, Node};
 use extremal_ops::{Activation, Pool2d};
 
 use crate::layers::{
-    conv_chain, AdaptiveAvgPool, BatchNorm, Conv, ConvPadding, ConvSpec, Flatten, Linear, MaxPool, ParamSource, Relu,
+    conv_chain, node, AdaptiveAvgPool, BatchNorm, Conv, ConvPadding, ConvSpec, Flatten, Linear, MaxPool, ParamSource,
+    Relu,
 };
 use crate::Result;
 
@@ -94,7 +95,7 @@ pub fn resnet(p: &mut dyn ParamSource, depth: usize, classes: usize) -> Result<G
         config(depth).ok_or_else(|| crate::Error::Model(format!("no ResNet of depth {depth}")))?;
     let mut nodes = Vec::new();
     nodes.push(conv_bn(p, "", ("conv1", "bn1"), Some("relu"), (3, 64, 7, 2, 3))?);
-    nodes.push(Node::layer("maxpool", MaxPool(Pool2d::new(3, 2).with_padding(1))));
+    nodes.push(node("maxpool", MaxPool(Pool2d::new(3, 2).with_padding(1))));
     let mut c_in = 64;
     for (stage, &n) in blocks.iter().enumerate() {
         let width = 64 << stage;
@@ -107,8 +108,8 @@ pub fn resnet(p: &mut dyn ParamSource, depth: usize, classes: usize) -> Result<G
         }
         nodes.push(Node::seq(&format!("layer{}", stage + 1), stage_nodes));
     }
-    nodes.push(Node::layer("avgpool", AdaptiveAvgPool(1, 1)));
-    nodes.push(Node::layer("", Flatten));
-    nodes.push(Node::layer("fc", Linear::load(p, "fc", c_in, classes)?));
+    nodes.push(node("avgpool", AdaptiveAvgPool(1, 1)));
+    nodes.push(node("", Flatten));
+    nodes.push(node("fc", Linear::load(p, "fc", c_in, classes)?));
     Ok(Graph::new(Node::seq("", nodes)))
 }

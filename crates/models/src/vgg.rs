@@ -4,7 +4,8 @@ use extremal_hook::{Graph, Node};
 use extremal_ops::{Activation, Pool2d};
 
 use crate::layers::{
-    conv_chain, AdaptiveAvgPool, Conv, ConvPadding, ConvSpec, Flatten, Identity, Linear, MaxPool, ParamSource, Relu,
+    conv_chain, node, AdaptiveAvgPool, Conv, ConvPadding, ConvSpec, Flatten, Identity, Linear, MaxPool, ParamSource,
+    Relu,
 };
 use crate::{Result, Weights};
 
@@ -20,7 +21,7 @@ pub fn vgg16(p: &mut dyn ParamSource, classes: usize) -> Result<Graph> {
     let mut i = 0;
     for &c in CFG.iter() {
         if c == 0 {
-            features.push(Node::layer(&format!("features.{i}"), MaxPool(Pool2d::new(2, 2))));
+            features.push(node(&format!("features.{i}"), MaxPool(Pool2d::new(2, 2))));
             i += 1;
         } else {
             let name = format!("features.{i}");
@@ -36,20 +37,20 @@ pub fn vgg16(p: &mut dyn ParamSource, classes: usize) -> Result<Graph> {
         }
     }
     let classifier = vec![
-        Node::layer("classifier.0", Linear::load(p, "classifier.0", 512 * 7 * 7, 4096)?),
-        Node::layer("classifier.1", Relu),
-        Node::layer("classifier.2", Identity),
-        Node::layer("classifier.3", Linear::load(p, "classifier.3", 4096, 4096)?),
-        Node::layer("classifier.4", Relu),
-        Node::layer("classifier.5", Identity),
-        Node::layer("classifier.6", Linear::load(p, "classifier.6", 4096, classes)?),
+        node("classifier.0", Linear::load(p, "classifier.0", 512 * 7 * 7, 4096)?),
+        node("classifier.1", Relu),
+        node("classifier.2", Identity),
+        node("classifier.3", Linear::load(p, "classifier.3", 4096, 4096)?),
+        node("classifier.4", Relu),
+        node("classifier.5", Identity),
+        node("classifier.6", Linear::load(p, "classifier.6", 4096, classes)?),
     ];
     let root = Node::seq(
         "",
         vec![
             Node::seq("features", features),
-            Node::layer("avgpool", AdaptiveAvgPool(7, 7)),
-            Node::layer("", Flatten),
+            node("avgpool", AdaptiveAvgPool(7, 7)),
+            node("", Flatten),
             Node::seq("classifier", classifier),
         ],
     );

@@ -529,7 +529,11 @@ fn irfft2_by_definition(x: &[f64], h: usize, w: usize) -> Vec<f64> {
                 zr += re * a.cos() - im * a.sin();
                 zi += re * a.sin() + im * a.cos();
             }
-            let c = if l == 0 || (w.is_multiple_of(2) && l == w / 2) { 1.0 } else { 2.0 };
+            let c = if l == 0 || (w.is_multiple_of(2) && l == w / 2) {
+                1.0
+            } else {
+                2.0
+            };
             for m in 0..w {
                 let a = tau * (l * m) as f64 / w as f64;
                 y[n * w + m] += c * (zr * a.cos() - zi * a.sin()) / ((h * w) as f64).sqrt();
