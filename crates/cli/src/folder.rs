@@ -29,6 +29,16 @@ impl<R: ImageRecord> Folder<R> {
         Ok(Self { set, run, shard })
     }
 
+    /// A folder run over `set` (a dataset's images), its journal in `out`.
+    pub(crate) fn from_set(set: ImageSet, shard: &str, out: &std::path::Path) -> Result<Self> {
+        let shard: Shard = shard.parse()?;
+        Ok(Self {
+            set,
+            run: Some(FolderRun::open(out)?),
+            shard,
+        })
+    }
+
     /// The images of this shard without a record.
     pub(crate) fn todo(&self) -> Vec<&ImageItem> {
         match &self.run {

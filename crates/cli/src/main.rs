@@ -16,6 +16,7 @@ mod bench;
 mod channels;
 mod compare;
 mod evaluate;
+mod exemplars;
 mod folder;
 mod invert;
 mod outdir;
@@ -51,6 +52,9 @@ enum Command {
     /// Feature visualization: images optimised from noise to excite channels, a neuron or a
     /// direction at a layer (Lucid's recipe).
     Visualize(visualize::VisualizeArgs),
+    /// Dataset exemplars: the images (and the receptive field of the position) that excite
+    /// each channel of a layer most, over a folder or a VOC/COCO dataset; resumable, shardable.
+    Exemplars(exemplars::ExemplarsArgs),
     /// Several attribution methods on one image side by side, optionally scored by deletion
     /// and insertion.
     Compare(compare::CompareArgs),
@@ -296,6 +300,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Attribute(a) => attribute::run(a),
         Command::Invert(a) => invert::run(a),
         Command::Visualize(a) => visualize::run(a),
+        Command::Exemplars(a) => exemplars::run(a),
         Command::Compare(a) => compare::run(a),
         Command::Evaluate(a) => evaluate::run(a),
         Command::Bench(a) => bench::run(a),

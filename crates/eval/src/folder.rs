@@ -83,6 +83,20 @@ impl ImageSet {
         Ok(Self { items })
     }
 
+    /// The images of a dataset, in its order, named by the dataset's image names.
+    pub fn from_dataset(dataset: &crate::Dataset) -> Self {
+        Self {
+            items: dataset
+                .items
+                .iter()
+                .map(|i| ImageItem {
+                    path: i.path.clone(),
+                    name: i.name.clone(),
+                })
+                .collect(),
+        }
+    }
+
     /// Every image, in order.
     pub fn items(&self) -> &[ImageItem] {
         &self.items
@@ -160,6 +174,12 @@ impl<R: ImageRecord> FolderRun<R> {
     /// Whether `item` has a record already.
     pub fn is_done(&self, item: &ImageItem) -> bool {
         self.done.contains(&item.name)
+    }
+
+    /// Counts `images` as done too (their records are in other runs' journals: the other
+    /// shards of a merge).
+    pub fn also_done<'a>(&mut self, images: impl IntoIterator<Item = &'a str>) {
+        self.done.extend(images.into_iter().map(str::to_string));
     }
 
     /// The images of `shard` of `set` that have no record yet.

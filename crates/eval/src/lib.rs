@@ -39,6 +39,7 @@
 
 mod classes;
 pub mod dataset;
+pub mod exemplars;
 pub mod folder;
 pub mod run;
 pub mod score;
