@@ -14,6 +14,10 @@
         `extremal visualize` with the same steps and batch, side by side; prints both times,
         the ratio, and each side's final channel means.
 
+    python3 scripts/visualize_reference.py exemplars [--copies 8] [--batch 16]
+        Images per second of `extremal exemplars` at Lite0 `layer3` (the whole pass over
+        copies of the bundled images) against a PyTorch forward to the same site, same batch.
+
 Needs torch, safetensors, torch-lucent and kornia (`pip install torch-lucent kornia==0.5.11`), and
 the EfficientNet-Lite0 weights in the extremal cache (`extremal classify assets/chelsea.png` once).
 """
@@ -100,14 +104,63 @@ def speed(steps, channels):
         print(f"  {c:7d}  {t:12.3f}  {v['value']:13.3f}  {v['peak']:13.3f}")
 
 
+def exemplars(copies, batch):
+    """Images per second: `extremal exemplars` (whole pass: decode, resize, forward to the site,
+    peaks; model loading excluded) against a PyTorch forward to the same site on the same
+    images, already decoded and resized, in batches of the same size."""
+    import glob
+    import shutil
+    import golden
+    from PIL import Image
+    import torch.nn.functional as F
+    torch.set_num_threads(int(os.environ.get("THREADS", "2")))
+    cands = glob.glob(os.path.expanduser("~/.cache/extremal/efficientnet-lite0/*.pth"))
+    sd = torch.load(cands[0], map_location="cpu")
+    sources = sorted(glob.glob(os.path.join(ROOT, "assets/*.png")) + glob.glob(os.path.join(ROOT, "assets/cc0/*.jpg")))
+    exe = os.path.join(ROOT, "target/release/extremal")
+    with tempfile.TemporaryDirectory() as d:
+        images = os.path.join(d, "images")
+        os.makedirs(images)
+        paths = []
+        for c in range(copies):
+            for s in sources:
+                p = os.path.join(images, f"{c:03d}-{os.path.basename(s)}")
+                shutil.copy(s, p)
+                paths.append(p)
+        n = len(paths)
+        out = subprocess.run([exe, "exemplars", "--layer", "layer3", "--images", images, "--batch", str(batch),
+                              "--top", "4", "--out", os.path.join(d, "ex")], capture_output=True, text=True, check=True)
+        ours = float(out.stdout.split(" images/s")[0].split("new, ")[1])
+        xs = []
+        for p in paths:
+            rgb = np.asarray(Image.open(p).convert("RGB"), dtype=np.float32) / 255.0
+            t = torch.from_numpy(rgb).permute(2, 0, 1)[None]
+            xs.append((F.interpolate(t, size=(224, 224), mode="bilinear", align_corners=False) - 0.5) / 0.5)
+        x = torch.cat(xs)
+        with torch.no_grad():
+            golden.lite0(sd, x[:batch], until="_blocks.10")  # warm-up
+            start = time.perf_counter()
+            for i in range(0, n, batch):
+                golden.lite0(sd, x[i:i + batch], until="_blocks.10")
+            torch_rate = n / (time.perf_counter() - start)
+    print(f"Lite0 layer3, {n} images, batch {batch}, {torch.get_num_threads()} threads")
+    print(f"  extremal exemplars (decode, resize, forward, peaks)  {ours:7.1f} images/s")
+    print(f"  PyTorch forward to the site (decoded images)        {torch_rate:7.1f} images/s")
+    print(f"  rate ratio (extremal / PyTorch)                      {ours / torch_rate:.2f}")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("what", choices=["fixture", "speed"])
+    ap.add_argument("what", choices=["fixture", "speed", "exemplars"])
+    ap.add_argument("--copies", type=int, default=8, help="exemplars: copies of the 9 bundled images")
+    ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--steps", type=int, default=512)
     ap.add_argument("--channels", default="3,7,10,20,30,50,70,100")
     a = ap.parse_args()
     if a.what == "fixture":
         fixture()
+    elif a.what == "exemplars":
+        exemplars(a.copies, a.batch)
     else:
         speed(a.steps, [int(c) for c in a.channels.split(",")])
 

@@ -80,6 +80,22 @@ pub(crate) struct ChannelsArgs {
     /// Seed of the inversions of --render.
     #[arg(long, default_value_t = 0, requires = "render")]
     render_seed: u64,
+    /// What the inversions of --render ask of the channels outside the inverted set: zero (the
+    /// paper's inversion of the masked activation: they must stay silent, so the set's
+    /// structure appears where it fires) or free (only the set is matched).
+    #[arg(long, value_enum, default_value_t = extremal_invert::Others::Zero, requires = "render")]
+    others: extremal_invert::Others,
+    /// Add a column of feature visualizations (`extremal visualize`) of the explained kept
+    /// channels to channels-sheet.png.
+    #[arg(long, requires = "out")]
+    visualize: bool,
+    /// Iterations of the visualizations of --visualize.
+    #[arg(long, default_value_t = 512, requires = "visualize")]
+    visualize_iterations: usize,
+    /// Add a column of dataset exemplars to channels-sheet.png: the --out folder of an
+    /// `extremal exemplars` run at the same layer (its exemplars/channel-<k>.png).
+    #[arg(long, value_name = "DIR", requires = "out")]
+    exemplars: Option<PathBuf>,
     /// With --out: map where the top N kept channels draw their contribution (default: every
     /// kept channel, up to 32; 0: none).
     #[arg(long, requires = "out")]
@@ -221,6 +237,7 @@ pub(crate) fn run(args: &ChannelsArgs) -> Result<()> {
             .take(args.explain.unwrap_or(chosen.keep.min(32)))
             .collect();
         let mut rows: Vec<(usize, image::RgbImage)> = Vec::new();
+        let mut columns = Columns::default();
         if !explained.is_empty() {
             let cfg = ExtremalConfig {
                 areas: vec![0.1],
@@ -260,7 +277,7 @@ pub(crate) fn run(args: &ChannelsArgs) -> Result<()> {
                 "file": "heatmaps.safetensors",
             });
             render::write_json(&dir.path("channels.json"), &obj)?;
-            save_channel_sheet(chosen, &rows, &[], &dir.path("channels-sheet.png"))?;
+            save_channel_sheet(chosen, &rows, &Columns::default(), &dir.path("channels-sheet.png"))?;
             dir.commit()?;
         }
         if args.render {
@@ -274,15 +291,54 @@ pub(crate) fn run(args: &ChannelsArgs) -> Result<()> {
                         .render_iterations
                         .unwrap_or(extremal_invert::InvertConfig::default().iterations),
                     seed: args.render_seed,
-                    ..Default::default()
+                    others: args.others,
+                    ..extremal_invert::InvertConfig::channel_render()
                 },
                 &dir.path("render.png"),
             )?;
-            obj["render"] = json!({"file": "render.png", "relative_errors": rendered.errors});
+            obj["render"] = json!({"file": "render.png", "relative_errors": rendered.errors, "others": format!("{:?}", args.others).to_lowercase()});
             render::write_json(&dir.path("channels.json"), &obj)?;
-            if !rows.is_empty() {
-                save_channel_sheet(chosen, &rows, &rendered.singles, &dir.path("channels-sheet.png"))?;
+            columns.inversions = rendered.singles;
+            dir.commit()?;
+        }
+        if args.visualize && !rows.is_empty() {
+            let channels: Vec<usize> = rows.iter().map(|(k, _)| *k).collect();
+            let objectives: Vec<_> = channels
+                .iter()
+                .map(|&k| extremal_invert::Objective::Channel(k))
+                .collect();
+            let cfg = extremal_invert::VisualizeConfig {
+                iterations: args.visualize_iterations,
+                mean: model.preprocess().mean.map(f64::from),
+                std: model.preprocess().std.map(f64::from),
+                ..Default::default()
+            };
+            let vis = crate::visualize::run_visualization(&model, layer, &objectives, &cfg)?;
+            for (i, &k) in channels.iter().enumerate() {
+                let img = render::rgb_image(&vis.images.get(i)?)?;
+                render::save_png(&img, &dir.path(&format!("visualization-{k}.png")))?;
+                columns.visualizations.push((k, img));
             }
+            obj["visualized"] = json!(channels
+                .iter()
+                .zip(&vis.objective)
+                .map(|(k, v)| json!({"channel": k, "file": format!("visualization-{k}.png"), "value": v}))
+                .collect::<Vec<_>>());
+            render::write_json(&dir.path("channels.json"), &obj)?;
+            dir.commit()?;
+        }
+        if let Some(ex) = &args.exemplars {
+            for (k, _) in &rows {
+                let path = ex.join(format!("exemplars/channel-{k}.png"));
+                if let Ok(img) = image::open(&path) {
+                    columns.exemplars.push((*k, img.to_rgb8()));
+                }
+            }
+        }
+        if !rows.is_empty()
+            && (!columns.inversions.is_empty() || !columns.visualizations.is_empty() || !columns.exemplars.is_empty())
+        {
+            save_channel_sheet(chosen, &rows, &columns, &dir.path("channels-sheet.png"))?;
             dir.commit()?;
         }
     }
@@ -340,30 +396,47 @@ pub(crate) fn run(args: &ChannelsArgs) -> Result<()> {
     Ok(())
 }
 
+/// The optional columns of `channels-sheet.png`, each `(channel, picture)`.
+#[derive(Default)]
+struct Columns {
+    inversions: Vec<(usize, image::RgbImage)>,
+    visualizations: Vec<(usize, image::RgbImage)>,
+    exemplars: Vec<(usize, image::RgbImage)>,
+}
+
 /// `channels-sheet.png`: one row per explained kept channel — its contribution and heatmap,
-/// and its inversion where `--render` made one.
+/// then its inversion (`--render`), its visualization (`--visualize`) and its dataset
+/// exemplars (`--exemplars`) where they were made.
 fn save_channel_sheet(
     report: &extremal_mask::ChannelReport,
     rows: &[(usize, image::RgbImage)],
-    inversions: &[(usize, image::RgbImage)],
+    columns: &Columns,
     path: &std::path::Path,
 ) -> Result<()> {
-    let columns = if inversions.is_empty() {
+    let extra: Vec<(&[(usize, image::RgbImage)], &str)> = [
+        (columns.inversions.as_slice(), "inverted"),
+        (columns.visualizations.as_slice(), "visualized"),
+        (columns.exemplars.as_slice(), "exemplars"),
+    ]
+    .into_iter()
+    .filter(|(c, _)| !c.is_empty())
+    .collect();
+    let width = if extra.is_empty() {
         rows.len().clamp(1, 5)
     } else {
-        2
+        1 + extra.len()
     };
     let mut tiles = Vec::new();
     for (k, overlay) in rows {
         tiles.push((overlay.clone(), format!("ch {k} {:+.3}", report.contributions[*k])));
-        if columns == 2 {
-            match inversions.iter().find(|(j, _)| j == k) {
-                Some((_, p)) => tiles.push((p.clone(), format!("ch {k} inverted"))),
+        for (column, what) in &extra {
+            match column.iter().find(|(j, _)| j == k) {
+                Some((_, p)) => tiles.push((render::fit(p, render::SHEET_SIDE), format!("ch {k} {what}"))),
                 None => tiles.push((image::RgbImage::new(overlay.width(), overlay.height()), String::new())),
             }
         }
     }
-    render::save_png(&render::sheet(&tiles, columns), path)
+    render::save_png(&render::sheet(&tiles, width), path)
 }
 
 /// `channels DIR…`: every image of the inputs (of this shard), its channels.json in

@@ -52,6 +52,12 @@ pub(crate) struct InvertOptions {
     /// pixel or fourier (decorrelated colour, 1/f-scaled spectrum).
     #[arg(long, alias = "parametrization", value_enum, default_value_t = Parameterisation::Pixel)]
     parameterisation: Parameterisation,
+    /// With --channels or --mask, what the channels outside the set are asked: free (only the
+    /// set is matched), zero (the paper's masked activation: everything but the set, and the
+    /// set where it does not fire, is matched to zero) or blank (as zero, with silence taken
+    /// as the blank image's activation). Default free (zero for `channels --render`).
+    #[arg(long, value_enum)]
+    others: Option<extremal_invert::Others>,
 }
 
 impl InvertOptions {
@@ -69,6 +75,7 @@ impl InvertOptions {
             rotate: self.rotate.unwrap_or(d.rotate),
             redirect_until: self.redirect.unwrap_or(d.redirect_until),
             parameterisation: self.parameterisation,
+            others: self.others.unwrap_or(d.others),
             ..d
         })
     }

@@ -65,6 +65,40 @@ impl Target {
     }
 }
 
+/// What an inversion asks of the channels outside a target's set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
+pub enum Others {
+    /// Free: only the set's channels are matched (the image renders what the set encodes,
+    /// whatever the other channels do).
+    #[default]
+    Free,
+    /// Zero: the paper's inversion of the masked tensor — the set's channels are matched where
+    /// they fire (above zero), and everything else (the other channels, and the set's where
+    /// they do not fire) is matched to zero, so the image must not excite it. The two parts
+    /// are each relative to the photograph's (`‖m ⊙ Φ(x)‖` and `‖(1 − m) ⊙ Φ(x)‖`), so that
+    /// the set weighs as much as the rest however many channels that has.
+    Zero,
+    /// Blank: as [`Others::Zero`], with silence taken as the activation of the blank image
+    /// (the mean colour, zero in the normalised space) instead of zero: for a site that is
+    /// not rectified, whose channels are not zero on an empty image.
+    Blank,
+}
+
+impl FromStr for Others {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "free" => Ok(Self::Free),
+            "zero" => Ok(Self::Zero),
+            "blank" => Ok(Self::Blank),
+            other => Err(Error::Invalid(format!(
+                "unknown --others `{other}`; use free, zero or blank"
+            ))),
+        }
+    }
+}
+
 /// The optimiser of an inversion.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
@@ -138,6 +172,13 @@ pub struct InvertConfig {
     pub natural_norm: Option<f64>,
     /// Seed of the random start and the transforms.
     pub seed: u64,
+    /// The channels outside a target's set: free, or matched to zero.
+    pub others: Others,
+    /// The random start's per-pixel norm, as a fraction of the natural-image norm (1: a
+    /// start as strong as a photograph; small: nearly the mean image, so that what the
+    /// target does not ask for stays flat). The learning rate stays relative to the natural
+    /// norm.
+    pub init_scale: f64,
 }
 
 impl Default for InvertConfig {
@@ -160,6 +201,25 @@ impl Default for InvertConfig {
             parameterisation: Parameterisation::Pixel,
             natural_norm: None,
             seed: 0,
+            others: Others::Free,
+            init_scale: 1.0,
+        }
+    }
+}
+
+impl InvertConfig {
+    /// The settings of channel renders (`channels --render`): the channels outside the set —
+    /// and the set's own channels where they do not fire — matched to zero ([`Others::Zero`]),
+    /// from a start at 0.3 of the natural-image norm, so that a render shows the set's
+    /// structure where it fires and stays flat elsewhere. Measured by the `render_correlation`
+    /// example (the correlation between a render's local energy and the channel's activation);
+    /// pixels score higher there than the visualization's Fourier prior, and the random views
+    /// lower it, so neither is on by default.
+    pub fn channel_render() -> Self {
+        Self {
+            others: Others::Zero,
+            init_scale: 0.3,
+            ..Self::default()
         }
     }
 }
@@ -269,7 +329,7 @@ pub fn target_activations(
 /// matches `Φ0 = m ⊙ Φ_l(x)` on the target's channels, minimising
 /// `‖m ⊙ Φ_l(x′) − Φ0‖² / ‖Φ0‖² + λ_α R_α(x′) + λ_TV R_TV(x′)` (Mahendran & Vedaldi 2015)
 /// from a random start at the natural-image norm. The channels outside a target's set are
-/// free (the inversion renders what the set encodes, not an image that silences the rest).
+/// free, or matched to zero with [`Others::Zero`] (the norm then runs over every channel).
 /// All targets are optimised as one batch;
 /// only the prefix of the network up to the site is run. `progress(t, errors)` is called after
 /// every step with the relative feature error of each target.
@@ -317,7 +377,35 @@ pub fn invert(
     }
 
     let (phi0, masks) = target_activations(net, x, &native, targets)?;
+    // The errors are relative to the target channels' own activation, ‖m ⊙ Φ(x)‖.
     let den = squared_norms(&phi0)?;
+    // Matched to silence (zero, or the blank image's activation), the other channels are a
+    // second term, relative to how far the photograph's are from that silence: the set and
+    // the rest weigh the same however many channels the rest has.
+    let (phi0, masks, silence) = match (cfg.others, masks) {
+        (Others::Free, m) | (_, m @ None) => (phi0, m, None),
+        (others, Some(m)) => {
+            let phi = net.forward_to(&x.detach(), &native)?.detach();
+            let quiet = match others {
+                Others::Blank => net.forward_to(&x.zeros_like()?, &native)?.detach(),
+                _ => phi.zeros_like()?,
+            };
+            // A kept channel counts where it fires (above its silence); everywhere else, as
+            // every other channel, it is matched to silence.
+            let fire = phi.gt(&quiet)?.to_dtype(phi.dtype())?;
+            let m = m.broadcast_mul(&fire)?;
+            let rest = m.ones_like()?.sub(&m)?;
+            let phi0 = phi.broadcast_mul(&m)?;
+            let far = squared_norms(&phi.broadcast_sub(&quiet)?.broadcast_mul(&rest)?)?;
+            let far = Tensor::from_vec(
+                far.iter().map(|d| 1.0 / d.max(1e-30)).collect::<Vec<_>>(),
+                far.len(),
+                x.device(),
+            )?
+            .to_dtype(x.dtype())?;
+            (phi0, Some(m), Some((rest, quiet, far)))
+        }
+    };
     if let Some(k) = den.iter().position(|&d| d == 0.0) {
         return Err(Error::Invalid(format!(
             "target {k} ({:?}) is zero everywhere on this image: there is nothing to invert; choose channels that fire",
@@ -345,6 +433,15 @@ pub fn invert(
         (p.sqr()?.mean_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?).sqrt()
     };
     let base_lr = cfg.lr * rms;
+    if !(cfg.init_scale.is_finite() && cfg.init_scale > 0.0) {
+        return Err(Error::Invalid(format!(
+            "initial scale {}: it must be positive",
+            cfg.init_scale
+        )));
+    }
+    if cfg.init_scale != 1.0 {
+        param.var().set(&(param.var().as_tensor() * cfg.init_scale)?)?;
+    }
     let mut optimiser: Box<dyn Optimiser> = match cfg.optimiser {
         OptimiserKind::Adam => Box::new(Adam::new(base_lr)),
         OptimiserKind::Momentum => Box::new(UnitRms(Sgd::new(base_lr, 0.9, 0.0))),
@@ -388,9 +485,16 @@ pub fn invert(
         }
         let phi = net.forward_to(&seen, &native)?;
         // ‖Φ0‖² is fixed: only the distance is computed per step.
+        let mut loss = match &silence {
+            Some((rest, quiet, far)) => {
+                let off = squared_distances(&phi.broadcast_sub(quiet)?.broadcast_mul(rest)?, &phi.zeros_like()?)?;
+                (off * far)?
+            }
+            None => phi.zeros_like()?.flatten_from(1)?.sum(D::Minus1)?,
+        };
         let num = squared_distances(&masked(phi, masks.as_ref())?, &phi0)?;
         let feature = (num * &den_t)?;
-        let mut loss = feature.clone();
+        loss = (loss + &feature)?;
         if cfg.alpha_weight > 0.0 {
             loss = (loss + (alpha_norm(image, cfg.alpha, norm)? * cfg.alpha_weight)?)?;
         }
@@ -407,7 +511,10 @@ pub fn invert(
     };
     let history = optimise_image(&param, &schedule, optimiser.as_mut(), &mut loss, progress)?;
     let images = param.image()?.detach();
-    let relative_errors = relative_errors(net, &images, &native, &phi0, masks.as_ref())?;
+    let num = squared_distances(&masked(net.forward_to(&images, &native)?, masks.as_ref())?, &phi0)?
+        .to_dtype(DType::F64)?
+        .to_vec1::<f64>()?;
+    let relative_errors = num.iter().zip(&den).map(|(a, b)| (a / b).sqrt()).collect();
     Ok(Inversion {
         site: native,
         images,

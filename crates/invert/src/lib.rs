@@ -37,10 +37,11 @@ mod transform;
 mod visualize;
 
 pub use invert::{
-    default_tv_weight, invert, relative_errors, target_activations, Inversion, InvertConfig, OptimiserKind, Target,
+    default_tv_weight, invert, relative_errors, target_activations, Inversion, InvertConfig, OptimiserKind, Others,
+    Target,
 };
 pub use param::{colour_decorrelation, ImageParam, Parameterisation};
-pub use regularise::{alpha_norm, natural_norm, total_variation};
+pub use regularise::{alpha_norm, energy_correlation, natural_norm, total_variation};
 pub use transform::{pad_constant, rescale, roll, rotate, scale_rotate, translate, Robustness};
 pub use visualize::{diversity, visualize, Objective, ObjectiveKind, Visualization, VisualizeConfig};
 

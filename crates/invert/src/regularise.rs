@@ -78,3 +78,33 @@ pub fn total_variation(x: &Tensor, beta: f64, norm: f64) -> Result<Tensor> {
     let scale = 1.0 / ((h * w) as f64 * v.powf(beta));
     Ok((p.flatten_from(1)?.sum(D::Minus1)? * scale)?)
 }
+
+/// How much an image's structure sits where a channel fires: the Pearson correlation between
+/// the image's local energy (`Σ_c |x_c − mean(x_c)|`, blurred with σ = `stride` / 2, the
+/// site's stride) and the channel's activation upsampled (bilinear) to the image's size.
+/// A render of a channel that is uniform texture everywhere scores near 0; one that draws
+/// only where the channel fires scores high.
+///
+/// # Shapes
+/// - `image`: `(3, H, W)`; `activation`: `(h, w)`.
+pub fn energy_correlation(image: &Tensor, activation: &Tensor, stride: usize) -> Result<f64> {
+    let (_, h, w) = image.dims3()?;
+    let centred = image.broadcast_sub(&image.flatten_from(1)?.mean_keepdim(D::Minus1)?.unsqueeze(2)?)?;
+    let energy = centred.abs()?.sum_keepdim(0)?.unsqueeze(0)?;
+    let energy = extremal_ops::gaussian_blur(&energy, stride.max(1) as f64 / 2.0, extremal_ops::Border::Replicate)?;
+    let act = extremal_ops::resize_bilinear(&activation.unsqueeze(0)?.unsqueeze(0)?.to_dtype(image.dtype())?, h, w)?;
+    let a: Vec<f64> = energy.flatten_all()?.to_dtype(candle_core::DType::F64)?.to_vec1()?;
+    let b: Vec<f64> = act.flatten_all()?.to_dtype(candle_core::DType::F64)?.to_vec1()?;
+    let n = a.len() as f64;
+    let (ma, mb) = (a.iter().sum::<f64>() / n, b.iter().sum::<f64>() / n);
+    let (mut sab, mut saa, mut sbb) = (0.0, 0.0, 0.0);
+    for (x, y) in a.iter().zip(&b) {
+        sab += (x - ma) * (y - mb);
+        saa += (x - ma) * (x - ma);
+        sbb += (y - mb) * (y - mb);
+    }
+    if saa == 0.0 || sbb == 0.0 {
+        return Ok(0.0);
+    }
+    Ok(sab / (saa * sbb).sqrt())
+}

@@ -313,3 +313,49 @@ fn bad_requests_are_refused() {
     let _ = net.sites();
     let _: &dyn Module = &|x: &Tensor| Ok(x.clone());
 }
+
+/// `Others::Zero` matches the set where it fires and silences everything else: the other
+/// channels of the inverted image are much weaker than with `Others::Free`, while the set's
+/// own match stays close.
+#[test]
+fn others_zero_silences_the_rest() {
+    let net = conv_net();
+    let x = input(&[1, 3, 16, 18], 12, DType::F32);
+    let set = vec![1, 5];
+    let rest_energy = |others: extremal_invert::Others| {
+        let cfg = InvertConfig {
+            iterations: 200,
+            others,
+            ..no_priors()
+        };
+        let inv = invert(
+            &net,
+            &x,
+            "relu2",
+            &[Target::Channels(set.clone())],
+            &cfg,
+            &mut |_, _| {},
+        )
+        .unwrap();
+        let phi = net.forward_to(&inv.images, "relu2").unwrap();
+        let rest: f64 = (0..phi.dim(1).unwrap())
+            .filter(|c| !set.contains(c))
+            .map(|c| {
+                phi.narrow(1, c, 1)
+                    .unwrap()
+                    .sqr()
+                    .unwrap()
+                    .sum_all()
+                    .unwrap()
+                    .to_scalar::<f32>()
+                    .unwrap() as f64
+            })
+            .sum();
+        (rest, inv.relative_errors[0])
+    };
+    let (free, e_free) = rest_energy(extremal_invert::Others::Free);
+    let (zero, e_zero) = rest_energy(extremal_invert::Others::Zero);
+    println!("rest energy: free {free:.3} (error {e_free:.3}), zero {zero:.3} (error {e_zero:.3})");
+    assert!(zero < 0.2 * free, "free {free}, zero {zero}");
+    assert!(e_zero < 0.35, "the set's own error with zero others: {e_zero}");
+}
