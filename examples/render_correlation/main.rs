@@ -7,7 +7,7 @@
 //! energy and the channel's activation is printed (`invert::energy_correlation`).
 //!
 //! ```text
-//! cargo run --release --example render_correlation [-- --iterations N] [-- --out DIR]
+//! cargo run --release --example render_correlation [-- --iterations N] [--out DIR]
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -21,21 +21,27 @@ use extremal::models::{Model, ModelKind, load_input};
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
     let flag = |name: &str| args.iter().position(|a| a == name).map(|i| args[i + 1].clone());
-    let iterations: usize = flag("--iterations").map_or(Ok(400), |v| v.parse())?;
+    let iterations: Option<usize> = flag("--iterations").map(|v| v.parse()).transpose()?;
     let out = flag("--out").map(PathBuf::from);
     let model = Model::load(ModelKind::EfficientnetLite0, None, DType::F32, &Device::Cpu)?;
     let layer = "layer3";
     let site = model.resolve(layer)?;
+    // Each with its own number of steps unless --iterations sets both.
+    let before = InvertConfig::default();
     let before = InvertConfig {
-        iterations,
-        ..InvertConfig::default()
+        iterations: iterations.unwrap_or(before.iterations),
+        ..before
     };
+    let now = InvertConfig::channel_render();
     let now = InvertConfig {
-        iterations,
-        ..InvertConfig::channel_render()
+        iterations: iterations.unwrap_or(now.iterations),
+        ..now
     };
-    println!("Lite0 {layer}, top 6 kept channels of keep 10, {iterations} iterations");
-    println!("| image | channel | correlation before (pixels, others free) | now (channel_render) |");
+    println!(
+        "Lite0 {layer}, top 6 kept channels of keep 10; before: {} iterations, now: {}",
+        before.iterations, now.iterations
+    );
+    println!("| image | channel | correlation before (others free) | now (channel_render) |");
     println!("|---|---|---|---|");
     let (mut sum_before, mut sum_now, mut n) = (0.0, 0.0, 0);
     for name in ["chelsea", "coffee"] {

@@ -74,7 +74,7 @@ pub(crate) struct ChannelsArgs {
     /// of the kept channels and of the top channels one by one (needs --out).
     #[arg(long, requires = "out")]
     render: bool,
-    /// Iterations of the inversions of --render (default: as `extremal invert`).
+    /// Iterations of the inversions of --render (default 200).
     #[arg(long, requires = "render")]
     render_iterations: Option<usize>,
     /// Seed of the inversions of --render.
@@ -289,7 +289,7 @@ pub(crate) fn run(args: &ChannelsArgs) -> Result<()> {
                 &extremal_invert::InvertConfig {
                     iterations: args
                         .render_iterations
-                        .unwrap_or(extremal_invert::InvertConfig::default().iterations),
+                        .unwrap_or(extremal_invert::InvertConfig::channel_render().iterations),
                     seed: args.render_seed,
                     others: args.others,
                     ..extremal_invert::InvertConfig::channel_render()

@@ -214,6 +214,19 @@ pub(crate) fn run(args: &InvertArgs) -> Result<()> {
     Ok(())
 }
 
+/// An inverted image `(3, H, W)` as a picture with its contrast stretched: its deviation from
+/// its mean colour scaled so that the 99th percentile of `|deviation|` spans 0.35 of the range
+/// (a render that is faint where the set does not fire stays visible where it does).
+pub(crate) fn stretched_picture(model: &Model, image: &Tensor) -> Result<image::RgbImage> {
+    let rgb = model.preprocess().denormalise(&image.unsqueeze(0)?)?.squeeze(0)?;
+    let mean = rgb.flatten_from(1)?.mean_keepdim(1)?.unsqueeze(2)?;
+    let dev = rgb.broadcast_sub(&mean)?;
+    let values: Vec<f32> = dev.abs()?.flatten_all()?.to_dtype(candle_core::DType::F32)?.to_vec1()?;
+    let p99 = extremal_render::percentile(&values, 99.0).max(1e-6);
+    let shown = ((dev * (0.35 / p99 as f64))? + 0.5)?;
+    Ok(render::rgb_image(&shown)?)
+}
+
 /// What `channels --render` inverted: the relative feature errors, and the pictures of the
 /// top kept channels inverted one by one.
 pub(crate) struct Rendered {
@@ -247,16 +260,39 @@ pub(crate) fn render_sheet(
         .cloned()
         .filter(|&k| energy[k] > 0.0)
         .collect();
-    let mut targets = vec![Target::Full, Target::Channels(ranking[..keep].to_vec())];
+    // The whole layer is inverted as `extremal invert` does; the sets with `cfg`.
+    let full = run_inversion(
+        model,
+        x,
+        layer,
+        &[Target::Full],
+        &InvertConfig {
+            seed: cfg.seed,
+            ..InvertConfig::default()
+        },
+    )?;
+    let mut targets = vec![Target::Channels(ranking[..keep].to_vec())];
     targets.extend(singles.iter().map(|&k| Target::Channels(vec![k])));
-    let inv = run_inversion(model, x, layer, &targets, cfg)?;
+    let sets = run_inversion(model, x, layer, &targets, cfg)?;
+    let images = Tensor::cat(&[&full.images, &sets.images], 0)?;
+    let errors: Vec<f64> = full
+        .relative_errors
+        .iter()
+        .chain(&sets.relative_errors)
+        .copied()
+        .collect();
+    let inv = Inversion {
+        images,
+        relative_errors: errors,
+        ..sets
+    };
     let rgb = model.preprocess().denormalise(x)?.squeeze(0)?;
     let mut tiles = vec![(render::rgb_image(&rgb)?, "image".to_string())];
     tiles.push((picture(model, &inv.images.get(0)?)?, format!("all {}", phi.dim(1)?)));
-    tiles.push((picture(model, &inv.images.get(1)?)?, format!("kept {keep}")));
+    tiles.push((stretched_picture(model, &inv.images.get(1)?)?, format!("kept {keep}")));
     let mut pictures = Vec::new();
     for (i, &k) in singles.iter().enumerate() {
-        let p = picture(model, &inv.images.get(2 + i)?)?;
+        let p = stretched_picture(model, &inv.images.get(2 + i)?)?;
         tiles.push((p.clone(), format!("ch {k} {:+.2}", report.contributions[k])));
         pictures.push((k, p));
     }

@@ -215,8 +215,13 @@ impl InvertConfig {
     /// example (the correlation between a render's local energy and the channel's activation);
     /// pixels score higher there than the visualization's Fourier prior, and the random views
     /// lower it, so neither is on by default.
+    ///
+    /// 200 steps: longer runs let texture spread where the set does not fire (at Lite0
+    /// `layer3` the six strongest kept channels of `chelsea.png` fall from a mean correlation
+    /// of 0.59 after 200 steps to 0.23 after 400).
     pub fn channel_render() -> Self {
         Self {
+            iterations: 200,
             others: Others::Zero,
             init_scale: 0.3,
             ..Self::default()
