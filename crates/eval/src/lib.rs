@@ -10,6 +10,10 @@
 //!   resumes where a run stopped, [`Shard`]s `K/N` that split a dataset between machines, and
 //!   [`merge`] into the final [`Table`] (TorchRay's class-averaged pointing accuracy, or the
 //!   mean deletion / insertion AUC).
+//! - [`exemplars`]: dataset exemplars — each image's per-channel peak and position
+//!   ([`exemplars::PeakRecord`], a folder run's record), the exact top-N per channel across
+//!   runs and shards ([`exemplars::top_exemplars`]) and their receptive-field regions
+//!   ([`exemplars::Regions`]).
 //! - [`score`]: one pair scored ([`PairScorer`]) with each method's benchmark settings, and
 //!   which pairs are skipped ([`skip_reason`]).
 //!

@@ -5,6 +5,10 @@
 //! output of a named layer (`layer4`, `layer3.5.conv2`, `features.29`). The **prefix** is the
 //! part of the network before a site, the **suffix** the part after it.
 //!
+//! The **receptive field** of a site ([`Network::receptive_field`]) says which input pixels a
+//! position there can depend on: a [`Graph`] computes it from its layers' [`Footprint`]s, and
+//! [`probe_region`] measures it by gradients for any network.
+//!
 //! Networks implement [`Network`]. The easy way is to describe the network as a [`Graph`] of
 //! [`Node`]s (layers, sequences, residual blocks, concatenations), which gives exact prefix
 //! caching for free; a hand-written model only needs [`Network::sites`] and
