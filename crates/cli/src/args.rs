@@ -197,6 +197,30 @@ pub(crate) struct InputArgs {
     pub(crate) keep_aspect: bool,
 }
 
+/// A VOC or COCO dataset on disk.
+#[derive(Args)]
+pub(crate) struct DatasetArgs {
+    /// The dataset directory: VOC (`Annotations/`, `JPEGImages/`, `ImageSets/Main/`) or COCO
+    /// (`annotations/instances_SUBSET.json`, `SUBSET/`).
+    #[arg(long)]
+    pub(crate) dataset: Option<PathBuf>,
+    /// The dataset's layout.
+    #[arg(long, value_enum, default_value_t = extremal_eval::Format::Voc)]
+    pub(crate) format: extremal_eval::Format,
+    /// The subset (default: test for VOC, val2014 for COCO).
+    #[arg(long)]
+    pub(crate) subset: Option<String>,
+}
+
+impl DatasetArgs {
+    /// The dataset at `dir`, with the reader's error in context.
+    pub(crate) fn load(&self, dir: &Path) -> Result<extremal_eval::Dataset> {
+        use anyhow::Context;
+        extremal_eval::Dataset::load(dir, self.format, self.subset.as_deref())
+            .with_context(|| format!("cannot read the {} dataset at {}", self.format.name(), dir.display()))
+    }
+}
+
 /// Where the results go.
 #[derive(Args)]
 pub(crate) struct OutputArgs {

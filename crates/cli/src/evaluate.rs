@@ -4,17 +4,17 @@
 
 use std::path::PathBuf;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use candle_core::{DType, Tensor};
 use extremal_attr::MethodKind;
 use extremal_eval::{
-    merge, pairs, read_records, skip_reason, ClassMap, Dataset, DifficultFlags, Format, Journal, Metric, PairScorer,
-    Record, Scoring, Shard,
+    merge, pairs, read_records, skip_reason, ClassMap, DifficultFlags, Journal, Metric, PairScorer, Record, Scoring,
+    Shard,
 };
 use extremal_hook::Network;
 use serde_json::json;
 
-use crate::args::{progress_bar, MethodArgs, ModelArgs};
+use crate::args::{progress_bar, DatasetArgs, MethodArgs, ModelArgs};
 use crate::render;
 
 #[derive(clap::Args)]
@@ -32,16 +32,8 @@ pub(crate) struct EvaluateArgs {
     /// pointing (TorchRay's pointing game), deletion or insertion (RISE's causal metrics).
     #[arg(long, value_enum, default_value_t = Metric::Pointing)]
     metric: Metric,
-    /// The dataset directory: VOC (`Annotations/`, `JPEGImages/`, `ImageSets/Main/`) or COCO
-    /// (`annotations/instances_SUBSET.json`, `SUBSET/`).
-    #[arg(long)]
-    dataset: Option<PathBuf>,
-    /// The dataset's layout.
-    #[arg(long, value_enum, default_value_t = Format::Voc)]
-    format: Format,
-    /// The subset (default: test for VOC, val2014 for COCO).
-    #[arg(long)]
-    subset: Option<String>,
+    #[command(flatten)]
+    data: DatasetArgs,
     /// Score only the excitation-backprop benchmark's "difficult" pairs, listed in this file
     /// (TorchRay's `pointing_game_ebp_*_difficult.txt` format).
     #[arg(long)]
@@ -92,17 +84,16 @@ pub(crate) fn run(args: &EvaluateArgs) -> Result<()> {
     if let Some(EvaluateCommand::Merge { files, out }) = &args.command {
         return run_merge(files, out, args.json);
     }
-    let (Some(dir), Some(out)) = (&args.dataset, &args.out) else {
+    let (Some(dir), Some(out)) = (&args.data.dataset, &args.out) else {
         bail!("evaluate needs --dataset DIR and --out FILE.jsonl (or: evaluate merge FILE… --out table.json)");
     };
     if args.limit == Some(0) {
         bail!("--limit 0 scores nothing; give 1 or more pairs (or leave it out for all)");
     }
     let metric = args.metric;
-    let format = args.format;
+    let format = args.data.format;
     let shard: Shard = args.shard.parse()?;
-    let dataset = Dataset::load(dir, format, args.subset.as_deref())
-        .with_context(|| format!("cannot read the {} dataset at {}", format.name(), dir.display()))?;
+    let dataset = args.data.load(dir)?;
     let flags = args.difficult.as_deref().map(DifficultFlags::load).transpose()?;
     let model = args.model.load()?;
     // TorchRay's benchmark smooths extremal perturbation's masks (σ = 0.09 of the side).

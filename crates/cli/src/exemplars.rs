@@ -7,12 +7,12 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use candle_core::Tensor;
 use extremal_eval::exemplars::{crop, peak_records, top_exemplars, ChannelExemplars, PeakRecord, Regions};
-use extremal_eval::{read_records, Dataset, FolderRun, Format, ImageItem, ImageSet};
+use extremal_eval::{read_records, FolderRun, ImageItem, ImageSet};
 use extremal_hook::Network;
 use extremal_models::Model;
 use serde_json::json;
 
-use crate::args::{InputsArgs, ModelArgs};
+use crate::args::{DatasetArgs, InputsArgs, ModelArgs};
 use crate::folder::Folder;
 use crate::render;
 
@@ -31,15 +31,9 @@ pub(crate) struct ExemplarsArgs {
     /// Image files or folders of images (searched recursively).
     #[arg(long, num_args = 1.., required_unless_present = "dataset", conflicts_with = "dataset")]
     images: Vec<PathBuf>,
-    /// A VOC or COCO dataset directory instead: its images, in its order.
-    #[arg(long)]
-    dataset: Option<PathBuf>,
-    /// The dataset's layout.
-    #[arg(long, value_enum, default_value_t = Format::Voc)]
-    format: Format,
-    /// The dataset's subset (default: test for VOC, val2014 for COCO).
-    #[arg(long)]
-    subset: Option<String>,
+    /// Or a VOC or COCO dataset (`--dataset DIR`): its images, in its order.
+    #[command(flatten)]
+    data: DatasetArgs,
     /// The channels to show, comma separated (default: every channel of the site).
     #[arg(long, value_delimiter = ',', conflicts_with = "mask")]
     channels: Option<Vec<usize>>,
@@ -90,9 +84,9 @@ pub(crate) fn run(args: &ExemplarsArgs) -> Result<()> {
         shard: args.shard.clone(),
         batch: args.batch,
     };
-    let mut folder = match &args.dataset {
+    let mut folder = match &args.data.dataset {
         Some(dir) => {
-            let dataset = Dataset::load(dir, args.format, args.subset.as_deref())?;
+            let dataset = args.data.load(dir)?;
             Folder::<PeakRecord>::from_set(ImageSet::from_dataset(&dataset), &args.shard, &args.out)?
         }
         None => Folder::<PeakRecord>::open(&inputs, Some(&args.out))?,
