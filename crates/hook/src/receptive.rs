@@ -48,17 +48,6 @@ pub enum WindowPadding {
 }
 
 impl Window {
-    /// A square window with the same stride and padding on every side.
-    pub fn square(kernel: usize, stride: usize, padding: usize) -> Self {
-        Self {
-            kernel: (kernel, kernel),
-            stride: (stride, stride),
-            dilation: (1, 1),
-            padding: WindowPadding::Fixed(padding, padding, padding, padding),
-            ceil_mode: false,
-        }
-    }
-
     /// Along one axis (0 vertical, 1 horizontal) of an input of `size`: the padding before
     /// and the output size.
     fn axis(&self, axis: usize, size: usize) -> (usize, usize) {

@@ -490,16 +490,20 @@ pub fn invert(
         }
         let phi = net.forward_to(&seen, &native)?;
         // ‖Φ0‖² is fixed: only the distance is computed per step.
-        let mut loss = match &silence {
+        // The silenced part, when there is one, is computed before `phi` is masked.
+        let off = match &silence {
             Some((rest, quiet, far)) => {
-                let off = squared_distances(&phi.broadcast_sub(quiet)?.broadcast_mul(rest)?, &phi.zeros_like()?)?;
-                (off * far)?
+                let d = phi.broadcast_sub(quiet)?.broadcast_mul(rest)?;
+                Some((d.sqr()?.flatten_from(1)?.sum(D::Minus1)? * far)?)
             }
-            None => phi.zeros_like()?.flatten_from(1)?.sum(D::Minus1)?,
+            None => None,
         };
         let num = squared_distances(&masked(phi, masks.as_ref())?, &phi0)?;
         let feature = (num * &den_t)?;
-        loss = (loss + &feature)?;
+        let mut loss = match off {
+            Some(off) => (&feature + off)?,
+            None => feature.clone(),
+        };
         if cfg.alpha_weight > 0.0 {
             loss = (loss + (alpha_norm(image, cfg.alpha, norm)? * cfg.alpha_weight)?)?;
         }
