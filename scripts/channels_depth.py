@@ -14,7 +14,8 @@ With --sweep, `--sweep 1,2,5,10,25,50` at ResNet-50 `layer3` against keep 25 alo
 
     git worktree add /tmp/before <old-commit>
     (cd /tmp/before && CARGO_TARGET_DIR=/tmp/before-target cargo build --release -p extremal-cli)
-    cargo build --release -p extremal-cli --example channels_speed --example random_weights
+    cargo build --release -p extremal-cli
+    cargo build --release -p extremal --example channels_speed --example random_weights
     python3 scripts/channels_depth.py /tmp/before-target/release/extremal [--greedy] [--torch] [--sweep]
 
 Development time only (--torch needs torch, torchvision and safetensors).

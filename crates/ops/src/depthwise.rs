@@ -6,6 +6,7 @@ use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor, WithDType};
 use rayon::prelude::*;
 
 use crate::act::{act_grad, activate_serial, mask_row, take_gradient_rule, Activation, GradientRule};
+use crate::simd::Kernels;
 use crate::{contiguous_slice, Conv2dConfig, Result};
 
 const OP: &str = "depthwise conv2d";
@@ -109,20 +110,25 @@ impl Geometry {
     }
 }
 
-/// `y += a · x` over equal-length rows, eight lanes at a time (a fixed-width body that the
-/// compiler turns into one vector operation, even for rows shorter than its unrolled loops).
+/// `y += a · x` over equal-length rows with `k`'s vector build for f32 (each element a
+/// multiply then an add, unfused, as the scalar loop).
 #[inline(always)]
-fn axpy<T: WithDType>(y: &mut [T], x: &[T], a: T) {
+fn axpy<T: WithDType>(y: &mut [T], x: &[T], a: T, k: Kernels) {
     #[cfg(target_arch = "x86_64")]
-    if std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>() && has_avx2() {
-        // SAFETY: T is f32 (same layout); the CPU has AVX (checked at run time).
+    if std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>() && k >= Kernels::Avx2 {
+        // SAFETY: T is f32 (same layout); the CPU has the chosen build's features (`k` is at
+        // most `Kernels::detected()`).
         unsafe {
             let y = &mut *(y as *mut [T] as *mut [f32]);
             let x = &*(x as *const [T] as *const [f32]);
             let a = *(&a as *const T as *const f32);
+            if k == Kernels::Avx512 {
+                return avx512::axpy_f32(y, x, a);
+            }
             return avx2::axpy_f32(y, x, a);
         }
     }
+    let _ = k;
     for (y, &x) in y.iter_mut().zip(x) {
         *y += x * a;
     }
@@ -157,6 +163,25 @@ pub(crate) fn depthwise_conv2d(
     act: Activation,
     cfg: &Conv2dConfig,
 ) -> Result<Tensor> {
+    depthwise_conv2d_with(x, weight, bias, act, cfg, Kernels::detected())
+}
+
+/// A depthwise convolution (`groups` = channels, one filter per channel; what [`crate::conv2d`]
+/// runs for one) with the given build of its CPU kernels, for tests and benchmarks that
+/// compare them; `kernels` above [`Kernels::detected`] falls back to the detected build.
+/// With constant weights, `bias` and `act` are fused into the op.
+///
+/// # Shapes
+/// - `x`: `(N, C, H, W)`; `weight`: `(C, 1, KH, KW)`; `bias`: `(C,)`; returns `(N, C, OH, OW)`.
+pub fn depthwise_conv2d_with(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    act: Activation,
+    cfg: &Conv2dConfig,
+    kernels: Kernels,
+) -> Result<Tensor> {
+    let kernels = kernels.min(Kernels::detected());
     let (_, _, kh, kw) = weight.dims4()?;
     let g = geometry(x.dims4()?, (kh, kw), cfg);
     let fuse = !weight.track_op() && bias.is_none_or(|b| !b.track_op());
@@ -171,6 +196,7 @@ pub(crate) fn depthwise_conv2d(
         act: if fuse { act } else { Activation::None },
         output: None,
         rule: GradientRule::Standard,
+        kernels,
     };
     let y = x.contiguous()?.apply_op2(&weight.contiguous()?, op)?;
     if fuse {
@@ -205,6 +231,8 @@ struct Depthwise {
     output: Option<Tensor>,
     /// How the input-gradient part treats the activation.
     rule: GradientRule,
+    /// The build of the kernels.
+    kernels: Kernels,
 }
 
 /// The plane `x` copied into the (zeroed) phased scratch `buf`.
@@ -227,18 +255,28 @@ fn fill<T: WithDType>(g: &Geometry, buf: &mut [T], x: &[T]) {
 /// multiply-add over the whole plane at the scratch's row pitch (`acc`, then cropped);
 /// otherwise row by row (each row stays in L1).
 #[inline(always)]
-fn forward_plane<T: WithDType>(g: &Geometry, x: &[T], w: &[T], bias: T, act: Activation, buf: &mut [T], y: &mut [T]) {
+#[allow(clippy::too_many_arguments)]
+fn forward_plane<T: WithDType>(
+    g: &Geometry,
+    base: &[usize],
+    x: &[T],
+    w: &[T],
+    bias: T,
+    act: Activation,
+    buf: &mut [T],
+    y: &mut [T],
+    k: Kernels,
+) {
     let ow = g.ow;
     let (buf, acc) = buf.split_at_mut(g.phased_len());
     fill(g, buf, x);
-    let base = g.tap_offsets();
     let flat = g.flat_len();
     if flat > 0 {
         let pitch = g.padded().1;
         let acc = &mut acc[..flat];
         acc.fill(bias);
         for (wi, &off) in base.iter().enumerate() {
-            axpy(acc, &buf[off..off + flat], w[wi]);
+            axpy(acc, &buf[off..off + flat], w[wi], k);
         }
         for (oy, row) in y.chunks_mut(ow).enumerate() {
             row.copy_from_slice(&acc[oy * pitch..][..ow]);
@@ -248,7 +286,7 @@ fn forward_plane<T: WithDType>(g: &Geometry, x: &[T], w: &[T], bias: T, act: Act
     }
     for (oy, row) in y.chunks_mut(ow).enumerate() {
         row.fill(bias);
-        g.taps(&base, oy, |wi, off| axpy(row, &buf[off..off + ow], w[wi]));
+        g.taps(base, oy, |wi, off| axpy(row, &buf[off..off + ow], w[wi], k));
         activate_serial(row, act);
     }
 }
@@ -260,18 +298,18 @@ fn forward_plane<T: WithDType>(g: &Geometry, x: &[T], w: &[T], bias: T, act: Act
 #[allow(clippy::too_many_arguments)]
 fn grad_input_plane<T: WithDType>(
     g: &Geometry,
+    base: &[usize],
     gy: &[T],
     y: Option<&[T]>,
-    act: Activation,
-    rule: GradientRule,
+    (act, rule): (Activation, GradientRule),
     w: &[T],
     buf: &mut [T],
     row_buf: &mut [T],
     gx: &mut [T],
+    k: Kernels,
 ) {
     let (s, ow) = (g.stride, g.ow);
     buf.fill(T::zero());
-    let base = g.tap_offsets();
     let flat = g.flat_len();
     if flat > 0 {
         // The (masked) gradient at the scratch's row pitch, zero between rows; one
@@ -289,7 +327,7 @@ fn grad_input_plane<T: WithDType>(
             }
         }
         for (wi, &off) in base.iter().enumerate() {
-            axpy(&mut buf[off..off + flat], padded, w[wi]);
+            axpy(&mut buf[off..off + flat], padded, w[wi], k);
         }
     } else {
         for (oy, row) in gy.chunks(ow).enumerate() {
@@ -300,7 +338,7 @@ fn grad_input_plane<T: WithDType>(
                 }
                 None => row,
             };
-            g.taps(&base, oy, |wi, off| axpy(&mut buf[off..off + ow], row, w[wi]));
+            g.taps(base, oy, |wi, off| axpy(&mut buf[off..off + ow], row, w[wi], k));
         }
     }
     g.runs(|src, dst, len| {
@@ -311,7 +349,7 @@ fn grad_input_plane<T: WithDType>(
 }
 
 /// The same kernels compiled for AVX2 + FMA (chosen at run time; FMA instructions are not
-/// generated from separate multiplies and adds, so results equal the baseline build's).
+/// generated from separate multiplies and adds, so results equal the portable build's).
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
     use super::*;
@@ -339,8 +377,10 @@ mod avx2 {
     }
 
     #[target_feature(enable = "avx2,fma")]
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn forward_plane<T: WithDType>(
         g: &Geometry,
+        base: &[usize],
         x: &[T],
         w: &[T],
         bias: T,
@@ -348,35 +388,203 @@ mod avx2 {
         buf: &mut [T],
         y: &mut [T],
     ) {
-        super::forward_plane(g, x, w, bias, act, buf, y)
+        super::forward_plane(g, base, x, w, bias, act, buf, y, Kernels::Avx2)
     }
 
     #[target_feature(enable = "avx2,fma")]
     #[allow(clippy::too_many_arguments)]
     pub(super) fn grad_input_plane<T: WithDType>(
         g: &Geometry,
+        base: &[usize],
         gy: &[T],
         y: Option<&[T]>,
-        act: Activation,
-        rule: GradientRule,
+        act: (Activation, GradientRule),
         w: &[T],
         buf: &mut [T],
         row_buf: &mut [T],
         gx: &mut [T],
     ) {
-        super::grad_input_plane(g, gy, y, act, rule, w, buf, row_buf, gx)
+        super::grad_input_plane(g, base, gy, y, act, w, buf, row_buf, gx, Kernels::Avx2)
     }
 }
 
-/// Whether this CPU runs the AVX2 + FMA builds of the kernels (detected once).
-pub fn has_avx2() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        static AVX2: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-        *AVX2.get_or_init(|| is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"))
+/// The kernels compiled for AVX-512 F (chosen at run time). The f32 forward keeps each run of
+/// 64 outputs in four registers across all filter taps (one load, multiply and add per tap and
+/// 16 outputs, where the AVX2 build also loads and stores the accumulator), with masked loads
+/// and stores for the ragged ends; the multiplies and adds are separate and in the portable
+/// build's order, so the results are the same.
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use std::arch::x86_64::*;
+
+    use super::*;
+
+    /// Lanes `from..n` of a run of `n` values, as a 16-lane mask.
+    #[inline(always)]
+    fn lanes(n: usize, from: usize) -> __mmask16 {
+        match n.saturating_sub(from) {
+            0 => 0,
+            m if m >= 16 => 0xffff,
+            m => ((1u32 << m) - 1) as __mmask16,
+        }
     }
-    #[cfg(not(target_arch = "x86_64"))]
-    false
+
+    /// `y += a · x` on f32 rows, sixteen lanes per multiply and add, the tail masked.
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    pub(super) unsafe fn axpy_f32(y: &mut [f32], x: &[f32], a: f32) {
+        let n = y.len().min(x.len());
+        let va = _mm512_set1_ps(a);
+        let mut i = 0;
+        while i < n {
+            let m = lanes(n, i);
+            let p = y.as_mut_ptr().add(i);
+            let v = _mm512_add_ps(
+                _mm512_maskz_loadu_ps(m, p),
+                _mm512_mul_ps(_mm512_maskz_loadu_ps(m, x.as_ptr().add(i)), va),
+            );
+            _mm512_mask_storeu_ps(p, m, v);
+            i += 16;
+        }
+    }
+
+    /// `out[i] = bias + Σ_t w[t] · src[offsets[t] + i]` for `i < n`, 64 outputs at a time in
+    /// registers, taps in order.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512 F; `src[offsets[t] + i]` is in bounds for every tap and `i < n`,
+    /// and `out` holds `n` values.
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    unsafe fn taps_into(src: &[f32], offsets: impl Fn(usize) -> usize + Copy, w: &[f32], bias: f32, out: &mut [f32]) {
+        let n = out.len();
+        let vb = _mm512_set1_ps(bias);
+        let mut start = 0;
+        while start < n {
+            let m = [
+                lanes(n, start),
+                lanes(n, start + 16),
+                lanes(n, start + 32),
+                lanes(n, start + 48),
+            ];
+            let mut acc = [vb; 4];
+            for (t, &wt) in w.iter().enumerate() {
+                let vw = _mm512_set1_ps(wt);
+                let p = src.as_ptr().wrapping_add(offsets(t) + start);
+                for r in 0..4 {
+                    let v = _mm512_maskz_loadu_ps(m[r], p.wrapping_add(16 * r));
+                    acc[r] = _mm512_add_ps(acc[r], _mm512_mul_ps(v, vw));
+                }
+            }
+            let q = out.as_mut_ptr().wrapping_add(start);
+            for r in 0..4 {
+                _mm512_mask_storeu_ps(q.wrapping_add(16 * r), m[r], acc[r]);
+            }
+            start += 64;
+        }
+    }
+
+    /// [`super::forward_plane`] for f32.
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn forward_plane_f32(
+        g: &Geometry,
+        base: &[usize],
+        x: &[f32],
+        w: &[f32],
+        bias: f32,
+        act: Activation,
+        buf: &mut [f32],
+        y: &mut [f32],
+    ) {
+        let ow = g.ow;
+        let (buf, acc) = buf.split_at_mut(g.phased_len());
+        fill(g, buf, x);
+        let flat = g.flat_len();
+        if flat > 0 {
+            let pitch = g.padded().1;
+            taps_into(buf, |t| base[t], w, bias, &mut acc[..flat]);
+            for (oy, row) in y.chunks_mut(ow).enumerate() {
+                row.copy_from_slice(&acc[oy * pitch..][..ow]);
+                activate_serial(row, act);
+            }
+            return;
+        }
+        let (_, pw) = g.padded();
+        let pitch = g.stride * pw.div_ceil(g.stride);
+        for (oy, row) in y.chunks_mut(ow).enumerate() {
+            taps_into(buf, |t| base[t] + oy * pitch, w, bias, row);
+            activate_serial(row, act);
+        }
+    }
+
+    /// [`super::grad_input_plane`] for f32. With stride 1 it gathers instead of scattering:
+    /// the masked gradient is laid out at the scratch's row pitch after a zero margin as long
+    /// as the farthest tap (`e`), and each scratch value is `Σ_t w[t] · e[margin − off_t + j]`
+    /// in registers ([`taps_into`]), the taps in the scattering order (the extra terms are
+    /// exact zeros), so the values are the portable build's. Other strides scatter with
+    /// [`axpy_f32`].
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn grad_input_plane_f32(
+        g: &Geometry,
+        base: &[usize],
+        gy: &[f32],
+        y: Option<&[f32]>,
+        (act, rule): (Activation, GradientRule),
+        w: &[f32],
+        buf: &mut [f32],
+        row_buf: &mut [f32],
+        gx: &mut [f32],
+    ) {
+        if g.flat_len() == 0 {
+            return super::grad_input_plane(g, base, gy, y, (act, rule), w, buf, row_buf, gx, Kernels::Avx512);
+        }
+        let (ow, pitch) = (g.ow, g.padded().1);
+        let margin = base.iter().copied().max().unwrap_or(0);
+        let len = g.phased_len();
+        let e = &mut row_buf[..margin + len];
+        e.fill(0.0);
+        for (oy, row) in gy.chunks(ow).enumerate() {
+            let dst = &mut e[margin + oy * pitch..][..ow];
+            match y {
+                Some(y) => mask_row(row, &y[oy * ow..(oy + 1) * ow], act, rule, dst),
+                None => dst.copy_from_slice(row),
+            }
+        }
+        taps_into(e, |t| margin - base[t], w, 0.0, &mut buf[..len]);
+        g.runs(|src, dst, n| gx[src..src + n].copy_from_slice(&buf[dst..dst + n]));
+    }
+
+    /// [`super::forward_plane`] for other types (AVX2 code paths, compiled with AVX-512).
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn forward_plane<T: WithDType>(
+        g: &Geometry,
+        base: &[usize],
+        x: &[T],
+        w: &[T],
+        bias: T,
+        act: Activation,
+        buf: &mut [T],
+        y: &mut [T],
+    ) {
+        super::forward_plane(g, base, x, w, bias, act, buf, y, Kernels::Avx512)
+    }
+
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn grad_input_plane<T: WithDType>(
+        g: &Geometry,
+        base: &[usize],
+        gy: &[T],
+        y: Option<&[T]>,
+        act: (Activation, GradientRule),
+        w: &[T],
+        buf: &mut [T],
+        row_buf: &mut [T],
+        gx: &mut [T],
+    ) {
+        super::grad_input_plane(g, base, gy, y, act, w, buf, row_buf, gx, Kernels::Avx512)
+    }
 }
 
 impl Depthwise {
@@ -384,26 +592,41 @@ impl Depthwise {
         let g = self.g;
         let (xs, ys, ks, ow) = (g.h * g.w, g.oh * g.ow, g.kh * g.kw, g.ow);
         let scratch = || vec![T::zero(); g.phased_len() + g.flat_len()];
-        let avx2 = has_avx2();
+        let base = g.tap_offsets();
+        let k = self.kernels;
         Ok(match self.part {
             Part::Forward => {
                 let bias: Option<Vec<T>> = match &self.bias {
                     Some(t) => Some(t.flatten_all()?.to_vec1::<T>()?),
                     None => None,
                 };
+                let f32s = std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>();
                 // Every row is filled with the bias before it accumulates.
                 let mut y = crate::output_vec(g.n * g.c * ys);
                 y.par_chunks_mut(ys).enumerate().for_each_init(scratch, |buf, (nc, y)| {
                     let (x, w) = (&a[nc * xs..][..xs], &b[(nc % g.c) * ks..][..ks]);
                     let b0 = bias.as_ref().map_or(T::zero(), |b| b[nc % g.c]);
                     #[cfg(target_arch = "x86_64")]
-                    if avx2 {
-                        // SAFETY: the CPU has AVX2 and FMA (checked at run time).
-                        unsafe { avx2::forward_plane(&g, x, w, b0, self.act, buf, y) };
-                        return;
+                    match k {
+                        // SAFETY (each arm): the CPU has the build's features (`k` is at most
+                        // `Kernels::detected()`); in the f32 arm T is f32 (same layout).
+                        Kernels::Avx512 if f32s => unsafe {
+                            let cast = |v: &[T]| &*(v as *const [T] as *const [f32]);
+                            let buf = &mut *(buf.as_mut_slice() as *mut [T] as *mut [f32]);
+                            let y = &mut *(y as *mut [T] as *mut [f32]);
+                            let b0 = *(&b0 as *const T as *const f32);
+                            return avx512::forward_plane_f32(&g, &base, cast(x), cast(w), b0, self.act, buf, y);
+                        },
+                        Kernels::Avx512 => unsafe {
+                            return avx512::forward_plane(&g, &base, x, w, b0, self.act, buf, y);
+                        },
+                        Kernels::Avx2 => unsafe {
+                            return avx2::forward_plane(&g, &base, x, w, b0, self.act, buf, y);
+                        },
+                        Kernels::Portable => {}
                     }
-                    let _ = avx2;
-                    forward_plane(&g, x, w, b0, self.act, buf, y);
+                    let _ = f32s;
+                    forward_plane(&g, &base, x, w, b0, self.act, buf, y, Kernels::Portable);
                 });
                 y
             }
@@ -412,21 +635,46 @@ impl Depthwise {
                     Some(t) => Some(t.flatten_all()?.to_vec1::<T>()?),
                     None => None,
                 };
-                let (act, rule) = (self.act, self.rule);
+                let act = (self.act, self.rule);
                 let mut gx = vec![T::zero(); g.n * g.c * xs];
-                let scratch = || (vec![T::zero(); g.phased_len()], vec![T::zero(); ow.max(g.flat_len())]);
+                let margin = base.iter().copied().max().unwrap_or(0);
+                let row_len = ow.max(g.flat_len()).max(margin + g.phased_len());
+                let scratch = || (vec![T::zero(); g.phased_len()], vec![T::zero(); row_len]);
+                let f32s = std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>();
                 gx.par_chunks_mut(xs)
                     .enumerate()
                     .for_each_init(scratch, |(buf, row_buf), (nc, gx)| {
                         let (gy, w) = (&a[nc * ys..][..ys], &b[(nc % g.c) * ks..][..ks]);
                         let y = output.as_ref().map(|y| &y[nc * ys..][..ys]);
                         #[cfg(target_arch = "x86_64")]
-                        if avx2 {
-                            // SAFETY: the CPU has AVX2 and FMA (checked at run time).
-                            unsafe { avx2::grad_input_plane(&g, gy, y, act, rule, w, buf, row_buf, gx) };
-                            return;
+                        match k {
+                            // SAFETY (each arm): the CPU has the build's features; in the
+                            // f32 arm T is f32 (same layout).
+                            Kernels::Avx512 if f32s => unsafe {
+                                let cast = |v: &[T]| &*(v as *const [T] as *const [f32]);
+                                let cast_mut = |v: &mut [T]| &mut *(v as *mut [T] as *mut [f32]);
+                                return avx512::grad_input_plane_f32(
+                                    &g,
+                                    &base,
+                                    cast(gy),
+                                    y.map(cast),
+                                    act,
+                                    cast(w),
+                                    cast_mut(buf),
+                                    cast_mut(row_buf),
+                                    cast_mut(gx),
+                                );
+                            },
+                            Kernels::Avx512 => unsafe {
+                                return avx512::grad_input_plane(&g, &base, gy, y, act, w, buf, row_buf, gx);
+                            },
+                            Kernels::Avx2 => unsafe {
+                                return avx2::grad_input_plane(&g, &base, gy, y, act, w, buf, row_buf, gx);
+                            },
+                            Kernels::Portable => {}
                         }
-                        grad_input_plane(&g, gy, y, act, rule, w, buf, row_buf, gx);
+                        let _ = f32s;
+                        grad_input_plane(&g, &base, gy, y, act, w, buf, row_buf, gx, Kernels::Portable);
                     });
                 gx
             }
@@ -435,7 +683,6 @@ impl Depthwise {
                 gw.par_chunks_mut(ks)
                     .enumerate()
                     .for_each_init(scratch, |buf, (c, gw)| {
-                        let base = g.tap_offsets();
                         for n in 0..g.n {
                             let nc = n * g.c + c;
                             fill(&g, buf, &a[nc * xs..][..xs]);
@@ -509,6 +756,7 @@ impl CustomOp2 for Depthwise {
                 } else {
                     take_gradient_rule()
                 },
+                kernels: self.kernels,
             };
             Some(grad.apply_op2_no_bwd(w, &op)?)
         } else {
@@ -522,6 +770,7 @@ impl CustomOp2 for Depthwise {
                 act: Activation::None,
                 output: None,
                 rule: GradientRule::Standard,
+                kernels: self.kernels,
             };
             Some(x.apply_op2_no_bwd(&act_grad(&grad, res, self.act)?, &op)?)
         } else {

@@ -9,7 +9,8 @@
 //! - [`conv2d`] and [`conv2d_fused`] (bias and ReLU/ReLU6 in the same kernel): explicit
 //!   (possibly asymmetric) padding, stride, dilation and groups, any input size. On the CPU with
 //!   constant weights: im2col + gemm forward, gemm + col2im input gradient and no weight
-//!   gradient; depthwise convolutions use a direct kernel.
+//!   gradient; depthwise convolutions use a direct kernel, built for AVX-512, AVX2 + FMA and
+//!   portable code and chosen at run time ([`Kernels`]; the same values with each).
 //! - [`same_padding`]: TensorFlow's "SAME" padding.
 //! - [`resize_bilinear`], [`adaptive_avg_pool2d`], [`avg_pool2d`] and [`gaussian_blur`]
 //!   (zero, reflect and replicate borders): separable matrix products, differentiable.
@@ -47,12 +48,13 @@ mod pool;
 pub mod random;
 mod resize;
 mod separable;
+mod simd;
 
 pub use act::{
     gradient_rule, relu, relu6, set_gradient_rule, set_gradient_rule_for, sigmoid, Activation, GradientRule, RuleGuard,
 };
 pub use conv::{conv2d, conv2d_excitation, conv2d_fused, same_padding, Conv2dConfig, Padding};
-pub use depthwise::has_avx2;
+pub use depthwise::depthwise_conv2d_with;
 pub use excite::{
     excitation_backprop, excite, excite_identity, excite_sum, last_classifier, set_excitation_backprop, Classifier,
     ExcitationGuard,
@@ -63,6 +65,7 @@ pub use optim::{Adam, Optimiser, Sgd, UnitRms};
 pub use pool::{adaptive_avg_pool2d, max_pool2d, max_pool2d_primitive, Pool2d};
 pub use resize::{interpolation_matrix, resize_bilinear};
 pub use separable::{avg_pool2d, gaussian_blur, gaussian_kernel, Border};
+pub use simd::{has_avx2, Kernels};
 
 /// Errors of the kernels in this crate.
 #[derive(Debug, thiserror::Error)]
