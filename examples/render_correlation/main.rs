@@ -7,7 +7,7 @@
 //! energy and the channel's activation is printed (`invert::energy_correlation`).
 //!
 //! ```text
-//! cargo run --release --example render_correlation [-- --iterations N] [--out DIR]
+//! cargo run --release --example render_correlation [-- --iterations N] [--out DIR] [--parameterisation fourier]
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -35,6 +35,10 @@ fn main() -> anyhow::Result<()> {
     let now = InvertConfig::channel_render();
     let now = InvertConfig {
         iterations: iterations.unwrap_or(now.iterations),
+        parameterisation: match flag("--parameterisation") {
+            Some(p) => p.parse()?,
+            None => now.parameterisation,
+        },
         ..now
     };
     println!(

@@ -85,6 +85,11 @@ pub(crate) struct ChannelsArgs {
     /// structure appears where it fires) or free (only the set is matched).
     #[arg(long, value_enum, default_value_t = extremal_invert::Others::Zero, requires = "render")]
     others: extremal_invert::Others,
+    /// The image prior of the inversions of --render: pixel (the default: the renders follow
+    /// where a channel fires most closely, see the render_correlation example) or fourier (the
+    /// visualization's decorrelated Fourier image, smoother colour).
+    #[arg(long, value_enum, default_value_t = extremal_invert::Parameterisation::Pixel, requires = "render", alias = "render-parametrization")]
+    render_parameterisation: extremal_invert::Parameterisation,
     /// Add a column of feature visualizations (`extremal visualize`) of the explained kept
     /// channels to channels-sheet.png.
     #[arg(long, requires = "out")]
@@ -292,11 +297,12 @@ pub(crate) fn run(args: &ChannelsArgs) -> Result<()> {
                         .unwrap_or(extremal_invert::InvertConfig::channel_render().iterations),
                     seed: args.render_seed,
                     others: args.others,
+                    parameterisation: args.render_parameterisation,
                     ..extremal_invert::InvertConfig::channel_render()
                 },
                 &dir.path("render.png"),
             )?;
-            obj["render"] = json!({"file": "render.png", "relative_errors": rendered.errors, "others": format!("{:?}", args.others).to_lowercase()});
+            obj["render"] = json!({"file": "render.png", "relative_errors": rendered.errors, "others": format!("{:?}", args.others).to_lowercase(), "parameterisation": format!("{:?}", args.render_parameterisation).to_lowercase()});
             render::write_json(&dir.path("channels.json"), &obj)?;
             columns.inversions = rendered.singles;
             dir.commit()?;
