@@ -468,10 +468,13 @@ fn channels_render_writes_the_sheet() {
         "--render",
         "--render-iterations",
         "4",
+        "--render-parameterisation",
+        "fourier",
         "--out",
         out,
         "--json",
     ]);
+    assert_eq!(v["render"]["parameterisation"], "fourier", "{v}");
     // The full activation, the kept set and each of the three kept channels that fire.
     let errors = v["render"]["relative_errors"].as_array().unwrap();
     assert!((3..=5).contains(&errors.len()), "{v}");
