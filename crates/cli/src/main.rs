@@ -334,6 +334,8 @@ pub(crate) fn one_line(e: &anyhow::Error) -> String {
 }
 
 fn main() -> ExitCode {
+    // SAFETY: no other thread exists yet.
+    unsafe { extremal_ops::one_elementwise_thread() };
     // candle attaches a backtrace to its errors when RUST_BACKTRACE is set; users get short
     // errors unless they ask for backtraces with EXTREMAL_BACKTRACE=1.
     if std::env::var_os("EXTREMAL_BACKTRACE").is_none() {
