@@ -157,12 +157,13 @@ pub(crate) fn mask_row<T: WithDType>(grad: &[T], y: &[T], act: Activation, rule:
         }
         (Activation::Relu6, GradientRule::Standard) => {
             for ((o, &g), &y) in out.iter_mut().zip(grad).zip(y) {
-                *o = if y > zero && y < six { g } else { zero };
+                // `&`, not `&&`: no branch, so the loop vectorises (a select per lane).
+                *o = if (y > zero) & (y < six) { g } else { zero };
             }
         }
         (_, GradientRule::Guided) => {
             for ((o, &g), &y) in out.iter_mut().zip(grad).zip(y) {
-                *o = if y > zero && y < top && g > zero { g } else { zero };
+                *o = if (y > zero) & (y < top) & (g > zero) { g } else { zero };
             }
         }
         (_, GradientRule::Deconvnet) => {
@@ -172,9 +173,9 @@ pub(crate) fn mask_row<T: WithDType>(grad: &[T], y: &[T], act: Activation, rule:
         }
         (_, GradientRule::Redirected) => {
             for ((o, &g), &y) in out.iter_mut().zip(grad).zip(y) {
-                let live = y > zero && y < top;
-                let revive = (y <= zero && g < zero) || (y >= top && g > zero);
-                *o = if live || revive { g } else { zero };
+                let live = (y > zero) & (y < top);
+                let revive = ((y <= zero) & (g < zero)) | ((y >= top) & (g > zero));
+                *o = if live | revive { g } else { zero };
             }
         }
     }
