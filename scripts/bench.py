@@ -111,6 +111,7 @@ def main():
     print(f"{threads} threads, PyTorch {torch.__version__}, median of {args.passes} passes after one warm-up, 224x224")
     print("| model | batch | forward: extremal | PyTorch | ratio | fwd+bwd: extremal | PyTorch | ratio |")
     print("|---|---|---|---|---|---|---|---|")
+    kernels = "?"
     for name in args.models.split(","):
         for batch in [int(b) for b in args.batches.split(",")]:
             out = subprocess.run([args.binary, "bench", "--model", name, "--batch", str(batch),
@@ -121,6 +122,11 @@ def main():
             of, ob = ours["forward_s"], ours["forward_backward_s"]
             print(f"| {name} | {batch} | {of:.3f} s | {tf:.3f} s | {of / tf:.2f}x "
                   f"| {ob:.3f} s | {tb:.3f} s | {ob / tb:.2f}x |", flush=True)
+            kernels = ours.get("kernels", "?")
+    # Which CPU, and which kernel builds each side ran (the ratios depend on both).
+    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
+               "unknown CPU") if os.path.exists("/proc/cpuinfo") else "unknown CPU"
+    print(f"CPU: {cpu}; extremal's kernels: {kernels}; PyTorch's: {torch.backends.cpu.get_cpu_capability()}")
 
 
 if __name__ == "__main__":

@@ -72,11 +72,14 @@ pub(crate) fn run(args: &BenchArgs) -> Result<()> {
         g.sum_all()?.to_scalar::<f32>()?;
         Ok(())
     })?;
+    // The build of the hand-written kernels this CPU runs (gemm chooses its own the same way).
+    let kernels = format!("{:?}", extremal_ops::Kernels::detected()).to_lowercase();
     let report = json!({
         "model": model.name(),
         "batch": args.batch,
         "size": size,
         "threads": candle_core::utils::get_num_threads(),
+        "kernels": kernels,
         "forward_s": forward_s,
         "forward_backward_s": forward_backward_s,
     });
@@ -84,7 +87,7 @@ pub(crate) fn run(args: &BenchArgs) -> Result<()> {
         out(&format!("{report}\n"));
     } else {
         out(&format!(
-            "{} batch {} at {size}x{size}: forward {:.4} s, forward+backward to the input {:.4} s (median of {} passes)\n",
+            "{} batch {} at {size}x{size}: forward {:.4} s, forward+backward to the input {:.4} s (median of {} passes; {kernels} kernels)\n",
             model.name(),
             args.batch,
             forward_s,

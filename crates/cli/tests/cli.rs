@@ -193,6 +193,10 @@ fn bench_json_reports_both_passes() {
     ]);
     assert_eq!(v["model"], "resnet18");
     assert_eq!(v["batch"], 2);
+    assert!(
+        ["portable", "avx2", "avx512"].contains(&v["kernels"].as_str().unwrap()),
+        "{v}"
+    );
     let (f, fb) = (
         v["forward_s"].as_f64().unwrap(),
         v["forward_backward_s"].as_f64().unwrap(),
