@@ -119,6 +119,16 @@ impl MaskGenerator {
     /// - `params`: `(K, 1, h, w)` with `(h, w)` = [`MaskGenerator::shape_in`].
     /// - returns: `(K, 1, H_out, W_out)` with [`MaskGenerator::shape_out`].
     pub fn generate_full(&self, params: &Tensor) -> Result<Tensor> {
+        self.generate_full_with(params, extremal_ops::Kernels::detected())
+    }
+
+    /// [`MaskGenerator::generate_full`] with the given build of its CPU kernels (every build
+    /// gives the same values; tests and benchmarks compare them). A build above
+    /// [`extremal_ops::Kernels::detected`] falls back to the detected one.
+    ///
+    /// # Shapes
+    /// As [`MaskGenerator::generate_full`].
+    pub fn generate_full_with(&self, params: &Tensor, kernels: extremal_ops::Kernels) -> Result<Tensor> {
         let (_, one, h, w) = params.dims4()?;
         if one != 1 || (h, w) != self.shape_in {
             return Err(Error::Invalid(format!(
@@ -130,7 +140,10 @@ impl MaskGenerator {
         }
         // Computed in f32 as TorchRay does, and returned in the parameters' dtype.
         let p = params.to_device(&candle_core::Device::Cpu)?.to_dtype(DType::F32)?;
-        let full = p.contiguous()?.apply_op1(Generate { g: self.clone() })?;
+        let full = p.contiguous()?.apply_op1(Generate {
+            g: self.clone(),
+            kernels: kernels.min(extremal_ops::Kernels::detected()),
+        })?;
         Ok(full.to_device(params.device())?.to_dtype(params.dtype())?)
     }
 

@@ -1,8 +1,8 @@
-//! The smooth-mask generator's row kernels (forward and backward, with AVX2 copies) and its
-//! custom op.
+//! The smooth-mask generator's row kernels (forward and backward, built for AVX-512, AVX2 +
+//! FMA and portable code, chosen at run time: [`Kernels`]) and its custom op.
 
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Shape, Tensor};
-use extremal_ops::has_avx2;
+use extremal_ops::Kernels;
 use rayon::prelude::*;
 
 use super::generator::MaskGenerator;
@@ -174,8 +174,42 @@ mod avx2 {
     }
 }
 
+/// The same kernels compiled for AVX-512 F (the multiplies and adds unfused, as in the
+/// other builds, so the values are the same).
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use super::*;
+
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    pub(super) fn generate_row(
+        g: &MaskGenerator,
+        pp: &[f32],
+        wp: usize,
+        uy: usize,
+        out: &mut [f32],
+        s: &mut RowScratch,
+    ) {
+        super::generate_row(g, pp, wp, uy, out, s)
+    }
+
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    pub(super) fn generate_row_grad(
+        g: &MaskGenerator,
+        pp: &[f32],
+        wp: usize,
+        uy: usize,
+        grad: &[f32],
+        acc: &mut [f32],
+        s: &mut RowScratch,
+    ) {
+        super::generate_row_grad(g, pp, wp, uy, grad, acc, s)
+    }
+}
+
 pub(super) struct Generate {
     pub(super) g: MaskGenerator,
+    /// The build of the row kernels (at most [`Kernels::detected`]).
+    pub(super) kernels: Kernels,
 }
 
 impl CustomOp1 for Generate {
@@ -190,7 +224,7 @@ impl CustomOp1 for Generate {
         let (pp, wp) = g.padded(&s.as_slice::<f32>()?[a..b], k);
         let (ho, wo) = g.shape_out;
         let hp = g.shape_in.0 + 2 * g.padding;
-        let avx2 = has_avx2();
+        let kernels = self.kernels;
         // Rows in (uy, mask) order, so that the masks of one row reuse its kernel weights
         // from cache; transposed to (mask, uy) at the end.
         let mut rows = vec![0f32; ho * k * wo];
@@ -200,11 +234,14 @@ impl CustomOp1 for Generate {
                 for (ki, o) in rs.chunks_mut(wo).enumerate() {
                     let pp = &pp[ki * hp * wp..(ki + 1) * hp * wp];
                     #[cfg(target_arch = "x86_64")]
-                    if avx2 {
-                        // SAFETY: the CPU has AVX2 and FMA (checked at run time).
-                        unsafe { avx2::generate_row(g, pp, wp, uy, o, s) };
-                        continue;
+                    match kernels {
+                        // SAFETY (both arms): the CPU has the build's features (`kernels` is at
+                        // most `Kernels::detected()`).
+                        Kernels::Avx512 => unsafe { avx512::generate_row(g, pp, wp, uy, o, s) },
+                        Kernels::Avx2 => unsafe { avx2::generate_row(g, pp, wp, uy, o, s) },
+                        Kernels::Portable => generate_row(g, pp, wp, uy, o, s),
                     }
+                    #[cfg(not(target_arch = "x86_64"))]
                     generate_row(g, pp, wp, uy, o, s);
                 }
             },
@@ -226,7 +263,7 @@ impl CustomOp1 for Generate {
         let (ho, wo) = g.shape_out;
         let (h, w) = g.shape_in;
         let hp = h + 2 * g.padding;
-        let avx2 = has_avx2();
+        let kernels = self.kernels;
         // Fixed blocks of rows, each with its own accumulator, summed in block order: the
         // result does not depend on how rayon schedules the blocks (a `fold`/`reduce` would
         // sum in a run-dependent order, and the masks would differ from run to run).
@@ -242,11 +279,13 @@ impl CustomOp1 for Generate {
                         let acc_k = &mut acc[ki * hp * wp..(ki + 1) * hp * wp];
                         let gr = &grad[(ki * ho + uy) * wo..][..wo];
                         #[cfg(target_arch = "x86_64")]
-                        if avx2 {
-                            // SAFETY: the CPU has AVX2 and FMA (checked at run time).
-                            unsafe { avx2::generate_row_grad(g, pp, wp, uy, gr, acc_k, &mut s) };
-                            continue;
+                        match kernels {
+                            // SAFETY (both arms): the CPU has the build's features.
+                            Kernels::Avx512 => unsafe { avx512::generate_row_grad(g, pp, wp, uy, gr, acc_k, &mut s) },
+                            Kernels::Avx2 => unsafe { avx2::generate_row_grad(g, pp, wp, uy, gr, acc_k, &mut s) },
+                            Kernels::Portable => generate_row_grad(g, pp, wp, uy, gr, acc_k, &mut s),
                         }
+                        #[cfg(not(target_arch = "x86_64"))]
                         generate_row_grad(g, pp, wp, uy, gr, acc_k, &mut s);
                     }
                 }
