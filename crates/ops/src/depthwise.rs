@@ -348,6 +348,43 @@ fn grad_input_plane<T: WithDType>(
     });
 }
 
+/// The generic plane kernels compiled with the target features `$features`, their `axpy`
+/// the build `$kernels` (a module's `forward_plane` and `grad_input_plane`).
+macro_rules! plane_kernels {
+    ($features:literal, $kernels:expr) => {
+        #[target_feature(enable = $features)]
+        #[allow(clippy::too_many_arguments)]
+        pub(super) fn forward_plane<T: WithDType>(
+            g: &Geometry,
+            base: &[usize],
+            x: &[T],
+            w: &[T],
+            bias: T,
+            act: Activation,
+            buf: &mut [T],
+            y: &mut [T],
+        ) {
+            super::forward_plane(g, base, x, w, bias, act, buf, y, $kernels)
+        }
+
+        #[target_feature(enable = $features)]
+        #[allow(clippy::too_many_arguments)]
+        pub(super) fn grad_input_plane<T: WithDType>(
+            g: &Geometry,
+            base: &[usize],
+            gy: &[T],
+            y: Option<&[T]>,
+            act: (Activation, GradientRule),
+            w: &[T],
+            buf: &mut [T],
+            row_buf: &mut [T],
+            gx: &mut [T],
+        ) {
+            super::grad_input_plane(g, base, gy, y, act, w, buf, row_buf, gx, $kernels)
+        }
+    };
+}
+
 /// The same kernels compiled for AVX2 + FMA (chosen at run time; FMA instructions are not
 /// generated from separate multiplies and adds, so results equal the portable build's).
 #[cfg(target_arch = "x86_64")]
@@ -376,36 +413,7 @@ mod avx2 {
         }
     }
 
-    #[target_feature(enable = "avx2,fma")]
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn forward_plane<T: WithDType>(
-        g: &Geometry,
-        base: &[usize],
-        x: &[T],
-        w: &[T],
-        bias: T,
-        act: Activation,
-        buf: &mut [T],
-        y: &mut [T],
-    ) {
-        super::forward_plane(g, base, x, w, bias, act, buf, y, Kernels::Avx2)
-    }
-
-    #[target_feature(enable = "avx2,fma")]
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn grad_input_plane<T: WithDType>(
-        g: &Geometry,
-        base: &[usize],
-        gy: &[T],
-        y: Option<&[T]>,
-        act: (Activation, GradientRule),
-        w: &[T],
-        buf: &mut [T],
-        row_buf: &mut [T],
-        gx: &mut [T],
-    ) {
-        super::grad_input_plane(g, base, gy, y, act, w, buf, row_buf, gx, Kernels::Avx2)
-    }
+    plane_kernels!("avx2,fma", Kernels::Avx2);
 }
 
 /// The kernels compiled for AVX-512 F (chosen at run time). The f32 forward keeps each run of
@@ -554,37 +562,8 @@ mod avx512 {
         g.runs(|src, dst, n| gx[src..src + n].copy_from_slice(&buf[dst..dst + n]));
     }
 
-    /// [`super::forward_plane`] for other types (AVX2 code paths, compiled with AVX-512).
-    #[target_feature(enable = "avx512f,avx2,fma")]
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn forward_plane<T: WithDType>(
-        g: &Geometry,
-        base: &[usize],
-        x: &[T],
-        w: &[T],
-        bias: T,
-        act: Activation,
-        buf: &mut [T],
-        y: &mut [T],
-    ) {
-        super::forward_plane(g, base, x, w, bias, act, buf, y, Kernels::Avx512)
-    }
-
-    #[target_feature(enable = "avx512f,avx2,fma")]
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn grad_input_plane<T: WithDType>(
-        g: &Geometry,
-        base: &[usize],
-        gy: &[T],
-        y: Option<&[T]>,
-        act: (Activation, GradientRule),
-        w: &[T],
-        buf: &mut [T],
-        row_buf: &mut [T],
-        gx: &mut [T],
-    ) {
-        super::grad_input_plane(g, base, gy, y, act, w, buf, row_buf, gx, Kernels::Avx512)
-    }
+    // The generic planes (f64, and the f32 paths without a kernel of their own above).
+    plane_kernels!("avx512f,avx2,fma", Kernels::Avx512);
 }
 
 impl Depthwise {

@@ -144,67 +144,45 @@ fn generate_row_grad(
     }
 }
 
-#[cfg(target_arch = "x86_64")]
-mod avx2 {
-    use super::*;
+/// A module `$name` of the row kernels compiled with the target features `$features` (chosen
+/// at run time; FMA instructions are not generated from separate multiplies and adds, so the
+/// values are the portable build's).
+macro_rules! row_kernels {
+    ($name:ident, $features:literal) => {
+        #[cfg(target_arch = "x86_64")]
+        mod $name {
+            use super::*;
 
-    #[target_feature(enable = "avx2,fma")]
-    pub(super) fn generate_row(
-        g: &MaskGenerator,
-        pp: &[f32],
-        wp: usize,
-        uy: usize,
-        out: &mut [f32],
-        s: &mut RowScratch,
-    ) {
-        super::generate_row(g, pp, wp, uy, out, s)
-    }
+            #[target_feature(enable = $features)]
+            pub(super) fn generate_row(
+                g: &MaskGenerator,
+                pp: &[f32],
+                wp: usize,
+                uy: usize,
+                out: &mut [f32],
+                s: &mut RowScratch,
+            ) {
+                super::generate_row(g, pp, wp, uy, out, s)
+            }
 
-    #[target_feature(enable = "avx2,fma")]
-    pub(super) fn generate_row_grad(
-        g: &MaskGenerator,
-        pp: &[f32],
-        wp: usize,
-        uy: usize,
-        grad: &[f32],
-        acc: &mut [f32],
-        s: &mut RowScratch,
-    ) {
-        super::generate_row_grad(g, pp, wp, uy, grad, acc, s)
-    }
+            #[target_feature(enable = $features)]
+            pub(super) fn generate_row_grad(
+                g: &MaskGenerator,
+                pp: &[f32],
+                wp: usize,
+                uy: usize,
+                grad: &[f32],
+                acc: &mut [f32],
+                s: &mut RowScratch,
+            ) {
+                super::generate_row_grad(g, pp, wp, uy, grad, acc, s)
+            }
+        }
+    };
 }
 
-/// The same kernels compiled for AVX-512 F (the multiplies and adds unfused, as in the
-/// other builds, so the values are the same).
-#[cfg(target_arch = "x86_64")]
-mod avx512 {
-    use super::*;
-
-    #[target_feature(enable = "avx512f,avx2,fma")]
-    pub(super) fn generate_row(
-        g: &MaskGenerator,
-        pp: &[f32],
-        wp: usize,
-        uy: usize,
-        out: &mut [f32],
-        s: &mut RowScratch,
-    ) {
-        super::generate_row(g, pp, wp, uy, out, s)
-    }
-
-    #[target_feature(enable = "avx512f,avx2,fma")]
-    pub(super) fn generate_row_grad(
-        g: &MaskGenerator,
-        pp: &[f32],
-        wp: usize,
-        uy: usize,
-        grad: &[f32],
-        acc: &mut [f32],
-        s: &mut RowScratch,
-    ) {
-        super::generate_row_grad(g, pp, wp, uy, grad, acc, s)
-    }
-}
+row_kernels!(avx2, "avx2,fma");
+row_kernels!(avx512, "avx512f,avx2,fma");
 
 pub(super) struct Generate {
     pub(super) g: MaskGenerator,
