@@ -3,6 +3,7 @@ use candle_core::{DType, Tensor};
 use crate::act::Activation;
 use crate::dense::{DenseConv, Geometry};
 use crate::depthwise::depthwise_conv2d;
+use crate::simd::Kernels;
 use crate::{shape_err, Result};
 
 /// Zero padding on each side of the two spatial dimensions (it may be asymmetric, as
@@ -104,10 +105,28 @@ pub fn conv2d_fused(
     cfg: &Conv2dConfig,
     act: Activation,
 ) -> Result<Tensor> {
+    conv2d_fused_with(x, weight, bias, cfg, act, Kernels::detected())
+}
+
+/// [`conv2d_fused`] with the given build of the hand-written CPU kernels (the depthwise
+/// convolution's; every build gives the same values, and tests and benchmarks compare them).
+/// A build above [`Kernels::detected`] falls back to the detected one; under excitation
+/// backprop the detected build runs.
+///
+/// # Shapes
+/// As [`conv2d_fused`].
+pub fn conv2d_fused_with(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    cfg: &Conv2dConfig,
+    act: Activation,
+    kernels: Kernels,
+) -> Result<Tensor> {
     if crate::excitation_backprop() {
         return conv2d_excitation(x, weight, bias, cfg, act, &weight.relu()?);
     }
-    conv2d_plain(x, weight, bias, cfg, act)
+    conv2d_plain(x, weight, bias, cfg, act, kernels.min(Kernels::detected()))
 }
 
 /// [`conv2d_fused`] under excitation backprop's rule (see [`crate::excite`]), with `positive`
@@ -125,8 +144,9 @@ pub fn conv2d_excitation(
     act: Activation,
     positive: &Tensor,
 ) -> Result<Tensor> {
-    let y = conv2d_plain(x, weight, bias, cfg, Activation::None)?;
-    let y = crate::excite(x, &y, |q| conv2d_plain(q, positive, None, cfg, Activation::None))?;
+    let k = Kernels::detected();
+    let y = conv2d_plain(x, weight, bias, cfg, Activation::None, k)?;
+    let y = crate::excite(x, &y, |q| conv2d_plain(q, positive, None, cfg, Activation::None, k))?;
     act.apply(&y)
 }
 
@@ -136,6 +156,7 @@ fn conv2d_plain(
     bias: Option<&Tensor>,
     cfg: &Conv2dConfig,
     act: Activation,
+    kernels: Kernels,
 ) -> Result<Tensor> {
     let (n, c_in, h, w) = x.dims4()?;
     let (c_out, c_per_group, kh, kw) = weight.dims4()?;
@@ -178,7 +199,7 @@ fn conv2d_plain(
     let fast_dtype = matches!(x.dtype(), DType::F32 | DType::F64) && weight.dtype() == x.dtype();
     if x.device().is_cpu() && fast_dtype {
         if depthwise {
-            return depthwise_conv2d(x, weight, bias, act, cfg);
+            return depthwise_conv2d(x, weight, bias, act, cfg, kernels);
         }
         if constant {
             let g = Geometry {

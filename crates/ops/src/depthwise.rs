@@ -155,25 +155,10 @@ fn geometry(x: (usize, usize, usize, usize), k: (usize, usize), cfg: &Conv2dConf
     }
 }
 
-/// Depthwise convolution; with constant weights, `bias` and `act` are fused into the op.
+/// Depthwise convolution with `kernels`' build (at most [`Kernels::detected`]; the caller,
+/// [`crate::conv2d_fused_with`], has checked the shapes); with constant weights, `bias` and
+/// `act` are fused into the op.
 pub(crate) fn depthwise_conv2d(
-    x: &Tensor,
-    weight: &Tensor,
-    bias: Option<&Tensor>,
-    act: Activation,
-    cfg: &Conv2dConfig,
-) -> Result<Tensor> {
-    depthwise_conv2d_with(x, weight, bias, act, cfg, Kernels::detected())
-}
-
-/// A depthwise convolution (`groups` = channels, one filter per channel; what [`crate::conv2d`]
-/// runs for one) with the given build of its CPU kernels, for tests and benchmarks that
-/// compare them; `kernels` above [`Kernels::detected`] falls back to the detected build.
-/// With constant weights, `bias` and `act` are fused into the op.
-///
-/// # Shapes
-/// - `x`: `(N, C, H, W)`; `weight`: `(C, 1, KH, KW)`; `bias`: `(C,)`; returns `(N, C, OH, OW)`.
-pub fn depthwise_conv2d_with(
     x: &Tensor,
     weight: &Tensor,
     bias: Option<&Tensor>,
@@ -181,7 +166,6 @@ pub fn depthwise_conv2d_with(
     cfg: &Conv2dConfig,
     kernels: Kernels,
 ) -> Result<Tensor> {
-    let kernels = kernels.min(Kernels::detected());
     let (_, _, kh, kw) = weight.dims4()?;
     let g = geometry(x.dims4()?, (kh, kw), cfg);
     let fuse = !weight.track_op() && bias.is_none_or(|b| !b.track_op());

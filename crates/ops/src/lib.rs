@@ -54,8 +54,7 @@ mod threads;
 pub use act::{
     gradient_rule, relu, relu6, set_gradient_rule, set_gradient_rule_for, sigmoid, Activation, GradientRule, RuleGuard,
 };
-pub use conv::{conv2d, conv2d_excitation, conv2d_fused, same_padding, Conv2dConfig, Padding};
-pub use depthwise::depthwise_conv2d_with;
+pub use conv::{conv2d, conv2d_excitation, conv2d_fused, conv2d_fused_with, same_padding, Conv2dConfig, Padding};
 pub use excite::{
     excitation_backprop, excite, excite_identity, excite_sum, last_classifier, set_excitation_backprop, Classifier,
     ExcitationGuard,

@@ -63,7 +63,7 @@ fn depthwise_builds_agree_bit_for_bit() -> R<()> {
                 // Forward with constant weights (bias and activation fused), and the input
                 // gradient of a random functional of it.
                 let xv = Var::from_tensor(&x)?;
-                let y = depthwise_conv2d_with(xv.as_tensor(), &wt, Some(&b), act, &cfg, build)?;
+                let y = conv2d_fused_with(xv.as_tensor(), &wt, Some(&b), &cfg, act, build)?;
                 let r = rand(y.dims(), 40 + i as u64).to_dtype(DType::F32)?;
                 let grads = (&y * &r)?.sum_all()?.backward()?;
                 let gx = values(grads.get(xv.as_tensor()).expect("input gradient"));
