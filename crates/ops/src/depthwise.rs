@@ -81,11 +81,16 @@ impl Geometry {
     /// ([`Geometry::tap_offsets`]); row `oy` is `oy · stride` padded rows further.
     #[inline(always)]
     fn taps(&self, base: &[usize], oy: usize, mut f: impl FnMut(usize, usize)) {
-        let (_, pw) = self.padded();
-        let step = oy * self.stride * pw.div_ceil(self.stride);
+        let step = oy * self.row_step();
         for (wi, &b) in base.iter().enumerate() {
             f(wi, b + step);
         }
+    }
+
+    /// How far apart in the phased scratch two output rows' reads start (`stride` padded rows).
+    #[inline(always)]
+    fn row_step(&self) -> usize {
+        self.stride * self.padded().1.div_ceil(self.stride)
     }
 
     /// Stride 1 only: the length of the output plane laid out with the scratch's row pitch
@@ -128,9 +133,45 @@ fn axpy<T: WithDType>(y: &mut [T], x: &[T], a: T, k: Kernels) {
             return avx2::axpy_f32(y, x, a);
         }
     }
-    let _ = k;
     for (y, &x) in y.iter_mut().zip(x) {
         *y += x * a;
+    }
+}
+
+/// `out[i] = bias + Σ_t w[t] · src[offsets(t) + i]`, the taps in order, with `k`'s build: on
+/// AVX-512 (f32) each run of 64 outputs stays in registers across all taps, otherwise `out` is
+/// filled with the bias and takes one [`axpy`] per tap. The multiplies and adds are separate
+/// and in the same order in every build, so the values are the same.
+#[inline(always)]
+fn taps_into<T: WithDType>(
+    src: &[T],
+    offsets: impl Fn(usize) -> usize + Copy,
+    w: &[T],
+    bias: T,
+    out: &mut [T],
+    k: Kernels,
+) {
+    let n = out.len();
+    #[cfg(target_arch = "x86_64")]
+    if std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>() && k == Kernels::Avx512 {
+        assert!(
+            (0..w.len()).all(|t| offsets(t) + n <= src.len()),
+            "a tap reads past its plane"
+        );
+        // SAFETY: T is f32 (same layout); the CPU has AVX-512 F (`k` is at most
+        // `Kernels::detected()`); every tap's run is in bounds (checked above).
+        unsafe {
+            let src = &*(src as *const [T] as *const [f32]);
+            let w = &*(w as *const [T] as *const [f32]);
+            let out = &mut *(out as *mut [T] as *mut [f32]);
+            let bias = *(&bias as *const T as *const f32);
+            return avx512::taps_into(src, offsets, w, bias, out);
+        }
+    }
+    out.fill(bias);
+    for (t, &wt) in w.iter().enumerate() {
+        let o = offsets(t);
+        axpy(out, &src[o..o + n], wt, k);
     }
 }
 
@@ -257,20 +298,16 @@ fn forward_plane<T: WithDType>(
     let flat = g.flat_len();
     if flat > 0 {
         let pitch = g.padded().1;
-        let acc = &mut acc[..flat];
-        acc.fill(bias);
-        for (wi, &off) in base.iter().enumerate() {
-            axpy(acc, &buf[off..off + flat], w[wi], k);
-        }
+        taps_into(buf, |t| base[t], w, bias, &mut acc[..flat], k);
         for (oy, row) in y.chunks_mut(ow).enumerate() {
             row.copy_from_slice(&acc[oy * pitch..][..ow]);
             activate_serial(row, act);
         }
         return;
     }
+    let step = g.row_step();
     for (oy, row) in y.chunks_mut(ow).enumerate() {
-        row.fill(bias);
-        g.taps(base, oy, |wi, off| axpy(row, &buf[off..off + ow], w[wi], k));
+        taps_into(buf, |t| base[t] + oy * step, w, bias, row, k);
         activate_serial(row, act);
     }
 }
@@ -293,27 +330,26 @@ fn grad_input_plane<T: WithDType>(
     k: Kernels,
 ) {
     let (s, ow) = (g.stride, g.ow);
-    buf.fill(T::zero());
-    let flat = g.flat_len();
-    if flat > 0 {
-        // The (masked) gradient at the scratch's row pitch, zero between rows; one
-        // multiply-add per tap over the whole plane.
+    if g.flat_len() > 0 {
+        // A gather instead of the transposed sweep: the (masked) gradient at the scratch's
+        // row pitch after a zero margin as long as the farthest tap (`e`), and each scratch
+        // value `Σ_t w[t] · e[margin − off_t + j]`, the taps in the sweep's order (the extra
+        // terms are exact zeros, so the values are the sweep's).
         let pitch = g.padded().1;
-        let padded = &mut row_buf[..flat];
+        let margin = base.iter().copied().max().unwrap_or(0);
+        let len = g.phased_len();
+        let e = &mut row_buf[..margin + len];
+        e.fill(T::zero());
         for (oy, row) in gy.chunks(ow).enumerate() {
-            let dst = &mut padded[oy * pitch..];
+            let dst = &mut e[margin + oy * pitch..][..ow];
             match y {
-                Some(y) => mask_row(row, &y[oy * ow..(oy + 1) * ow], act, rule, &mut dst[..ow]),
-                None => dst[..ow].copy_from_slice(row),
-            }
-            if oy + 1 < g.oh {
-                dst[ow..pitch].fill(T::zero());
+                Some(y) => mask_row(row, &y[oy * ow..(oy + 1) * ow], act, rule, dst),
+                None => dst.copy_from_slice(row),
             }
         }
-        for (wi, &off) in base.iter().enumerate() {
-            axpy(&mut buf[off..off + flat], padded, w[wi], k);
-        }
+        taps_into(e, |t| margin - base[t], w, T::zero(), &mut buf[..len], k);
     } else {
+        buf.fill(T::zero());
         for (oy, row) in gy.chunks(ow).enumerate() {
             let row: &[T] = match y {
                 Some(y) => {
@@ -324,6 +360,10 @@ fn grad_input_plane<T: WithDType>(
             };
             g.taps(base, oy, |wi, off| axpy(&mut buf[off..off + ow], row, w[wi], k));
         }
+    }
+    if s == 1 {
+        g.runs(|src, dst, len| gx[src..src + len].copy_from_slice(&buf[dst..dst + len]));
+        return;
     }
     g.runs(|src, dst, len| {
         for (d, &v) in gx[src..].iter_mut().step_by(s).zip(&buf[dst..dst + len]) {
@@ -439,14 +479,19 @@ mod avx512 {
         }
     }
 
-    /// `out[i] = bias + Σ_t w[t] · src[offsets[t] + i]` for `i < n`, 64 outputs at a time in
-    /// registers, taps in order.
+    /// [`super::taps_into`] for f32: 64 outputs at a time in registers, taps in order.
     ///
     /// # Safety
     /// The CPU has AVX-512 F; `src[offsets[t] + i]` is in bounds for every tap and `i < n`,
     /// and `out` holds `n` values.
     #[target_feature(enable = "avx512f,avx2,fma")]
-    unsafe fn taps_into(src: &[f32], offsets: impl Fn(usize) -> usize + Copy, w: &[f32], bias: f32, out: &mut [f32]) {
+    pub(super) unsafe fn taps_into(
+        src: &[f32],
+        offsets: impl Fn(usize) -> usize + Copy,
+        w: &[f32],
+        bias: f32,
+        out: &mut [f32],
+    ) {
         let n = out.len();
         let vb = _mm512_set1_ps(bias);
         let mut start = 0;
@@ -474,79 +519,7 @@ mod avx512 {
         }
     }
 
-    /// [`super::forward_plane`] for f32.
-    #[target_feature(enable = "avx512f,avx2,fma")]
-    #[allow(clippy::too_many_arguments)]
-    pub(super) unsafe fn forward_plane_f32(
-        g: &Geometry,
-        base: &[usize],
-        x: &[f32],
-        w: &[f32],
-        bias: f32,
-        act: Activation,
-        buf: &mut [f32],
-        y: &mut [f32],
-    ) {
-        let ow = g.ow;
-        let (buf, acc) = buf.split_at_mut(g.phased_len());
-        fill(g, buf, x);
-        let flat = g.flat_len();
-        if flat > 0 {
-            let pitch = g.padded().1;
-            taps_into(buf, |t| base[t], w, bias, &mut acc[..flat]);
-            for (oy, row) in y.chunks_mut(ow).enumerate() {
-                row.copy_from_slice(&acc[oy * pitch..][..ow]);
-                activate_serial(row, act);
-            }
-            return;
-        }
-        let (_, pw) = g.padded();
-        let pitch = g.stride * pw.div_ceil(g.stride);
-        for (oy, row) in y.chunks_mut(ow).enumerate() {
-            taps_into(buf, |t| base[t] + oy * pitch, w, bias, row);
-            activate_serial(row, act);
-        }
-    }
-
-    /// [`super::grad_input_plane`] for f32. With stride 1 it gathers instead of scattering:
-    /// the masked gradient is laid out at the scratch's row pitch after a zero margin as long
-    /// as the farthest tap (`e`), and each scratch value is `Σ_t w[t] · e[margin − off_t + j]`
-    /// in registers ([`taps_into`]), the taps in the scattering order (the extra terms are
-    /// exact zeros), so the values are the portable build's. Other strides scatter with
-    /// [`axpy_f32`].
-    #[target_feature(enable = "avx512f,avx2,fma")]
-    #[allow(clippy::too_many_arguments)]
-    pub(super) unsafe fn grad_input_plane_f32(
-        g: &Geometry,
-        base: &[usize],
-        gy: &[f32],
-        y: Option<&[f32]>,
-        (act, rule): (Activation, GradientRule),
-        w: &[f32],
-        buf: &mut [f32],
-        row_buf: &mut [f32],
-        gx: &mut [f32],
-    ) {
-        if g.flat_len() == 0 {
-            return super::grad_input_plane(g, base, gy, y, (act, rule), w, buf, row_buf, gx, Kernels::Avx512);
-        }
-        let (ow, pitch) = (g.ow, g.padded().1);
-        let margin = base.iter().copied().max().unwrap_or(0);
-        let len = g.phased_len();
-        let e = &mut row_buf[..margin + len];
-        e.fill(0.0);
-        for (oy, row) in gy.chunks(ow).enumerate() {
-            let dst = &mut e[margin + oy * pitch..][..ow];
-            match y {
-                Some(y) => mask_row(row, &y[oy * ow..(oy + 1) * ow], act, rule, dst),
-                None => dst.copy_from_slice(row),
-            }
-        }
-        taps_into(e, |t| margin - base[t], w, 0.0, &mut buf[..len]);
-        g.runs(|src, dst, n| gx[src..src + n].copy_from_slice(&buf[dst..dst + n]));
-    }
-
-    // The generic planes (f64, and the f32 paths without a kernel of their own above).
+    // The generic planes, their taps in registers for f32 ([`taps_into`]).
     plane_kernels!("avx512f,avx2,fma", Kernels::Avx512);
 }
 
@@ -563,7 +536,6 @@ impl Depthwise {
                     Some(t) => Some(t.flatten_all()?.to_vec1::<T>()?),
                     None => None,
                 };
-                let f32s = std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>();
                 // Every row is filled with the bias before it accumulates.
                 let mut y = crate::output_vec(g.n * g.c * ys);
                 y.par_chunks_mut(ys).enumerate().for_each_init(scratch, |buf, (nc, y)| {
@@ -572,14 +544,7 @@ impl Depthwise {
                     #[cfg(target_arch = "x86_64")]
                     match k {
                         // SAFETY (each arm): the CPU has the build's features (`k` is at most
-                        // `Kernels::detected()`); in the f32 arm T is f32 (same layout).
-                        Kernels::Avx512 if f32s => unsafe {
-                            let cast = |v: &[T]| &*(v as *const [T] as *const [f32]);
-                            let buf = &mut *(buf.as_mut_slice() as *mut [T] as *mut [f32]);
-                            let y = &mut *(y as *mut [T] as *mut [f32]);
-                            let b0 = *(&b0 as *const T as *const f32);
-                            return avx512::forward_plane_f32(&g, &base, cast(x), cast(w), b0, self.act, buf, y);
-                        },
+                        // `Kernels::detected()`).
                         Kernels::Avx512 => unsafe {
                             return avx512::forward_plane(&g, &base, x, w, b0, self.act, buf, y);
                         },
@@ -588,7 +553,6 @@ impl Depthwise {
                         },
                         Kernels::Portable => {}
                     }
-                    let _ = f32s;
                     forward_plane(&g, &base, x, w, b0, self.act, buf, y, Kernels::Portable);
                 });
                 y
@@ -600,10 +564,14 @@ impl Depthwise {
                 };
                 let act = (self.act, self.rule);
                 let mut gx = vec![T::zero(); g.n * g.c * xs];
-                let margin = base.iter().copied().max().unwrap_or(0);
-                let row_len = ow.max(g.flat_len()).max(margin + g.phased_len());
+                // A stride-1 plane's gather reads a margin as long as the farthest tap before
+                // the gradient; other strides mask one row at a time.
+                let row_len = if g.flat_len() > 0 {
+                    base.iter().copied().max().unwrap_or(0) + g.phased_len()
+                } else {
+                    ow
+                };
                 let scratch = || (vec![T::zero(); g.phased_len()], vec![T::zero(); row_len]);
-                let f32s = std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>();
                 gx.par_chunks_mut(xs)
                     .enumerate()
                     .for_each_init(scratch, |(buf, row_buf), (nc, gx)| {
@@ -611,23 +579,7 @@ impl Depthwise {
                         let y = output.as_ref().map(|y| &y[nc * ys..][..ys]);
                         #[cfg(target_arch = "x86_64")]
                         match k {
-                            // SAFETY (each arm): the CPU has the build's features; in the
-                            // f32 arm T is f32 (same layout).
-                            Kernels::Avx512 if f32s => unsafe {
-                                let cast = |v: &[T]| &*(v as *const [T] as *const [f32]);
-                                let cast_mut = |v: &mut [T]| &mut *(v as *mut [T] as *mut [f32]);
-                                return avx512::grad_input_plane_f32(
-                                    &g,
-                                    &base,
-                                    cast(gy),
-                                    y.map(cast),
-                                    act,
-                                    cast(w),
-                                    cast_mut(buf),
-                                    cast_mut(row_buf),
-                                    cast_mut(gx),
-                                );
-                            },
+                            // SAFETY (each arm): the CPU has the build's features.
                             Kernels::Avx512 => unsafe {
                                 return avx512::grad_input_plane(&g, &base, gy, y, act, w, buf, row_buf, gx);
                             },
@@ -636,7 +588,6 @@ impl Depthwise {
                             },
                             Kernels::Portable => {}
                         }
-                        let _ = f32s;
                         grad_input_plane(&g, &base, gy, y, act, w, buf, row_buf, gx, Kernels::Portable);
                     });
                 gx
