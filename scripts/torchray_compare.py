@@ -10,6 +10,25 @@ per iteration of each tool.
     cargo build --release -p extremal-cli
     python3 scripts/torchray_compare.py [--iterations 800] [--model efficientnet-lite0|resnet50]
 
+Parity as a distribution (issue 21, about half an hour per image on 2 cores; not in CI): each tool
+runs on the image and on 3 copies with 1 % of its values moved by one ulp (seeds 1, 2, 3), and the
+table gives, per image and area, the median IoU over TorchRay-TorchRay, extremal-extremal and
+extremal-TorchRay pairs, each tool's mean reward and visible area (with their spread), and the
+verdict. One image per call, so that each part fits in a session; the table merges what is there:
+
+    python3 scripts/torchray_compare.py --parity chelsea --results parity/
+    python3 scripts/torchray_compare.py --parity coffee --results parity/
+    python3 scripts/torchray_compare.py --parity camera --results parity/   # scikit-image's camera.png
+    python3 scripts/torchray_compare.py --parity-table --results parity/
+
+The fast schedule (`attribute --schedule fast`) against those runs: on each image done by --parity,
+extremal's fast schedule on the same inputs (mean reward and visible area), beside TorchRay's and
+extremal's default 800-iteration means; then the wall times side by side, TorchRay timed here on
+the image (--torchray-iterations N < 800 times N iterations and scales to 800):
+
+    python3 scripts/torchray_compare.py --fast-table --results parity/ [--torchray-iterations 800]
+    python3 scripts/torchray_compare.py --fast-table --model resnet50 [--torchray-iterations 800]
+
 ResNet-50 runs with torchvision's random weights saved to a safetensors file (speed only: the
 masks of a random network mean little).
 """
@@ -61,7 +80,29 @@ def main():
     ap.add_argument("--self-check", action="store_true",
                     help="only run TorchRay twice (all threads, then one thread) and print the IoU between "
                          "its own runs: the floor that float rounding sets on any comparison")
+    ap.add_argument("--parity", metavar="IMAGE", choices=PARITY_IMAGES,
+                    help="parity as a distribution on one image (chelsea, coffee or camera): both tools on "
+                         "the image and on --perturbations one-ulp copies; writes RESULTS/parity-IMAGE.json "
+                         "and the masks beside it, then prints the table of every image done so far")
+    ap.add_argument("--perturbations", type=int, default=3)
+    ap.add_argument("--parity-table", action="store_true",
+                    help="print the parity table of the images in --results")
+    ap.add_argument("--results", default="parity", help="where --parity writes and --parity-table reads")
+    ap.add_argument("--fast-table", action="store_true",
+                    help="the fast schedule against the --parity runs in --results, and its wall time against "
+                         "TorchRay's (with --model resnet50: the wall times only, random weights)")
+    ap.add_argument("--torchray-iterations", type=int, default=800,
+                    help="--fast-table: TorchRay's iterations timed (scaled to 800 when fewer)")
     args = ap.parse_args()
+    if args.fast_table:
+        fast_table(args)
+        return
+    if args.parity_table:
+        parity_table(args.results)
+        return
+    if args.parity:
+        parity(args)
+        return
     areas = [0.05, 0.1, 0.2]
     tmp = tempfile.mkdtemp()
     x = golden.lite0_input("chelsea")
@@ -165,6 +206,227 @@ def main():
         print(f"| {a} | {iou(ours[i], masks[i]):.3f} | {ours_rewards[i]:.3f} | {torchray_rewards[i]:.3f} |")
     print(f"seconds per iteration: extremal {ours_s:.3f} (whole command, model loading included), "
           f"TorchRay {torchray_s:.3f}; ratio {ours_s / torchray_s:.2f}x")
+
+
+PARITY_IMAGES = ["chelsea", "coffee", "camera"]
+AREAS = [0.05, 0.1, 0.2]
+
+
+def parity_input(name):
+    """The Lite0 input of a parity image: the bundled PNGs, or scikit-image's camera.png (grey as RGB)."""
+    if name != "camera":
+        return golden.lite0_input(name)
+    import numpy as np
+    import torch.nn.functional as F
+    from skimage import data
+    grey = np.asarray(data.camera(), dtype=np.float32) / 255.0
+    t = torch.from_numpy(grey)[None, None].expand(1, 3, *grey.shape).contiguous()
+    t = F.interpolate(t, size=(224, 224), mode="bilinear", align_corners=False)
+    return (t - 0.5) / 0.5
+
+
+def one_ulp(x, seed):
+    """x with 1 % of its values (seeded) moved by one ulp, up or down at random."""
+    g = torch.Generator().manual_seed(seed)
+    pick = torch.rand(x.shape, generator=g) < 0.01
+    up = torch.rand(x.shape, generator=g) < 0.5
+    return torch.where(pick, torch.nextafter(x, torch.where(up, x + 1, x - 1)), x)
+
+
+def mask_iou(a, b):
+    m1, m2 = a > 0.5, b > 0.5
+    return (m1 & m2).sum().item() / max((m1 | m2).sum().item(), 1)
+
+
+def parity(args):
+    """Both tools on one image and its one-ulp copies; writes RESULTS/parity-IMAGE.json."""
+    os.makedirs(args.results, exist_ok=True)
+    path = glob.glob(os.path.expanduser("~/.cache/extremal/efficientnet-lite0/*.pth"))[0]
+    net = Lite0(torch.load(path, map_location="cpu")).eval()
+    torch.set_num_threads(os.cpu_count())
+    x0 = parity_input(args.parity)
+    with torch.no_grad():
+        target = int(net(x0).argmax())
+    inputs = [x0] + [one_ulp(x0, seed) for seed in range(1, args.perturbations + 1)]
+    tmp = tempfile.mkdtemp()
+    runs = {"torchray": [], "extremal": []}
+    for i, x in enumerate(inputs):
+        t = time.perf_counter()
+        masks, hist = extremal_perturbation(net, x, target, areas=AREAS, max_iter=args.iterations)
+        secs = time.perf_counter() - t
+        runs["torchray"].append({"masks": masks, "reward": hist[:, 0, -1].tolist(),
+                                 "visible_area": masks.mean((1, 2, 3)).tolist(), "seconds": secs})
+        print(f"{args.parity} input {i}: TorchRay {secs:.0f} s, rewards {runs['torchray'][-1]['reward']}", flush=True)
+        inp = os.path.join(tmp, f"input{i}.safetensors")
+        save_file({"input": x.contiguous()}, inp)
+        out = os.path.join(tmp, f"out{i}")
+        t = time.perf_counter()
+        subprocess.run([args.binary, "attribute", "--model", "efficientnet-lite0", inp, "--target", str(target),
+                        "--areas", ",".join(map(str, AREAS)), "--iterations", str(args.iterations), "--out", out,
+                        "--json"], check=True, stdout=subprocess.DEVNULL)
+        secs = time.perf_counter() - t
+        report = json.load(open(os.path.join(out, "report.json")))
+        runs["extremal"].append({"masks": load_file(os.path.join(out, "masks.safetensors"))["masks"],
+                                 "reward": [a["reward"] for a in report["areas"]],
+                                 "visible_area": [a["visible_area"] for a in report["areas"]], "seconds": secs})
+        print(f"{args.parity} input {i}: extremal {secs:.0f} s, rewards {runs['extremal'][-1]['reward']}", flush=True)
+    t_runs, e_runs = runs["torchray"], runs["extremal"]
+    result = {"image": args.parity, "target": target, "iterations": args.iterations,
+              "perturbations": args.perturbations, "areas": []}
+    for k, a in enumerate(AREAS):
+        def pairs(r):
+            return [mask_iou(r[i]["masks"][k], r[j]["masks"][k]) for i in range(len(r)) for j in range(i + 1, len(r))]
+        result["areas"].append({
+            "area": a,
+            "iou_torchray_torchray": pairs(t_runs),
+            "iou_extremal_extremal": pairs(e_runs),
+            "iou_extremal_torchray": [mask_iou(e["masks"][k], t["masks"][k]) for e in e_runs for t in t_runs],
+            "reward_torchray": [r["reward"][k] for r in t_runs],
+            "reward_extremal": [r["reward"][k] for r in e_runs],
+            "visible_area_torchray": [r["visible_area"][k] for r in t_runs],
+            "visible_area_extremal": [r["visible_area"][k] for r in e_runs],
+        })
+    result["seconds_torchray"] = [r["seconds"] for r in t_runs]
+    result["seconds_extremal"] = [r["seconds"] for r in e_runs]
+    for tool, r in runs.items():
+        save_file({f"input{i}": run["masks"].contiguous() for i, run in enumerate(r)},
+                  os.path.join(args.results, f"parity-{args.parity}-{tool}.safetensors"))
+    with open(os.path.join(args.results, f"parity-{args.parity}.json"), "w") as f:
+        json.dump(result, f, indent=1)
+    parity_table(args.results)
+
+
+def parity_table(results):
+    """The parity table of every parity-IMAGE.json in `results`, with the verdict per image and area."""
+    import statistics as st
+    rows = []
+    for name in PARITY_IMAGES:
+        p = os.path.join(results, f"parity-{name}.json")
+        if os.path.exists(p):
+            rows.append(json.load(open(p)))
+    if not rows:
+        sys.exit(f"no parity-IMAGE.json in {results}: run --parity IMAGE first")
+    r0 = rows[0]
+    print(f"EfficientNet-Lite0, top-1 class, {r0['iterations']} iterations; each tool on the image and on "
+          f"{r0['perturbations']} copies with 1 % of values moved by one ulp (seeds 1..{r0['perturbations']})")
+    print("| image (class) | area | median IoU T-T | E-E | E-T | reward T: mean ± sd | E: mean ± sd "
+          "| visible area T | E | verdict |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+
+    def ms(v):
+        return f"{st.mean(v):.3f} ± {st.stdev(v) if len(v) > 1 else 0:.3f}"
+
+    verdicts = []
+    for r in rows:
+        for a in r["areas"]:
+            tt, ee, et = (st.median(a[k]) for k in ("iou_torchray_torchray", "iou_extremal_extremal", "iou_extremal_torchray"))
+            rt, re = st.mean(a["reward_torchray"]), st.mean(a["reward_extremal"])
+            iou_ok = et >= tt - 0.05
+            reward_ok = re >= rt - max(0.05 * abs(rt), 0.25)
+            ok = iou_ok and reward_ok
+            verdicts.append(ok)
+            why = "holds" if ok else "fails: " + ", ".join(
+                w for w, bad in (("IoU", not iou_ok), ("reward", not reward_ok)) if bad)
+            print(f"| {r['image']} ({r['target']}) | {a['area']} | {tt:.3f} | {ee:.3f} | {et:.3f} "
+                  f"| {ms(a['reward_torchray'])} | {ms(a['reward_extremal'])} "
+                  f"| {ms(a['visible_area_torchray'])} | {ms(a['visible_area_extremal'])} | {why} |")
+    print(f"parity holds on {sum(verdicts)} of {len(verdicts)} image-area pairs "
+          "(median IoU E-T >= median IoU T-T - 0.05 and mean reward E >= mean reward T - max(5 %, 0.25))")
+
+
+def fast_table(args):
+    """The fast schedule's rewards against the parity runs, and its wall time against TorchRay's."""
+    import statistics as st
+    tmp = tempfile.mkdtemp()
+
+    def extremal_fast(x, name, weights=(), model="efficientnet-lite0", target=None):
+        inp = os.path.join(tmp, f"{name}.safetensors")
+        save_file({"input": x.contiguous()}, inp)
+        out = os.path.join(tmp, f"out-{name}")
+        t = time.perf_counter()
+        subprocess.run([args.binary, "attribute", "--model", model, *weights, inp, "--target", str(target),
+                        "--areas", ",".join(map(str, AREAS)), "--schedule", "fast", "--out", out, "--json"],
+                       check=True, stdout=subprocess.DEVNULL)
+        secs = time.perf_counter() - t
+        report = json.load(open(os.path.join(out, "report.json")))
+        return report, secs
+
+    def torchray_seconds(net, x, target):
+        t = time.perf_counter()
+        extremal_perturbation(net, x, target, areas=AREAS, max_iter=args.torchray_iterations)
+        return (time.perf_counter() - t) * 800 / args.torchray_iterations
+
+    torch.set_num_threads(os.cpu_count())
+    scaled = "" if args.torchray_iterations == 800 else \
+        f" (timed over {args.torchray_iterations} iterations, scaled to 800)"
+    if args.model != "efficientnet-lite0":
+        import torchvision
+        net = getattr(torchvision.models, args.model)(weights=None).eval()
+        wpath = os.path.join(tmp, "weights.safetensors")
+        save_file({k: v.contiguous() for k, v in net.state_dict().items() if not k.endswith("num_batches_tracked")}, wpath)
+        x = golden.lite0_input("chelsea")
+        x = (x * 0.5 + 0.5 - torch.tensor([0.485, 0.456, 0.406])[:, None, None]) / torch.tensor([0.229, 0.224, 0.225])[:, None, None]
+        with torch.no_grad():
+            target = int(net(x).argmax())
+        report, fast_s = extremal_fast(x, "resnet", ["--weights", wpath], args.model, target)
+        torchray_s = torchray_seconds(net, x, target)
+        print(f"{args.model} (random weights), chelsea, class {target}: TorchRay 800 iterations {torchray_s:.1f} s"
+              f"{scaled}; extremal --schedule fast, {report['iterations']} iterations, whole command {fast_s:.1f} s: "
+              f"{fast_s / torchray_s:.3f}x")
+        return
+    path = glob.glob(os.path.expanduser("~/.cache/extremal/efficientnet-lite0/*.pth"))[0]
+    net = Lite0(torch.load(path, map_location="cpu")).eval()
+    rows, timings = [], []
+    for name in PARITY_IMAGES:
+        p = os.path.join(args.results, f"parity-{name}.json")
+        if not os.path.exists(p):
+            continue
+        r = json.load(open(p))
+        x0 = parity_input(name)
+        inputs = [x0] + [one_ulp(x0, seed) for seed in range(1, r["perturbations"] + 1)]
+        fast = [extremal_fast(x, f"{name}{i}", target=r["target"]) for i, x in enumerate(inputs)]
+        iterations = fast[0][0]["iterations"]
+        fast_s = st.mean(s for _, s in fast)
+        # TorchRay's time does not depend on the image: timed on the first one only.
+        torchray_s = torchray_seconds(net, x0, r["target"]) if not timings else None
+        timings.append((name, torchray_s, st.mean(r["seconds_extremal"]), fast_s, iterations))
+        for k, a in enumerate(r["areas"]):
+            rewards = [f[0]["areas"][k]["reward"] for f in fast]
+            visible = [f[0]["areas"][k]["visible_area"] for f in fast]
+            rows.append((name, r["target"], a, rewards, visible))
+    if not rows:
+        sys.exit(f"no parity-IMAGE.json in {args.results}: run --parity IMAGE first")
+    n = len(rows[0][3])
+    print(f"EfficientNet-Lite0, top-1 class; mean (± sd) over the image and {n - 1} one-ulp copies; T: TorchRay, "
+          f"800 iterations; E: extremal, TorchRay's schedule, 800 iterations; F: extremal --schedule fast, "
+          f"{iterations} iterations")
+    # TorchRay's own visible areas exceed the targets (its area constraint counts a margin around
+    # the image), so F is held to T's visible area: at most 0.01 above it.
+    print("| image (class) | area | reward T | E | F | visible area T | F | F's reward >= T's, visible area "
+          "<= T's + 0.01 |")
+    print("|---|---|---|---|---|---|---|---|")
+
+    def ms(v, digits=2):
+        return f"{st.mean(v):.{digits}f} ± {st.stdev(v) if len(v) > 1 else 0:.{digits}f}"
+
+    met = 0
+    for name, target, a, rewards, visible in rows:
+        ok_r = st.mean(rewards) >= st.mean(a["reward_torchray"])
+        ok_v = st.mean(visible) <= st.mean(a["visible_area_torchray"]) + 0.01
+        met += ok_r and ok_v
+        verdict = "yes" if ok_r and ok_v else "no: " + ", ".join(
+            w for w, bad in (("reward", not ok_r), ("visible area", not ok_v)) if bad)
+        print(f"| {name} ({target}) | {a['area']} | {ms(a['reward_torchray'])} | {ms(a['reward_extremal'])} "
+              f"| {ms(rewards)} | {ms(a['visible_area_torchray'], 3)} | {ms(visible, 3)} | {verdict} |")
+    print(f"the fast schedule meets TorchRay's mean reward on {met} of {len(rows)} image-area pairs")
+    print()
+    torchray_s = timings[0][1]
+    print(f"TorchRay, 800 iterations, timed here on {timings[0][0]}{scaled}: {torchray_s:.1f} s")
+    print("| image | extremal fast, whole command (mean of its runs here) | fast / TorchRay | extremal, 800 "
+          "iterations, whole command (--parity runs, mean) |")
+    print("|---|---|---|---|")
+    for name, _, e, f, it in timings:
+        print(f"| {name} | {f:.1f} s ({it} iterations) | {f / torchray_s:.3f}x | {e:.1f} s |")
 
 
 if __name__ == "__main__":
