@@ -7,7 +7,7 @@ use anyhow::{bail, Result};
 use candle_core::{DType, Device, Tensor};
 use clap::Args;
 use extremal_attr::{BaselineSpec, MethodKind, MethodOptions};
-use extremal_mask::{ExtremalConfig, Game, Perturbation, Reward};
+use extremal_mask::{ExtremalConfig, ExtremalSchedule, Game, Perturbation, Reward};
 use extremal_models::{load_input_within, Model, Preprocess};
 use extremal_onnx::OnnxOptions;
 use extremal_render::{Colormap, HeatStyle, ValueRange};
@@ -244,9 +244,14 @@ pub(crate) struct ExtremalArgs {
     /// 0.025,0.05,0.1,0.2 for VOC and 0.018,0.025,0.05,0.1 for COCO).
     #[arg(long, value_delimiter = ',')]
     areas: Option<Vec<f64>>,
-    /// Extremal perturbation: iterations.
-    #[arg(long, default_value_t = 800)]
-    iterations: usize,
+    /// Extremal perturbation: how the mask is optimised: TorchRay's schedule (800 SGD
+    /// iterations) or the fast one (100 Adam iterations).
+    #[arg(long, value_enum, default_value_t = ExtremalSchedule::Torchray)]
+    schedule: ExtremalSchedule,
+    /// Extremal perturbation: iterations (default: the schedule's, 800 for torchray, 100 for
+    /// fast).
+    #[arg(long)]
+    iterations: Option<usize>,
     /// Extremal perturbation: which part of the image the reward judges.
     #[arg(long, value_enum, default_value_t = Game::Preserve)]
     game: Game,
@@ -273,7 +278,8 @@ impl ExtremalArgs {
         }
         Ok(ExtremalConfig {
             areas,
-            iterations: self.iterations,
+            schedule: self.schedule,
+            iterations: self.iterations.unwrap_or(self.schedule.iterations()),
             game: self.game,
             reward: self.reward,
             perturbation: self.perturbation,

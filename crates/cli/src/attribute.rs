@@ -194,8 +194,12 @@ pub(crate) fn run(args: &AttributeArgs) -> Result<()> {
 fn extremal_text(model: &Model, report: &Value) -> String {
     let at = report["site"].as_str().map(|s| format!(" at {s}")).unwrap_or_default();
     let target = report["target"].as_u64().unwrap_or_default() as usize;
+    let schedule = match report["schedule"].as_str() {
+        Some("fast") => format!(", fast schedule ({} iterations)", report["iterations"]),
+        _ => String::new(),
+    };
     let mut text = format!(
-        "{} class {} ({}), {} game, {} reward{at}; unperturbed reward {:.4}\n",
+        "{} class {} ({}), {} game, {} reward{at}{schedule}; unperturbed reward {:.4}\n",
         model.name(),
         target,
         label(model, target),

@@ -298,6 +298,64 @@ fn attribute_writes_masks_saliency_pictures_and_report() {
     );
 }
 
+#[test]
+fn attribute_fast_schedule_takes_an_eighth_of_the_iterations() {
+    // The fast schedule's own 100 iterations unless --iterations says otherwise; the report and
+    // the text name it; the mask keeps about its area and most of the class's evidence.
+    let v = ok_json(&[
+        "attribute",
+        "assets/chelsea.png",
+        "--schedule",
+        "fast",
+        "--areas",
+        "0.2",
+        "--json",
+    ]);
+    assert_eq!(
+        (v["schedule"].as_str(), v["iterations"].as_u64()),
+        (Some("fast"), Some(100)),
+        "{v}"
+    );
+    let area = &v["areas"][0];
+    let visible = area["visible_area"].as_f64().unwrap();
+    assert!((0.2..0.32).contains(&visible), "{v}");
+    let (reward, unperturbed) = (
+        area["reward"].as_f64().unwrap(),
+        v["unperturbed_reward"].as_f64().unwrap(),
+    );
+    assert!(reward > 0.5 * unperturbed, "{v}");
+    let out = extremal(&[
+        "attribute",
+        "assets/chelsea.png",
+        "--schedule",
+        "fast",
+        "--iterations",
+        "2",
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains("fast schedule (2 iterations)"),
+        "{text}"
+    );
+    let v = ok_json(&["attribute", "assets/chelsea.png", "--iterations", "1", "--json"]);
+    assert_eq!(
+        (v["schedule"].as_str(), v["iterations"].as_u64()),
+        (Some("torchray"), Some(1)),
+        "{v}"
+    );
+    fails_with(
+        &[
+            "attribute",
+            "assets/chelsea.png",
+            "--layer",
+            "layer3",
+            "--schedule",
+            "fast",
+        ],
+        "the fast schedule optimises image-space masks",
+    );
+}
+
 /// The relative feature error of `image` against the photograph's activation at `site`,
 /// recomputed here from the saved tensor.
 fn feature_error(image: &candle_core::Tensor, site: &str) -> f64 {

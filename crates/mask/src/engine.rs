@@ -136,12 +136,15 @@ pub trait MaskParameterisation {
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum AreaWeight {
-    /// `λ_t = start · growth^t`, multiplied step by step (TorchRay's).
+    /// `λ_t = start · growth^t`, multiplied step by step (TorchRay's), held at `ceiling` once
+    /// it reaches it.
     Geometric {
         /// `λ_0`.
         start: f64,
         /// Factor per iteration.
         growth: f64,
+        /// The largest weight, held once reached (TorchRay's: none).
+        ceiling: Option<f64>,
     },
     /// `λ_t = end · t / over` up to `over` iterations, then `end`.
     Ramp {
@@ -156,11 +159,11 @@ impl AreaWeight {
     /// The weight of each of `iterations` iterations.
     pub fn weights(&self, iterations: usize) -> Vec<f64> {
         match *self {
-            AreaWeight::Geometric { start, growth } => {
+            AreaWeight::Geometric { start, growth, ceiling } => {
                 let mut w = start;
                 (0..iterations)
                     .map(|_| {
-                        let now = w;
+                        let now = ceiling.map_or(w, |c| w.min(c));
                         w *= growth;
                         now
                     })

@@ -37,8 +37,8 @@ pub use engine::{
 };
 pub use extremal_ops::{Adam, Optimiser, Sgd};
 pub use spatial::{
-    explain_channel, extremal_perturbation, AreaSummary, ExtremalConfig, ExtremalResult, ExtremalSummary,
-    MaskGenerator, Perturbation, Pyramid, PyramidMask, SpatialMask,
+    explain_channel, extremal_perturbation, AreaSummary, ExtremalConfig, ExtremalResult, ExtremalSchedule,
+    ExtremalSummary, MaskGenerator, Perturbation, Pyramid, PyramidMask, SpatialMask,
 };
 
 use candle_core::{DType, Tensor, D};

@@ -13,9 +13,17 @@ fn area_weights_follow_their_schedules() {
     let g = AreaWeight::Geometric {
         start: 2.0,
         growth: 1.5,
+        ceiling: None,
     }
     .weights(4);
     assert_eq!(g, vec![2.0, 3.0, 4.5, 6.75]);
+    let held = AreaWeight::Geometric {
+        start: 2.0,
+        growth: 1.5,
+        ceiling: Some(4.0),
+    }
+    .weights(4);
+    assert_eq!(held, vec![2.0, 3.0, 4.0, 4.0]);
     let r = AreaWeight::Ramp { end: 10.0, over: 4 }.weights(6);
     assert_eq!(r, vec![0.0, 2.5, 5.0, 7.5, 10.0, 10.0]);
 }
