@@ -16,17 +16,17 @@ table gives, per image and area, the median IoU over TorchRay-TorchRay, extremal
 extremal-TorchRay pairs, each tool's mean reward and visible area (with their spread), and the
 verdict. One image per call, so that each part fits in a session; the table merges what is there:
 
-    python3 scripts/torchray_compare.py --parity chelsea --results parity/
-    python3 scripts/torchray_compare.py --parity coffee --results parity/
-    python3 scripts/torchray_compare.py --parity camera --results parity/   # scikit-image's camera.png
-    python3 scripts/torchray_compare.py --parity-table --results parity/
+    python3 scripts/torchray_compare.py --parity chelsea --results docs/parity
+    python3 scripts/torchray_compare.py --parity coffee --results docs/parity
+    python3 scripts/torchray_compare.py --parity camera --results docs/parity   # scikit-image's camera.png
+    python3 scripts/torchray_compare.py --parity-table --results docs/parity
 
 The fast schedule (`attribute --schedule fast`) against those runs: on each image done by --parity,
 extremal's fast schedule on the same inputs (mean reward and visible area), beside TorchRay's and
 extremal's default 800-iteration means; then the wall times side by side, TorchRay timed here on
 the image (--torchray-iterations N < 800 times N iterations and scales to 800):
 
-    python3 scripts/torchray_compare.py --fast-table --results parity/ [--torchray-iterations 800]
+    python3 scripts/torchray_compare.py --fast-table --results docs/parity [--torchray-iterations 800]
     python3 scripts/torchray_compare.py --fast-table --model resnet50 [--torchray-iterations 800]
 
 ResNet-50 runs with torchvision's random weights saved to a safetensors file (speed only: the
@@ -87,7 +87,7 @@ def main():
     ap.add_argument("--perturbations", type=int, default=3)
     ap.add_argument("--parity-table", action="store_true",
                     help="print the parity table of the images in --results")
-    ap.add_argument("--results", default="parity", help="where --parity writes and --parity-table reads")
+    ap.add_argument("--results", default="docs/parity", help="where --parity writes and --parity-table reads (the repository keeps each image's JSON there, so that runs in different sessions merge)")
     ap.add_argument("--fast-table", action="store_true",
                     help="the fast schedule against the --parity runs in --results, and its wall time against "
                          "TorchRay's (with --model resnet50: the wall times only, random weights)")
