@@ -2,7 +2,7 @@
 
 use candle_core::{DType, Device, Module, Tensor};
 use extremal_hook::{Graph, Node};
-use extremal_mask::{extremal_perturbation, ExtremalConfig, ExtremalSchedule, Game, Perturbation};
+use extremal_mask::{extremal_perturbation, ExtremalConfig, ExtremalResult, ExtremalSchedule, Game, Perturbation};
 
 /// Class 0's logit is the mean of channel 0 over the square rows 8..24, columns 30..46, times
 /// 10; class 1's is 0.
@@ -17,20 +17,47 @@ impl Module for SquareEvidence {
     }
 }
 
-#[test]
-fn preserve_mask_finds_the_evidence() -> Result<(), Box<dyn std::error::Error>> {
-    let (h, w) = (56, 56);
+/// A network of [`SquareEvidence`] on an `h`×`w` image whose class-0 logit is `logit` when the
+/// square is seen, and the all-ones input.
+fn square(h: usize, w: usize, logit: f32) -> candle_core::Result<(Graph, Tensor)> {
     let mut weights = vec![0f32; h * w];
     for y in 8..24 {
         for x in 30..46 {
-            weights[y * w + x] = 10.0 / 256.0;
+            weights[y * w + x] = logit / 256.0;
         }
     }
     let net = Graph::new(Node::layer(
         "logits",
         SquareEvidence(Tensor::from_vec(weights, (1, h * w), &Device::Cpu)?),
     ));
-    let input = Tensor::ones((1, 3, h, w), DType::F32, &Device::Cpu)?;
+    Ok((net, Tensor::ones((1, 3, h, w), DType::F32, &Device::Cpu)?))
+}
+
+/// Each mask of `r` keeps the square (mean > 0.8 inside it), about its area (mean below the
+/// area + 0.1), and a reward above `reward`.
+fn square_is_kept(r: &ExtremalResult, areas: &[f64], reward: f64) -> candle_core::Result<()> {
+    for (i, &a) in areas.iter().enumerate() {
+        let m = r.masks.get(i)?.squeeze(0)?;
+        let inside = m.narrow(0, 8, 16)?.narrow(1, 30, 16)?.mean_all()?.to_scalar::<f32>()?;
+        let total = m.mean_all()?.to_scalar::<f32>()?;
+        println!(
+            "area {a}: mask mean {total:.3}, inside the square {inside:.3}, reward {:.3}",
+            r.rewards[i]
+        );
+        assert!(inside > 0.8, "area {a}: the square is kept ({inside})");
+        assert!(
+            (total as f64) < a + 0.1,
+            "area {a}: the mask keeps about its area ({total})"
+        );
+        assert!(r.rewards[i] > reward, "area {a}: reward {}", r.rewards[i]);
+    }
+    Ok(())
+}
+
+#[test]
+fn preserve_mask_finds_the_evidence() -> Result<(), Box<dyn std::error::Error>> {
+    let (h, w) = (56, 56);
+    let (net, input) = square(h, w, 10.0)?;
     let cfg = ExtremalConfig {
         areas: vec![0.1, 0.3],
         iterations: 300,
@@ -45,22 +72,8 @@ fn preserve_mask_finds_the_evidence() -> Result<(), Box<dyn std::error::Error>> 
     assert_eq!(seen, 300);
     assert_eq!(r.masks.dims(), [2, 1, h, w]);
     assert_eq!(r.history.len(), 300);
-    for (i, &a) in cfg.areas.iter().enumerate() {
-        let m = r.masks.get(i)?.squeeze(0)?;
-        let inside = m.narrow(0, 8, 16)?.narrow(1, 30, 16)?.mean_all()?.to_scalar::<f32>()?;
-        let total = m.mean_all()?.to_scalar::<f32>()?;
-        println!(
-            "area {a}: mask mean {total:.3}, inside the square {inside:.3}, reward {:.3}",
-            r.rewards[i]
-        );
-        assert!(inside > 0.8, "area {a}: the square is kept ({inside})");
-        assert!(
-            (total as f64) < a + 0.1,
-            "area {a}: the mask keeps about its area ({total})"
-        );
-        // The reward of a mask that keeps the square is close to the unperturbed 10.
-        assert!(r.rewards[i] > 8.0, "area {a}: reward {}", r.rewards[i]);
-    }
+    // The reward of a mask that keeps the square is close to the unperturbed 10.
+    square_is_kept(&r, &cfg.areas, 8.0)?;
 
     // The delete game removes the square: its reward (minus the logit) ends near 0.
     let cfg = ExtremalConfig {
@@ -80,17 +93,7 @@ fn preserve_mask_finds_the_evidence() -> Result<(), Box<dyn std::error::Error>> 
 #[test]
 fn fast_schedule_finds_the_evidence_in_an_eighth_of_the_iterations() -> Result<(), Box<dyn std::error::Error>> {
     let (h, w) = (56, 56);
-    let mut weights = vec![0f32; h * w];
-    for y in 8..24 {
-        for x in 30..46 {
-            weights[y * w + x] = 1000.0 / 256.0;
-        }
-    }
-    let net = Graph::new(Node::layer(
-        "logits",
-        SquareEvidence(Tensor::from_vec(weights, (1, h * w), &Device::Cpu)?),
-    ));
-    let input = Tensor::ones((1, 3, h, w), DType::F32, &Device::Cpu)?;
+    let (net, input) = square(h, w, 1000.0)?;
     let cfg = ExtremalConfig {
         areas: vec![0.1, 0.3],
         perturbation: Perturbation::Fade,
@@ -113,21 +116,7 @@ fn fast_schedule_finds_the_evidence_in_an_eighth_of_the_iterations() -> Result<(
         "{:?}",
         &lambda[55..65]
     );
-    for (i, &a) in cfg.areas.iter().enumerate() {
-        let m = r.masks.get(i)?.squeeze(0)?;
-        let inside = m.narrow(0, 8, 16)?.narrow(1, 30, 16)?.mean_all()?.to_scalar::<f32>()?;
-        let total = m.mean_all()?.to_scalar::<f32>()?;
-        println!(
-            "area {a}: mask mean {total:.3}, inside the square {inside:.3}, reward {:.3}",
-            r.rewards[i]
-        );
-        assert!(inside > 0.8, "area {a}: the square is kept ({inside})");
-        assert!(
-            (total as f64) < a + 0.1,
-            "area {a}: the mask keeps about its area ({total})"
-        );
-        assert!(r.rewards[i] > 800.0, "area {a}: reward {}", r.rewards[i]);
-    }
+    square_is_kept(&r, &cfg.areas, 800.0)?;
     // An inner site's mask has its own recipe: the fast schedule is refused there.
     let err = extremal_perturbation(
         &net,
