@@ -138,9 +138,7 @@ def main():
         print("| area | IoU (masks > 0.5) | reward: TorchRay | TorchRay, 1 thread |")
         print("|---|---|---|---|")
         for i, a in enumerate(areas):
-            m1, m2 = masks[i] > 0.5, masks1[i] > 0.5
-            iou = (m1 & m2).sum().item() / max((m1 | m2).sum().item(), 1)
-            print(f"| {a} | {iou:.3f} | {torchray_rewards[i]:.3f} | {hist1[i, 0, -1].item():.3f} |")
+            print(f"| {a} | {mask_iou(masks[i], masks1[i]):.3f} | {torchray_rewards[i]:.3f} | {hist1[i, 0, -1].item():.3f} |")
         return
 
     def extremal(inp, out):
@@ -152,16 +150,9 @@ def main():
         report = json.load(open(os.path.join(out, "report.json")))
         return load_file(os.path.join(out, "masks.safetensors"))["masks"], [a["reward"] for a in report["areas"]], secs
 
-    def iou(a, b):
-        m1, m2 = a > 0.5, b > 0.5
-        return (m1 & m2).sum().item() / max((m1 | m2).sum().item(), 1)
-
     if args.noise_floor:
         # One ulp up or down at 1 pixel in 100 (seeded): a change no photograph would notice.
-        g = torch.Generator().manual_seed(1)
-        pick = torch.rand(x.shape, generator=g) < 0.01
-        up = torch.rand(x.shape, generator=g) < 0.5
-        x2 = torch.where(pick, torch.nextafter(x, torch.where(up, x + 1, x - 1)), x)
+        x2 = one_ulp(x, 1)
         inp2 = os.path.join(tmp, "input2.safetensors")
         save_file({"input": x2.contiguous()}, inp2)
         masks2, hist2 = extremal_perturbation(net, x2, target, areas=areas, max_iter=args.iterations)
@@ -178,7 +169,7 @@ def main():
             for name, (m, _) in runs.items():
                 save_file({"masks": m.contiguous()}, os.path.join(args.save, name.replace(", ", "-").replace(" ", "-") + ".safetensors"))
         print(f"{args.model}, chelsea 224x224, class {target}, {args.iterations} iterations; "
-              f"'moved input': {int(pick.sum())} of {x.numel()} values moved by one ulp")
+              f"'moved input': {int((x2 != x).sum())} of {x.numel()} values moved by one ulp")
         print("| run | " + " | ".join(f"reward, area {a}" for a in areas) + " |")
         print("|---|" + "---|" * len(areas))
         for name, (_, r) in runs.items():
@@ -190,7 +181,7 @@ def main():
         for i in range(len(names)):
             for j in range(i + 1, len(names)):
                 a, b = runs[names[i]][0], runs[names[j]][0]
-                print(f"| {names[i]} / {names[j]} | " + " | ".join(f"{iou(a[k], b[k]):.3f}" for k in range(len(areas))) + " |")
+                print(f"| {names[i]} / {names[j]} | " + " | ".join(f"{mask_iou(a[k], b[k]):.3f}" for k in range(len(areas))) + " |")
         return
 
     ours, ours_rewards, ours_s = extremal(inp, os.path.join(tmp, "out"))
@@ -203,7 +194,7 @@ def main():
     print("| area | IoU (masks > 0.5) | reward: extremal | TorchRay |")
     print("|---|---|---|---|")
     for i, a in enumerate(areas):
-        print(f"| {a} | {iou(ours[i], masks[i]):.3f} | {ours_rewards[i]:.3f} | {torchray_rewards[i]:.3f} |")
+        print(f"| {a} | {mask_iou(ours[i], masks[i]):.3f} | {ours_rewards[i]:.3f} | {torchray_rewards[i]:.3f} |")
     print(f"seconds per iteration: extremal {ours_s:.3f} (whole command, model loading included), "
           f"TorchRay {torchray_s:.3f}; ratio {ours_s / torchray_s:.2f}x")
 
