@@ -85,6 +85,10 @@ def main():
                          "the image and on --perturbations one-ulp copies; writes RESULTS/parity-IMAGE.json "
                          "and the masks beside it, then prints the table of every image done so far")
     ap.add_argument("--perturbations", type=int, default=3)
+    ap.add_argument("--divergence", metavar="IMAGE", choices=PARITY_IMAGES,
+                    help="how fast extremal's trajectory leaves TorchRay's, against how fast TorchRay's leaves "
+                         "itself (1 thread, one-ulp input): a systematic difference shows as an early gap")
+    ap.add_argument("--checkpoints", default="2,5,10,20,50,100,200")
     ap.add_argument("--parity-table", action="store_true",
                     help="print the parity table of the images in --results")
     ap.add_argument("--results", default="docs/parity", help="where --parity writes and --parity-table reads (the repository keeps each image's JSON there, so that runs in different sessions merge)")
@@ -103,24 +107,17 @@ def main():
     if args.parity:
         parity(args)
         return
-    areas = [0.05, 0.1, 0.2]
+    if args.divergence:
+        divergence(args)
+        return
+    areas = AREAS
     tmp = tempfile.mkdtemp()
-    x = golden.lite0_input("chelsea")
-    weights = []
     if args.model == "efficientnet-lite0":
-        path = glob.glob(os.path.expanduser("~/.cache/extremal/efficientnet-lite0/*.pth"))[0]
-        net = Lite0(torch.load(path, map_location="cpu")).eval()
+        net, weights, x = lite0_net(), [], golden.lite0_input("chelsea")
         target = 285
     else:
-        import torchvision
-        net = getattr(torchvision.models, args.model)(weights=None).eval()
-        wpath = os.path.join(tmp, "weights.safetensors")
-        save_file({k: v.contiguous() for k, v in net.state_dict().items() if not k.endswith("num_batches_tracked")}, wpath)
-        weights = ["--weights", wpath]
-        x = (x * 0.5 + 0.5 - torch.tensor([0.485, 0.456, 0.406])[:, None, None]) / torch.tensor([0.229, 0.224, 0.225])[:, None, None]
+        net, weights, x = random_torchvision(args.model, tmp)
         target = int(net(x).argmax())
-    inp = os.path.join(tmp, "input.safetensors")
-    save_file({"input": x.contiguous()}, inp)
     torch.set_num_threads(os.cpu_count())
     if args.stable_sort:
         unstable = torch.Tensor.sort
@@ -141,27 +138,21 @@ def main():
             print(f"| {a} | {mask_iou(masks[i], masks1[i]):.3f} | {torchray_rewards[i]:.3f} | {hist1[i, 0, -1].item():.3f} |")
         return
 
-    def extremal(inp, out):
-        t = time.perf_counter()
-        subprocess.run([args.binary, "attribute", "--model", args.model, *weights, inp, "--target", str(target),
-                        "--areas", ",".join(map(str, areas)), "--iterations", str(args.iterations), "--out", out,
-                        "--json"], check=True, stdout=subprocess.DEVNULL)
-        secs = (time.perf_counter() - t) / args.iterations
-        report = json.load(open(os.path.join(out, "report.json")))
-        return load_file(os.path.join(out, "masks.safetensors"))["masks"], [a["reward"] for a in report["areas"]], secs
+    def extremal(x, name):
+        masks, report, secs = run_extremal(args.binary, x, tmp, name, target, ["--iterations", str(args.iterations)],
+                                           args.model, weights)
+        return masks, [a["reward"] for a in report["areas"]], secs / args.iterations
 
     if args.noise_floor:
         # One ulp up or down at 1 pixel in 100 (seeded): a change no photograph would notice.
         x2 = one_ulp(x, 1)
-        inp2 = os.path.join(tmp, "input2.safetensors")
-        save_file({"input": x2.contiguous()}, inp2)
         masks2, hist2 = extremal_perturbation(net, x2, target, areas=areas, max_iter=args.iterations)
         runs = {
             "TorchRay": (masks, torchray_rewards),
             "TorchRay, moved input": (masks2, hist2[:, 0, -1].tolist()),
         }
-        e1 = extremal(inp, os.path.join(tmp, "out"))
-        e2 = extremal(inp2, os.path.join(tmp, "out2"))
+        e1 = extremal(x, "input")
+        e2 = extremal(x2, "input2")
         runs["extremal"] = e1[:2]
         runs["extremal, moved input"] = e2[:2]
         if args.save:
@@ -184,7 +175,7 @@ def main():
                 print(f"| {names[i]} / {names[j]} | " + " | ".join(f"{mask_iou(a[k], b[k]):.3f}" for k in range(len(areas))) + " |")
         return
 
-    ours, ours_rewards, ours_s = extremal(inp, os.path.join(tmp, "out"))
+    ours, ours_rewards, ours_s = extremal(x, "input")
 
     if args.save:
         os.makedirs(args.save, exist_ok=True)
@@ -229,11 +220,47 @@ def mask_iou(a, b):
     return (m1 & m2).sum().item() / max((m1 | m2).sum().item(), 1)
 
 
+def lite0_net():
+    """EfficientNet-Lite0 with the weights in extremal's cache, as a module for TorchRay."""
+    cands = glob.glob(os.path.expanduser("~/.cache/extremal/efficientnet-lite0/*.pth"))
+    if not cands:
+        sys.exit("run `extremal classify assets/chelsea.png` once to fetch the Lite0 weights")
+    return Lite0(torch.load(cands[0], map_location="cpu")).eval()
+
+
+def random_torchvision(name, tmp):
+    """torchvision's `name` with its random initial weights, those weights saved for extremal
+    (`--weights FILE` arguments), and chelsea normalised as torchvision's models expect."""
+    import torchvision
+    net = getattr(torchvision.models, name)(weights=None).eval()
+    wpath = os.path.join(tmp, "weights.safetensors")
+    save_file({k: v.contiguous() for k, v in net.state_dict().items() if not k.endswith("num_batches_tracked")},
+              wpath)
+    x = golden.lite0_input("chelsea")
+    mean, std = torch.tensor([0.485, 0.456, 0.406]), torch.tensor([0.229, 0.224, 0.225])
+    x = (x * 0.5 + 0.5 - mean[:, None, None]) / std[:, None, None]
+    return net, ["--weights", wpath], x
+
+
+def run_extremal(binary, x, tmp, name, target, options, model="efficientnet-lite0", weights=()):
+    """`extremal attribute` on the tensor `x` (written under `tmp` as `name`), areas AREAS, with
+    further `options`: returns its masks, its report.json and the seconds of the whole command."""
+    inp = os.path.join(tmp, f"{name}.safetensors")
+    save_file({"input": x.contiguous()}, inp)
+    out = os.path.join(tmp, f"out-{name}")
+    t = time.perf_counter()
+    subprocess.run([binary, "attribute", "--model", model, *weights, inp, "--target", str(target),
+                    "--areas", ",".join(map(str, AREAS)), *options, "--out", out, "--json"],
+                   check=True, stdout=subprocess.DEVNULL)
+    secs = time.perf_counter() - t
+    report = json.load(open(os.path.join(out, "report.json")))
+    return load_file(os.path.join(out, "masks.safetensors"))["masks"], report, secs
+
+
 def parity(args):
     """Both tools on one image and its one-ulp copies; writes RESULTS/parity-IMAGE.json."""
     os.makedirs(args.results, exist_ok=True)
-    path = glob.glob(os.path.expanduser("~/.cache/extremal/efficientnet-lite0/*.pth"))[0]
-    net = Lite0(torch.load(path, map_location="cpu")).eval()
+    net = lite0_net()
     torch.set_num_threads(os.cpu_count())
     x0 = parity_input(args.parity)
     with torch.no_grad():
@@ -248,16 +275,9 @@ def parity(args):
         runs["torchray"].append({"masks": masks, "reward": hist[:, 0, -1].tolist(),
                                  "visible_area": masks.mean((1, 2, 3)).tolist(), "seconds": secs})
         print(f"{args.parity} input {i}: TorchRay {secs:.0f} s, rewards {runs['torchray'][-1]['reward']}", flush=True)
-        inp = os.path.join(tmp, f"input{i}.safetensors")
-        save_file({"input": x.contiguous()}, inp)
-        out = os.path.join(tmp, f"out{i}")
-        t = time.perf_counter()
-        subprocess.run([args.binary, "attribute", "--model", "efficientnet-lite0", inp, "--target", str(target),
-                        "--areas", ",".join(map(str, AREAS)), "--iterations", str(args.iterations), "--out", out,
-                        "--json"], check=True, stdout=subprocess.DEVNULL)
-        secs = time.perf_counter() - t
-        report = json.load(open(os.path.join(out, "report.json")))
-        runs["extremal"].append({"masks": load_file(os.path.join(out, "masks.safetensors"))["masks"],
+        masks, report, secs = run_extremal(args.binary, x, tmp, f"input{i}", target,
+                                           ["--iterations", str(args.iterations)])
+        runs["extremal"].append({"masks": masks,
                                  "reward": [a["reward"] for a in report["areas"]],
                                  "visible_area": [a["visible_area"] for a in report["areas"]], "seconds": secs})
         print(f"{args.parity} input {i}: extremal {secs:.0f} s, rewards {runs['extremal'][-1]['reward']}", flush=True)
@@ -285,6 +305,72 @@ def parity(args):
     with open(os.path.join(args.results, f"parity-{args.parity}.json"), "w") as f:
         json.dump(result, f, indent=1)
     parity_table(args.results)
+
+
+def torchray_trajectory(net, x, target, checkpoints, threads, native_conv=False):
+    """TorchRay's masks after each of `checkpoints` iterations (what `max_iter=N` returns: the mask
+    of the last iteration's parameters, before its step), in one run of max(checkpoints).
+    `native_conv` turns oneDNN off: PyTorch's own convolution kernels, another implementation of
+    the same network, whose float rounding differs as extremal's does."""
+    from torchray.attribution.extremal_perturbation import MaskGenerator
+    snaps = []
+
+    class Recording(torch.optim.SGD):
+        def step(self, closure=None):
+            snaps.append(self.param_groups[0]["params"][0].detach().clone())
+            return super().step(closure)
+
+    saved, saved_threads = torch.optim.SGD, torch.get_num_threads()
+    torch.optim.SGD = Recording
+    torch.set_num_threads(threads)
+    try:
+        with torch.backends.mkldnn.flags(enabled=not native_conv):
+            extremal_perturbation(net, x, target, areas=AREAS, max_iter=max(checkpoints))
+    finally:
+        torch.optim.SGD = saved
+        torch.set_num_threads(saved_threads)
+    gen = MaskGenerator(x.shape[2:], 7, 21)
+    with torch.no_grad():
+        return {n: gen.generate(snaps[n - 1])[0] for n in checkpoints}
+
+
+def divergence(args):
+    """Mean |mask difference| between runs after N iterations: each tool against itself on a one-ulp
+    copy of the input; TorchRay against itself with PyTorch's own convolutions instead of oneDNN's
+    (two implementations of one network, as extremal and TorchRay are); extremal against both.
+    Float noise grows at the process's own rate; a systematic difference shows as an E-T gap that
+    the T-T native-conv gap does not have."""
+    checkpoints = sorted(int(c) for c in args.checkpoints.split(","))
+    net = lite0_net()
+    x = parity_input(args.divergence)
+    x1 = one_ulp(x, 1)
+    with torch.no_grad():
+        target = int(net(x).argmax())
+    tmp = tempfile.mkdtemp()
+
+    def extremal_trajectory(x, name):
+        return {n: run_extremal(args.binary, x, tmp, f"{name}-{n}", target, ["--iterations", str(n)])[0]
+                for n in checkpoints}
+
+    threads = os.cpu_count()
+    runs = {
+        "T": torchray_trajectory(net, x, target, checkpoints, threads),
+        "T one-ulp": torchray_trajectory(net, x1, target, checkpoints, threads),
+        "T native conv": torchray_trajectory(net, x, target, checkpoints, threads, native_conv=True),
+        "E": extremal_trajectory(x, "x"),
+        "E one-ulp": extremal_trajectory(x1, "x1"),
+    }
+    pairs = [("T", "T one-ulp"), ("E", "E one-ulp"), ("T", "T native conv"), ("E", "T"), ("E", "T native conv")]
+    print(f"{args.divergence} (class {target}), Lite0: mean |mask difference| after N iterations, per area "
+          f"{AREAS} (TorchRay on {threads} threads unless said)")
+    print("| N | " + " | ".join(f"{a} / {b}" for a, b in pairs) + " |")
+    print("|---|" + "---|" * len(pairs))
+    for n in checkpoints:
+        cells = []
+        for a, b in pairs:
+            d = (runs[a][n] - runs[b][n]).abs().mean((1, 2, 3)).tolist()
+            cells.append(" ".join(f"{v:.1e}" for v in d))
+        print(f"| {n} | " + " | ".join(cells) + " |")
 
 
 def parity_table(results):
@@ -331,15 +417,7 @@ def fast_table(args):
     tmp = tempfile.mkdtemp()
 
     def extremal_fast(x, name, weights=(), model="efficientnet-lite0", target=None):
-        inp = os.path.join(tmp, f"{name}.safetensors")
-        save_file({"input": x.contiguous()}, inp)
-        out = os.path.join(tmp, f"out-{name}")
-        t = time.perf_counter()
-        subprocess.run([args.binary, "attribute", "--model", model, *weights, inp, "--target", str(target),
-                        "--areas", ",".join(map(str, AREAS)), "--schedule", "fast", "--out", out, "--json"],
-                       check=True, stdout=subprocess.DEVNULL)
-        secs = time.perf_counter() - t
-        report = json.load(open(os.path.join(out, "report.json")))
+        _, report, secs = run_extremal(args.binary, x, tmp, name, target, ["--schedule", "fast"], model, weights)
         return report, secs
 
     def torchray_seconds(net, x, target):
@@ -351,22 +429,16 @@ def fast_table(args):
     scaled = "" if args.torchray_iterations == 800 else \
         f" (timed over {args.torchray_iterations} iterations, scaled to 800)"
     if args.model != "efficientnet-lite0":
-        import torchvision
-        net = getattr(torchvision.models, args.model)(weights=None).eval()
-        wpath = os.path.join(tmp, "weights.safetensors")
-        save_file({k: v.contiguous() for k, v in net.state_dict().items() if not k.endswith("num_batches_tracked")}, wpath)
-        x = golden.lite0_input("chelsea")
-        x = (x * 0.5 + 0.5 - torch.tensor([0.485, 0.456, 0.406])[:, None, None]) / torch.tensor([0.229, 0.224, 0.225])[:, None, None]
+        net, weights, x = random_torchvision(args.model, tmp)
         with torch.no_grad():
             target = int(net(x).argmax())
-        report, fast_s = extremal_fast(x, "resnet", ["--weights", wpath], args.model, target)
+        report, fast_s = extremal_fast(x, "resnet", weights, args.model, target)
         torchray_s = torchray_seconds(net, x, target)
         print(f"{args.model} (random weights), chelsea, class {target}: TorchRay 800 iterations {torchray_s:.1f} s"
               f"{scaled}; extremal --schedule fast, {report['iterations']} iterations, whole command {fast_s:.1f} s: "
               f"{fast_s / torchray_s:.3f}x")
         return
-    path = glob.glob(os.path.expanduser("~/.cache/extremal/efficientnet-lite0/*.pth"))[0]
-    net = Lite0(torch.load(path, map_location="cpu")).eval()
+    net = lite0_net()
     rows, timings = [], []
     for name in PARITY_IMAGES:
         p = os.path.join(args.results, f"parity-{name}.json")

@@ -19,11 +19,7 @@ fn main() -> anyhow::Result<()> {
             .position(|a| a == flag)
             .and_then(|i| args.get(i + 1).cloned())
     };
-    let schedule = match value("--schedule").as_deref() {
-        None | Some("torchray") => ExtremalSchedule::Torchray,
-        Some("fast") => ExtremalSchedule::Fast,
-        Some(other) => anyhow::bail!("--schedule {other}: use torchray or fast"),
-    };
+    let schedule: ExtremalSchedule = value("--schedule").map(|v| v.parse()).transpose()?.unwrap_or_default();
     let iterations: usize = value("--iterations")
         .map(|v| v.parse())
         .transpose()?

@@ -170,6 +170,18 @@ fn bad_settings_are_refused() {
     }
 }
 
+#[test]
+fn settings_parse_from_their_names() {
+    assert_eq!("fast".parse::<ExtremalSchedule>().unwrap(), ExtremalSchedule::Fast);
+    assert_eq!(
+        "torchray".parse::<ExtremalSchedule>().unwrap(),
+        ExtremalSchedule::Torchray
+    );
+    assert_eq!("fade".parse::<Perturbation>().unwrap(), Perturbation::Fade);
+    let e = "quick".parse::<ExtremalSchedule>().unwrap_err().to_string();
+    assert!(e.contains("unknown schedule `quick`; use torchray or fast"), "{e}");
+}
+
 /// The same run gives the same masks, bit for bit, however rayon schedules the work (the mask
 /// generator's backward sums fixed blocks of rows in a fixed order).
 #[test]

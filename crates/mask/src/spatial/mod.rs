@@ -87,6 +87,17 @@ pub enum ExtremalSchedule {
     Fast,
 }
 
+impl std::str::FromStr for ExtremalSchedule {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "torchray" => Ok(ExtremalSchedule::Torchray),
+            "fast" => Ok(ExtremalSchedule::Fast),
+            o => Err(Error::Invalid(format!("unknown schedule `{o}`; use torchray or fast"))),
+        }
+    }
+}
+
 impl ExtremalSchedule {
     /// The schedule's default number of iterations: 800 (TorchRay's), 100 (fast).
     pub fn iterations(&self) -> usize {
