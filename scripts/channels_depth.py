@@ -94,6 +94,7 @@ def main():
     p.add_argument("--greedy-25", action="store_true")
     p.add_argument("--torch", action="store_true")
     p.add_argument("--sweep", action="store_true")
+    p.add_argument("--no-table", action="store_true", help="only the parts asked for (--greedy, --sweep, --torch)")
     a = p.parse_args()
     resnet = resnet_weights()
     sites = [
@@ -105,7 +106,7 @@ def main():
     print(f"{'model':<19}{'site':<7}{'keep':>5}  {'image':<12}{'old s':>8}{'new s':>8}{'new/old':>8}"
           f"{'old kept':>11}{'new kept':>11}{'new/old':>8}{'original':>11}")
     worst = 1e9
-    for model, extra, layer in sites:
+    for model, extra, layer in [] if a.no_table else sites:
         for keep in KEEPS:
             for image in IMAGES:
                 args = ["channels", image, "--layer", layer, "--keep", str(keep)] + extra
@@ -116,7 +117,8 @@ def main():
                 print(f"{model:<19}{layer:<7}{keep:>5}  {os.path.basename(image):<12}{old_s:>8.2f}{new_s:>8.2f}"
                       f"{new_s / old_s:>8.2f}{old['kept_score']:>11.2f}{new['kept_score']:>11.2f}{ratio:>8.3f}"
                       f"{new['original_score']:>11.2f}", flush=True)
-    print(f"lowest new/old kept score: {worst:.3f}")
+    if not a.no_table:
+        print(f"lowest new/old kept score: {worst:.3f}")
 
     if a.greedy:
         print(f"\n{'model':<19}{'site':<7}{'keep':>5}  {'greedy kept':>12}{'greedy s':>10}{'search kept':>12}{'search s':>10}")
@@ -131,10 +133,14 @@ def main():
 
     if a.sweep:
         extra = ["--model", "resnet50", "--weights", resnet, "--layer", "layer3"]
-        single_s, _ = run(NEW, ["channels", "assets/chelsea.png", "--keep", "25"] + extra)
-        sweep_s, _ = run(NEW, ["channels", "assets/chelsea.png", "--sweep", "1,2,5,10,25,50"] + extra)
-        print(f"\nResNet-50 layer3: --sweep 1,2,5,10,25,50 {sweep_s:.2f} s, --keep 25 {single_s:.2f} s: "
-              f"{sweep_s / single_s:.2f}x")
+        print()
+        for name, binary in (("old", a.old), ("new", NEW)):
+            single_s, _ = run(binary, ["channels", "assets/chelsea.png", "--keep", "25"] + extra)
+            sweep_s, sweep = run(binary, ["channels", "assets/chelsea.png", "--sweep", "1,2,5,10,25,50"] + extra)
+            curve = ", ".join(f"{p['keep']}: {p['kept_score']:.1f}" for p in sweep["sweep"])
+            print(f"{name}: ResNet-50 layer3: --sweep 1,2,5,10,25,50 {sweep_s:.2f} s, --keep 25 {single_s:.2f} s: "
+                  f"{sweep_s / single_s:.2f}x (kept scores {curve}; extremal keep {sweep['extremal_keep']})",
+                  flush=True)
 
     if a.torch:
         torch_loop(resnet)

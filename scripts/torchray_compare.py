@@ -89,6 +89,10 @@ def main():
                     help="how fast extremal's trajectory leaves TorchRay's, against how fast TorchRay's leaves "
                          "itself (1 thread, one-ulp input): a systematic difference shows as an early gap")
     ap.add_argument("--checkpoints", default="2,5,10,20,50,100,200")
+    ap.add_argument("--pooling-check", metavar="IMAGE", choices=PARITY_IMAGES,
+                    help="TorchRay with its mask generator's soft-max pooling written as extremal computes it "
+                         "(sum m e / sum e), on the --parity inputs of IMAGE, against those runs: whether "
+                         "ulp-level differences at the sort's ties move the 800-iteration result")
     ap.add_argument("--parity-table", action="store_true",
                     help="print the parity table of the images in --results")
     ap.add_argument("--results", default="docs/parity", help="where --parity writes and --parity-table reads (the repository keeps each image's JSON there, so that runs in different sessions merge)")
@@ -109,6 +113,9 @@ def main():
         return
     if args.divergence:
         divergence(args)
+        return
+    if args.pooling_check:
+        pooling_check(args)
         return
     areas = AREAS
     tmp = tempfile.mkdtemp()
@@ -371,6 +378,85 @@ def divergence(args):
             d = (runs[a][n] - runs[b][n]).abs().mean((1, 2, 3)).tolist()
             cells.append(" ".join(f"{v:.1e}" for v in d))
         print(f"| {n} | " + " | ".join(cells) + " |")
+
+
+def pooling_as_extremal(self, mask_in):
+    """TorchRay's MaskGenerator.generate with the soft-max pooling computed as extremal's
+    generator computes it: sum(m e) / sum(e), e = exp(20 (m - max m)), instead of
+    sum(m softmax(20 m)). The same function; its values differ by a few ulps."""
+    import torch.nn.functional as F
+    mask = F.unfold(mask_in, (2 * self.radius + 1,) * 2, padding=(self.padding,) * 2)
+    mask = mask.reshape(len(mask_in), -1, self.shape_mid[0], self.shape_mid[1])
+    mask = F.interpolate(mask, size=self.shape_up, mode="nearest")
+    mask = F.pad(mask, (0, -self.step + 1, 0, -self.step + 1))
+    mask = self.weight * mask
+    e = torch.exp(self.coldness * (mask - mask.max(dim=1, keepdim=True)[0]))
+    mask = ((mask * e).sum(dim=1, keepdim=True) / e.sum(dim=1, keepdim=True)).clamp(min=0, max=1)
+    m = round(self.margin)
+    return mask[:, :, m:m + self.shape[0], m:m + self.shape[1]], mask
+
+
+def sort_ties(gen_fn, shape, areas):
+    """At the first iteration (parameters all 1): per area, how many mask values tie with the
+    value at the area constraint's cut, i.e. whose share of the area term the sort's tie order
+    decides."""
+    from torchray.attribution.extremal_perturbation import MaskGenerator
+    gen = MaskGenerator(shape, 7, 21)
+    full = gen_fn(gen, torch.ones(1, 1, *gen.shape_in))[1].flatten()
+    srt = full.sort()[0]
+    n = srt.numel()
+    return [int((srt == srt[int(n * (1 - a))]).sum()) for a in areas], len(torch.unique(full))
+
+
+def pooling_check(args):
+    """TorchRay with extremal's way of computing the pooling, on IMAGE's parity inputs."""
+    import statistics as st
+    from torchray.attribution.extremal_perturbation import MaskGenerator
+    stored = json.load(open(os.path.join(args.results, f"parity-{args.pooling_check}.json")))
+    # The masks of the --parity runs, where that run was on this machine (not kept in the repository).
+    stored_masks = {}
+    for tool in ("torchray", "extremal"):
+        f = os.path.join(args.results, f"parity-{args.pooling_check}-{tool}.safetensors")
+        if os.path.exists(f):
+            stored_masks[tool] = load_file(f)
+    net = lite0_net()
+    torch.set_num_threads(os.cpu_count())
+    x0 = parity_input(args.pooling_check)
+    inputs = [x0] + [one_ulp(x0, seed) for seed in range(1, stored["perturbations"] + 1)]
+    for name, fn in [("TorchRay", MaskGenerator.generate), ("TorchRay, pooling as extremal", pooling_as_extremal)]:
+        ties, distinct = sort_ties(fn, x0.shape[2:], AREAS)
+        print(f"{name}: first-iteration mask, {distinct} distinct values; values tied at the cut of area "
+              + ", ".join(f"{a}: {t}" for a, t in zip(AREAS, ties)), flush=True)
+    saved = MaskGenerator.generate
+    MaskGenerator.generate = pooling_as_extremal
+    runs = []
+    try:
+        for i, x in enumerate(inputs):
+            masks, hist = extremal_perturbation(net, x, stored["target"], areas=AREAS, max_iter=args.iterations)
+            runs.append((masks, hist[:, 0, -1].tolist()))
+            print(f"input {i}: rewards {[round(r, 3) for r in runs[-1][1]]}", flush=True)
+    finally:
+        MaskGenerator.generate = saved
+    print(f"{args.pooling_check}: TorchRay (T), TorchRay with the pooling computed as extremal does (P), extremal (E); "
+          f"{len(inputs)} inputs as --parity")
+    print("| area | reward T: mean ± sd | P | E | median IoU T-T | P-P | E-E | E-T | P-T | P-E |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+
+    def ms(v):
+        return f"{st.mean(v):.3f} ± {st.stdev(v):.3f}"
+
+    def against(tool, k):
+        if tool not in stored_masks:
+            return "–"
+        other = [stored_masks[tool][f"input{i}"][k] for i in range(len(inputs))]
+        return f"{st.median(mask_iou(m[k], o) for m, _ in runs for o in other):.3f}"
+
+    for k, a in enumerate(stored["areas"]):
+        p_rewards = [r[k] for _, r in runs]
+        pp = st.median(mask_iou(runs[i][0][k], runs[j][0][k]) for i in range(len(runs)) for j in range(i + 1, len(runs)))
+        print(f"| {a['area']} | {ms(a['reward_torchray'])} | {ms(p_rewards)} | {ms(a['reward_extremal'])} "
+              f"| {st.median(a['iou_torchray_torchray']):.3f} | {pp:.3f} | {st.median(a['iou_extremal_extremal']):.3f} "
+              f"| {st.median(a['iou_extremal_torchray']):.3f} | {against('torchray', k)} | {against('extremal', k)} |")
 
 
 def parity_table(results):

@@ -201,7 +201,7 @@ pub(crate) fn run(args: &ChannelsArgs) -> Result<()> {
     let sweep = channel_sweep(&site, &keeps, &cfg, &mut |t, _| bar.set_position(t as u64));
     bar.finish_and_clear();
     let sweep = sweep?;
-    let chosen = sweep.chosen();
+    let chosen = &sweep.chosen;
     let original = chosen.original_score;
 
     let mut obj = serde_json::to_value(chosen)?;
@@ -209,7 +209,7 @@ pub(crate) fn run(args: &ChannelsArgs) -> Result<()> {
     obj["layer"] = json!(layer);
     if args.sweep.is_some() {
         obj["sweep"] = json!(sweep
-            .reports
+            .points
             .iter()
             .map(|r| json!({"keep": r.keep, "kept_score": r.kept_score}))
             .collect::<Vec<_>>());
@@ -222,7 +222,7 @@ pub(crate) fn run(args: &ChannelsArgs) -> Result<()> {
             render::save_png(&render::overlay(&photo, &v, &style)?, &dir.path("saliency.png"))?;
         }
         if args.sweep.is_some() {
-            let pts: Vec<(f64, f64)> = sweep.reports.iter().map(|r| (r.keep as f64, r.kept_score)).collect();
+            let pts: Vec<(f64, f64)> = sweep.points.iter().map(|r| (r.keep as f64, r.kept_score)).collect();
             let plot = render::LinePlot {
                 points: &pts,
                 reference: Some((original, "original score")),
@@ -386,7 +386,7 @@ pub(crate) fn run(args: &ChannelsArgs) -> Result<()> {
             r.kept_score - r.empty_score
         ));
         if args.sweep.is_some() {
-            for rr in &sweep.reports {
+            for rr in &sweep.points {
                 text.push_str(&format!("  keep {:>5}: {:.4}\n", rr.keep, rr.kept_score));
             }
             text.push_str(&format!(

@@ -171,11 +171,12 @@ fn sweeps_reports_as_json_and_the_sites_target() {
     assert!(e.contains("--keep 9 is not possible"), "{e}");
     let mut calls = 0;
     let sweep = channel_sweep(&site, &[4, 1, 2, 2], &cfg, &mut |_, _| calls += 1).unwrap();
-    let keeps: Vec<usize> = sweep.reports.iter().map(|r| r.keep).collect();
+    let keeps: Vec<usize> = sweep.points.iter().map(|r| r.keep).collect();
     assert_eq!(keeps, vec![1, 2, 4]);
     assert_eq!(calls, 100, "one soft phase for every keep: one call per iteration");
-    // Each keep's report is the one a search for that keep alone gives.
-    for r in &sweep.reports {
+    // Each keep's set and scores are the ones a search for that keep alone gives; the chosen
+    // keep's report is that search's report.
+    for r in &sweep.points {
         let alone = channel_masks_at(
             &site,
             &ChannelConfig {
@@ -185,10 +186,19 @@ fn sweeps_reports_as_json_and_the_sites_target() {
             &mut |_, _| {},
         )
         .unwrap();
+        let mut kept = alone.kept().to_vec();
+        kept.sort();
         assert_eq!(
-            (r.kept(), r.kept_score, r.swaps),
-            (alone.kept(), alone.kept_score, alone.swaps)
+            (&r.kept, r.kept_score, r.deleted_score, r.swaps, r.soft_kept_score),
+            (
+                &kept,
+                alone.kept_score,
+                alone.deleted_score,
+                alone.swaps,
+                alone.soft_kept_score
+            )
         );
+        assert_eq!(r.baselines, alone.baselines);
         let gap = r
             .mask
             .iter()
@@ -196,14 +206,22 @@ fn sweeps_reports_as_json_and_the_sites_target() {
             .map(|(a, b)| (a - b).abs())
             .fold(0f32, f32::max);
         assert!(gap < 1e-5, "keep {}: the soft masks differ by {gap}", r.keep);
-        assert_eq!(r.history.len(), 100);
-        assert_eq!(r.history[7].rewards.len(), 1);
-        assert!((r.history[7].rewards[0] - alone.history[7].rewards[0]).abs() < 1e-5);
+        if r.keep == sweep.chosen.keep {
+            let c = &sweep.chosen;
+            assert_eq!(
+                (c.kept(), &c.contributions, &c.drops, c.empty_score),
+                (alone.kept(), &alone.contributions, &alone.drops, alone.empty_score)
+            );
+            assert_eq!(c.history.len(), 100);
+            assert_eq!(c.history[7].rewards.len(), 1);
+            assert!((c.history[7].rewards[0] - alone.history[7].rewards[0]).abs() < 1e-5);
+        }
     }
     assert_eq!(sweep.extremal_keep, Some(2), "channels 2 and 5 keep all of class 0");
-    assert_eq!(sweep.chosen().kept(), &[2, 5]);
+    assert_eq!(sweep.chosen.keep, 2);
+    assert_eq!(sweep.chosen.kept(), &[2, 5]);
 
-    let report = sweep.chosen().clone();
+    let report = sweep.chosen.clone();
     let json = serde_json::to_value(&report).unwrap();
     assert_eq!(json["channels"][0]["rank"], 1);
     assert_eq!(json["channels"].as_array().unwrap().len(), 8);

@@ -25,7 +25,7 @@ pub use report::{Baselines, ChannelReport, RankedChannel, Timings};
 pub use search::greedy_selection;
 pub use site::{ChannelMask, ChannelSite};
 
-use crate::engine::{optimise, AreaWeight, Iteration, Objective};
+use crate::engine::{optimise, AreaWeight, History, Iteration, Objective};
 use crate::{Error, Game, Result, TieOrder};
 
 /// How the soft mask is optimised.
@@ -201,20 +201,27 @@ pub fn channel_masks_at(
     cfg: &ChannelConfig,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<ChannelReport> {
-    let mut reports = search_keeps(cs, &[cfg.keep], cfg, progress)?;
-    Ok(reports.pop().expect("one keep, one report"))
+    let found = search_keeps(cs, &[cfg.keep], cfg, progress)?;
+    report(cs, found.into_iter().next().expect("one keep, one set"), cfg)
+}
+
+/// A keep's set as the search left it, before its contributions.
+struct Found {
+    point: SweepPoint,
+    history: History,
+    timings: Timings,
 }
 
 /// The channel search for each of `keeps` (checked, distinct) with `cfg`'s other settings:
 /// one soft phase for all of them (one mask per keep, optimised together: the rows do not
 /// interact, so each is the mask a search for its keep alone would find), then per keep the
-/// refinement and the contributions.
+/// baselines and the refinement.
 fn search_keeps(
     cs: &ChannelSite,
     keeps: &[usize],
     cfg: &ChannelConfig,
     progress: &mut dyn FnMut(usize, usize),
-) -> Result<Vec<ChannelReport>> {
+) -> Result<Vec<Found>> {
     let c = cs.channels;
     if cfg.iterations == Some(0) {
         return Err(Error::Invalid(
@@ -260,7 +267,7 @@ fn search_keeps(
 
     let mean_activation = cs.mean_activation()?;
     let activation_x_gradient = cs.activation_x_gradient()?;
-    let mut reports = Vec::with_capacity(keeps.len());
+    let mut found = Vec::with_capacity(keeps.len());
     for (b, (&keep, soft_set)) in keeps.iter().zip(soft_sets).enumerate() {
         let mut timings = Timings {
             soft: soft_seconds,
@@ -291,28 +298,17 @@ fn search_keeps(
         let deleted_score = cs.hard_scores(std::slice::from_ref(&set), false, 1)?[0];
         timings.refine = lap(&mut mark);
 
-        // Contributions, and the ranking by them.
-        let contribution = contributions(cs, &set, kept_score, cfg.batch)?;
-        let ranking = rank(&set, &contribution.values);
-        timings.contributions = lap(&mut mark);
-
-        reports.push(ChannelReport {
-            site: cs.site().to_string(),
-            channels_total: c,
-            keep,
-            target: cs.target(),
-            original_score: cs.original_score(),
-            kept_score,
-            deleted_score,
-            empty_score: contribution.empty_score,
-            mask: masks[b].clone(),
-            ranking,
-            contributions: contribution.values,
-            drops: contribution.drops,
-            exact: contribution.exact,
-            baselines,
-            soft_kept_score: soft_scores[b],
-            swaps,
+        found.push(Found {
+            point: SweepPoint {
+                keep,
+                kept: set,
+                kept_score,
+                deleted_score,
+                mask: masks[b].clone(),
+                baselines,
+                soft_kept_score: soft_scores[b],
+                swaps,
+            },
             history: history
                 .iter()
                 .map(|it| Iteration {
@@ -324,32 +320,82 @@ fn search_keeps(
             timings,
         });
     }
-    Ok(reports)
+    Ok(found)
 }
 
-/// Channel masks for several `keeps` on one cached site (a sweep).
+/// A found set's report: its contributions and the ranking by them.
+fn report(cs: &ChannelSite, found: Found, cfg: &ChannelConfig) -> Result<ChannelReport> {
+    let Found {
+        point,
+        history,
+        mut timings,
+    } = found;
+    let clock = std::time::Instant::now();
+    let contribution = contributions(cs, &point.kept, point.kept_score, cfg.batch)?;
+    let ranking = rank(&point.kept, &contribution.values);
+    timings.contributions = clock.elapsed().as_secs_f64();
+    Ok(ChannelReport {
+        site: cs.site().to_string(),
+        channels_total: cs.channels,
+        keep: point.keep,
+        target: cs.target(),
+        original_score: cs.original_score(),
+        kept_score: point.kept_score,
+        deleted_score: point.deleted_score,
+        empty_score: contribution.empty_score,
+        mask: point.mask,
+        ranking,
+        contributions: contribution.values,
+        drops: contribution.drops,
+        exact: contribution.exact,
+        baselines: point.baselines,
+        soft_kept_score: point.soft_kept_score,
+        swaps: point.swaps,
+        history,
+        timings,
+    })
+}
+
+/// One keep of a sweep: the set the search found for it and its scores, as
+/// [`channel_masks_at`] for that keep alone reports them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SweepPoint {
+    /// Channels kept.
+    pub keep: usize,
+    /// The kept channels (ascending when refined).
+    pub kept: Vec<usize>,
+    /// The target logit with exactly the kept channels.
+    pub kept_score: f64,
+    /// The target logit with the kept channels removed.
+    pub deleted_score: f64,
+    /// The final soft mask, one value per channel.
+    pub mask: Vec<f32>,
+    /// The heuristics' kept scores.
+    pub baselines: Baselines,
+    /// Kept score of the soft mask's best top-`keep` set, before refinement.
+    pub soft_kept_score: f64,
+    /// Accepted swaps during refinement.
+    pub swaps: usize,
+}
+
+/// Channel masks for several `keeps` on one cached site (a sweep): every keep's set and
+/// scores, and the full report (contributions, ranking) of the keep it chooses.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ChannelSweep {
-    /// One report per keep, in ascending keep.
-    pub reports: Vec<ChannelReport>,
+    /// One point per keep, in ascending keep.
+    pub points: Vec<SweepPoint>,
     /// The smallest keep whose kept score reaches the original score, if any.
     pub extremal_keep: Option<usize>,
-}
-
-impl ChannelSweep {
     /// The report of the extremal keep, or of the largest keep when none reaches the
-    /// original score.
-    pub fn chosen(&self) -> &ChannelReport {
-        self.extremal_keep
-            .and_then(|k| self.reports.iter().find(|r| r.keep == k))
-            .unwrap_or_else(|| self.reports.last().expect("a sweep has at least one keep"))
-    }
+    /// original score: the report [`channel_masks_at`] gives for that keep alone.
+    pub chosen: ChannelReport,
 }
 
 /// [`channel_masks_at`] for each of `keeps` (sorted and deduplicated; all are checked before
 /// any runs), with `cfg`'s other settings: one soft phase optimises a mask per keep together
-/// (each row the mask its keep alone would get), then each keep's set is refined and its
-/// contributions computed. `progress(iteration, iterations)` is called every soft step.
+/// (each row the mask its keep alone would get), then each keep's set is refined; the
+/// contributions (most of a search's cost after the refinement) are computed for the chosen
+/// keep only. `progress(iteration, iterations)` is called every soft step.
 pub fn channel_sweep(
     cs: &ChannelSite,
     keeps: &[usize],
@@ -365,8 +411,20 @@ pub fn channel_sweep(
     for &k in &keeps {
         cs.check_keep(k)?;
     }
-    let reports = search_keeps(cs, &keeps, cfg, progress)?;
+    let mut found = search_keeps(cs, &keeps, cfg, progress)?;
     let original = cs.original_score();
-    let extremal_keep = reports.iter().find(|r| r.kept_score >= original).map(|r| r.keep);
-    Ok(ChannelSweep { reports, extremal_keep })
+    let extremal_keep = found
+        .iter()
+        .find(|f| f.point.kept_score >= original)
+        .map(|f| f.point.keep);
+    let points = found.iter().map(|f| f.point.clone()).collect();
+    let chosen = match extremal_keep {
+        Some(k) => found.remove(keeps.iter().position(|&x| x == k).expect("a swept keep")),
+        None => found.pop().expect("a sweep has at least one keep"),
+    };
+    Ok(ChannelSweep {
+        points,
+        extremal_keep,
+        chosen: report(cs, chosen, cfg)?,
+    })
 }
