@@ -89,6 +89,9 @@ def main():
                     help="how fast extremal's trajectory leaves TorchRay's, against how fast TorchRay's leaves "
                          "itself (1 thread, one-ulp input): a systematic difference shows as an early gap")
     ap.add_argument("--checkpoints", default="2,5,10,20,50,100,200")
+    ap.add_argument("--ties", action="store_true",
+                    help="the first iteration's ties at the area constraint's cut, and how much the area term's "
+                         "gradient moves when only the rounding of the generator's pooling changes")
     ap.add_argument("--pooling-check", metavar="IMAGE", choices=PARITY_IMAGES,
                     help="TorchRay with its mask generator's soft-max pooling written as extremal computes it "
                          "(sum m e / sum e), on the --parity inputs of IMAGE, against those runs: whether "
@@ -116,6 +119,9 @@ def main():
         return
     if args.pooling_check:
         pooling_check(args)
+        return
+    if args.ties:
+        ties(args)
         return
     areas = AREAS
     tmp = tempfile.mkdtemp()
@@ -396,16 +402,41 @@ def pooling_as_extremal(self, mask_in):
     return mask[:, :, m:m + self.shape[0], m:m + self.shape[1]], mask
 
 
-def sort_ties(gen_fn, shape, areas):
-    """At the first iteration (parameters all 1): per area, how many mask values tie with the
-    value at the area constraint's cut, i.e. whose share of the area term the sort's tie order
-    decides."""
+def first_iteration_ties(gen_fn, shape):
+    """At the first iteration (parameters all 1), with the generator `gen_fn`: the number of
+    distinct mask values; per area, how many values tie with the one at the area constraint's
+    cut (those whose share of the area term the sort's tie order decides); and the gradient of
+    TorchRay's area term (weight 300) with respect to the parameters, (areas, 1, h, w)."""
     from torchray.attribution.extremal_perturbation import MaskGenerator
     gen = MaskGenerator(shape, 7, 21)
-    full = gen_fn(gen, torch.ones(1, 1, *gen.shape_in))[1].flatten()
-    srt = full.sort()[0]
-    n = srt.numel()
-    return [int((srt == srt[int(n * (1 - a))]).sum()) for a in areas], len(torch.unique(full))
+    p = torch.ones(len(AREAS), 1, *gen.shape_in, requires_grad=True)
+    full = gen_fn(gen, p)[1].reshape(len(AREAS), -1)
+    n = full.shape[1]
+    ref = torch.ones(len(AREAS), n)
+    for i, a in enumerate(AREAS):
+        ref[i, :int(n * (1 - a))] = 0
+    srt = full.sort(dim=1)[0]
+    (((srt - ref) ** 2).mean(dim=1) * 300).sum().backward()
+    s0 = srt[0].detach()
+    ties = [int((s0 == s0[int(n * (1 - a))]).sum()) for a in AREAS]
+    return len(torch.unique(full[0].detach())), ties, p.grad
+
+
+def ties(args):
+    """How TorchRay's first step depends on the rounding of its generator's pooling."""
+    from torchray.attribution.extremal_perturbation import MaskGenerator
+    shape = (224, 224)
+    results = {name: first_iteration_ties(fn, shape) for name, fn in
+               [("TorchRay", MaskGenerator.generate), ("TorchRay, pooling as extremal", pooling_as_extremal)]}
+    print("first iteration (all parameters 1), 224x224: the mask's distinct values (of 67,600) and the values "
+          "tied at the area constraint's cut")
+    for name, (distinct, tied, _) in results.items():
+        print(f"  {name}: {distinct} distinct; tied at the cut of area "
+              + ", ".join(f"{a}: {t}" for a, t in zip(AREAS, tied)))
+    g, g2 = results["TorchRay"][2], results["TorchRay, pooling as extremal"][2]
+    print("  the area term's gradient with respect to the parameters, pooling as extremal against TorchRay's: "
+          "mean |difference| / mean |gradient| per area "
+          + ", ".join(f"{a}: {(g[k] - g2[k]).abs().mean() / g[k].abs().mean():.2%}" for k, a in enumerate(AREAS)))
 
 
 def pooling_check(args):
@@ -423,10 +454,7 @@ def pooling_check(args):
     torch.set_num_threads(os.cpu_count())
     x0 = parity_input(args.pooling_check)
     inputs = [x0] + [one_ulp(x0, seed) for seed in range(1, stored["perturbations"] + 1)]
-    for name, fn in [("TorchRay", MaskGenerator.generate), ("TorchRay, pooling as extremal", pooling_as_extremal)]:
-        ties, distinct = sort_ties(fn, x0.shape[2:], AREAS)
-        print(f"{name}: first-iteration mask, {distinct} distinct values; values tied at the cut of area "
-              + ", ".join(f"{a}: {t}" for a, t in zip(AREAS, ties)), flush=True)
+    ties(args)
     saved = MaskGenerator.generate
     MaskGenerator.generate = pooling_as_extremal
     runs = []
