@@ -170,13 +170,13 @@ def main():
         runs["extremal, moved input"] = e2[:2]
         if args.save:
             os.makedirs(args.save, exist_ok=True)
-            for name, (m, _) in runs.items():
+            for name, (m, _) in runs.itemean_sd():
                 save_file({"masks": m.contiguous()}, os.path.join(args.save, name.replace(", ", "-").replace(" ", "-") + ".safetensors"))
         print(f"{args.model}, chelsea 224x224, class {target}, {args.iterations} iterations; "
               f"'moved input': {int((x2 != x).sum())} of {x.numel()} values moved by one ulp")
         print("| run | " + " | ".join(f"reward, area {a}" for a in areas) + " |")
         print("|---|" + "---|" * len(areas))
-        for name, (_, r) in runs.items():
+        for name, (_, r) in runs.itemean_sd():
             print(f"| {name} | " + " | ".join(f"{v:.3f}" for v in r) + " |")
         print()
         print("| IoU (masks > 0.5) between | " + " | ".join(f"area {a}" for a in areas) + " |")
@@ -228,6 +228,12 @@ def one_ulp(x, seed):
     return torch.where(pick, torch.nextafter(x, torch.where(up, x + 1, x - 1)), x)
 
 
+def mean_sd(v, digits=3):
+    """`mean ± sd` of the values `v` (sd 0 for one value)."""
+    import statistics as st
+    return f"{st.mean(v):.{digits}f} ± {st.stdev(v) if len(v) > 1 else 0:.{digits}f}"
+
+
 def mask_iou(a, b):
     m1, m2 = a > 0.5, b > 0.5
     return (m1 & m2).sum().item() / max((m1 | m2).sum().item(), 1)
@@ -247,7 +253,7 @@ def random_torchvision(name, tmp):
     import torchvision
     net = getattr(torchvision.models, name)(weights=None).eval()
     wpath = os.path.join(tmp, "weights.safetensors")
-    save_file({k: v.contiguous() for k, v in net.state_dict().items() if not k.endswith("num_batches_tracked")},
+    save_file({k: v.contiguous() for k, v in net.state_dict().itemean_sd() if not k.endswith("num_batches_tracked")},
               wpath)
     x = golden.lite0_input("chelsea")
     mean, std = torch.tensor([0.485, 0.456, 0.406]), torch.tensor([0.229, 0.224, 0.225])
@@ -312,7 +318,7 @@ def parity(args):
         })
     result["seconds_torchray"] = [r["seconds"] for r in t_runs]
     result["seconds_extremal"] = [r["seconds"] for r in e_runs]
-    for tool, r in runs.items():
+    for tool, r in runs.itemean_sd():
         save_file({f"input{i}": run["masks"].contiguous() for i, run in enumerate(r)},
                   os.path.join(args.results, f"parity-{args.parity}-{tool}.safetensors"))
     with open(os.path.join(args.results, f"parity-{args.parity}.json"), "w") as f:
@@ -430,7 +436,7 @@ def ties(args):
                [("TorchRay", MaskGenerator.generate), ("TorchRay, pooling as extremal", pooling_as_extremal)]}
     print("first iteration (all parameters 1), 224x224: the mask's distinct values (of 67,600) and the values "
           "tied at the area constraint's cut")
-    for name, (distinct, tied, _) in results.items():
+    for name, (distinct, tied, _) in results.itemean_sd():
         print(f"  {name}: {distinct} distinct; tied at the cut of area "
               + ", ".join(f"{a}: {t}" for a, t in zip(AREAS, tied)))
     g, g2 = results["TorchRay"][2], results["TorchRay, pooling as extremal"][2]
@@ -470,9 +476,6 @@ def pooling_check(args):
     print("| area | reward T: mean ± sd | P | E | median IoU T-T | P-P | E-E | E-T | P-T | P-E |")
     print("|---|---|---|---|---|---|---|---|---|---|")
 
-    def ms(v):
-        return f"{st.mean(v):.3f} ± {st.stdev(v):.3f}"
-
     def against(tool, k):
         if tool not in stored_masks:
             return "–"
@@ -482,7 +485,7 @@ def pooling_check(args):
     for k, a in enumerate(stored["areas"]):
         p_rewards = [r[k] for _, r in runs]
         pp = st.median(mask_iou(runs[i][0][k], runs[j][0][k]) for i in range(len(runs)) for j in range(i + 1, len(runs)))
-        print(f"| {a['area']} | {ms(a['reward_torchray'])} | {ms(p_rewards)} | {ms(a['reward_extremal'])} "
+        print(f"| {a['area']} | {mean_sd(a['reward_torchray'])} | {mean_sd(p_rewards)} | {mean_sd(a['reward_extremal'])} "
               f"| {st.median(a['iou_torchray_torchray']):.3f} | {pp:.3f} | {st.median(a['iou_extremal_extremal']):.3f} "
               f"| {st.median(a['iou_extremal_torchray']):.3f} | {against('torchray', k)} | {against('extremal', k)} |")
 
@@ -504,9 +507,6 @@ def parity_table(results):
           "| visible area T | E | verdict |")
     print("|---|---|---|---|---|---|---|---|---|---|")
 
-    def ms(v):
-        return f"{st.mean(v):.3f} ± {st.stdev(v) if len(v) > 1 else 0:.3f}"
-
     verdicts = []
     for r in rows:
         for a in r["areas"]:
@@ -519,8 +519,8 @@ def parity_table(results):
             why = "holds" if ok else "fails: " + ", ".join(
                 w for w, bad in (("IoU", not iou_ok), ("reward", not reward_ok)) if bad)
             print(f"| {r['image']} ({r['target']}) | {a['area']} | {tt:.3f} | {ee:.3f} | {et:.3f} "
-                  f"| {ms(a['reward_torchray'])} | {ms(a['reward_extremal'])} "
-                  f"| {ms(a['visible_area_torchray'])} | {ms(a['visible_area_extremal'])} | {why} |")
+                  f"| {mean_sd(a['reward_torchray'])} | {mean_sd(a['reward_extremal'])} "
+                  f"| {mean_sd(a['visible_area_torchray'])} | {mean_sd(a['visible_area_extremal'])} | {why} |")
     print(f"parity holds on {sum(verdicts)} of {len(verdicts)} image-area pairs "
           "(median IoU E-T >= median IoU T-T - 0.05 and mean reward E >= mean reward T - max(5 %, 0.25))")
 
@@ -583,9 +583,6 @@ def fast_table(args):
           "<= T's + 0.01 |")
     print("|---|---|---|---|---|---|---|---|")
 
-    def ms(v, digits=2):
-        return f"{st.mean(v):.{digits}f} ± {st.stdev(v) if len(v) > 1 else 0:.{digits}f}"
-
     met = 0
     for name, target, a, rewards, visible in rows:
         ok_r = st.mean(rewards) >= st.mean(a["reward_torchray"])
@@ -593,8 +590,8 @@ def fast_table(args):
         met += ok_r and ok_v
         verdict = "yes" if ok_r and ok_v else "no: " + ", ".join(
             w for w, bad in (("reward", not ok_r), ("visible area", not ok_v)) if bad)
-        print(f"| {name} ({target}) | {a['area']} | {ms(a['reward_torchray'])} | {ms(a['reward_extremal'])} "
-              f"| {ms(rewards)} | {ms(a['visible_area_torchray'], 3)} | {ms(visible, 3)} | {verdict} |")
+        print(f"| {name} ({target}) | {a['area']} | {mean_sd(a['reward_torchray'], 2)} | {mean_sd(a['reward_extremal'], 2)} "
+              f"| {mean_sd(rewards, 2)} | {mean_sd(a['visible_area_torchray'])} | {mean_sd(visible)} | {verdict} |")
     print(f"the fast schedule meets TorchRay's mean reward on {met} of {len(rows)} image-area pairs")
     print()
     torchray_s = timings[0][1]

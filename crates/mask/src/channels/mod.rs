@@ -413,18 +413,12 @@ pub fn channel_sweep(
     }
     let mut found = search_keeps(cs, &keeps, cfg, progress)?;
     let original = cs.original_score();
-    let extremal_keep = found
-        .iter()
-        .find(|f| f.point.kept_score >= original)
-        .map(|f| f.point.keep);
+    let reached = found.iter().position(|f| f.point.kept_score >= original);
     let points = found.iter().map(|f| f.point.clone()).collect();
-    let chosen = match extremal_keep {
-        Some(k) => found.remove(keeps.iter().position(|&x| x == k).expect("a swept keep")),
-        None => found.pop().expect("a sweep has at least one keep"),
-    };
+    let chosen = found.swap_remove(reached.unwrap_or(keeps.len() - 1));
     Ok(ChannelSweep {
         points,
-        extremal_keep,
+        extremal_keep: reached.map(|i| keeps[i]),
         chosen: report(cs, chosen, cfg)?,
     })
 }
