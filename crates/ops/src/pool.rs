@@ -1,4 +1,5 @@
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor, WithDType};
+use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Shape, Tensor, WithDType};
+use rayon::prelude::*;
 
 use crate::{shape_err, Result};
 
@@ -136,44 +137,122 @@ pub fn max_pool2d_primitive(x: &Tensor, cfg: &Pool2d) -> Result<Tensor> {
 
 struct MaxPool(Pool2d);
 
-/// Calls `f` with the window of every output position: `f(out_index, in_index_of_argmax)`.
-fn for_each_argmax<T: WithDType>(
-    x: &[T],
-    dims: (usize, usize, usize, usize),
-    cfg: &Pool2d,
-    mut f: impl FnMut(usize, usize, T),
-) {
-    let (n, c, h, w) = dims;
+/// The input rows (or columns) `start..end` of output position `o` along one axis of length
+/// `len`, the window clipped to the input (padding is −∞, so it never wins).
+fn window(o: usize, stride: usize, pad: usize, kernel: usize, len: usize) -> (usize, usize) {
+    let first = (o * stride) as isize - pad as isize;
+    let start = first.max(0) as usize;
+    let end = ((first + kernel as isize).min(len as isize)).max(0) as usize;
+    (start, end.max(start))
+}
+
+/// PyTorch's max rule: `v` replaces the running maximum when it is larger or NaN (so a NaN
+/// propagates, and the first of equal maxima wins).
+#[inline(always)]
+fn wins<T: WithDType>(v: T, best: T) -> bool {
+    #[allow(clippy::eq_op)]
+    let nan = v != v;
+    v > best || nan
+}
+
+/// Max-pools one `h × w` plane into `out` (`oh × ow`): the window maxima down the columns
+/// first (whole rows at a time, which vectorises), then along each of those rows (the same
+/// values as scanning each window: the maximum is associative, and a NaN anywhere in the
+/// window wins either way). `rows` is scratch of `w` values.
+fn max_plane<T: WithDType>(x: &[T], (h, w): (usize, usize), cfg: &Pool2d, out: &mut [T], rows: &mut [T]) {
+    let (_, ow) = cfg.output_size(h, w).expect("checked by max_pool2d");
+    let (kh, kw) = cfg.kernel;
+    let (sh, sw) = cfg.stride;
+    let (ph, pw) = cfg.padding;
+    let cols: Vec<(usize, usize)> = (0..ow).map(|ox| window(ox, sw, pw, kw, w)).collect();
+    for (oy, dst) in out.chunks_exact_mut(ow).enumerate() {
+        let (ys, ye) = window(oy, sh, ph, kh, h);
+        rows.fill(T::from_f64(f64::NEG_INFINITY));
+        for y in ys..ye {
+            for (r, &v) in rows.iter_mut().zip(&x[y * w..(y + 1) * w]) {
+                *r = if wins(v, *r) { v } else { *r };
+            }
+        }
+        for (d, &(xs, xe)) in dst.iter_mut().zip(&cols) {
+            let mut best = T::from_f64(f64::NEG_INFINITY);
+            for &v in &rows[xs..xe] {
+                if wins(v, best) {
+                    best = v;
+                }
+            }
+            *d = best;
+        }
+    }
+}
+
+/// The max-pool's input gradient on one plane: each output's gradient `g` goes to the first
+/// input of its window, in row-major order, that equals the window's maximum `y` (PyTorch's
+/// argmax: the first maximum wins), added into `out` (`h × w`). A window whose maximum is NaN
+/// is scanned by PyTorch's rule instead ([`for_each_argmax`]'s).
+fn max_plane_backward<T: WithDType>(x: &[T], y: &[T], g: &[T], (h, w): (usize, usize), cfg: &Pool2d, out: &mut [T]) {
     let (oh, ow) = cfg.output_size(h, w).expect("checked by max_pool2d");
     let (kh, kw) = cfg.kernel;
     let (sh, sw) = cfg.stride;
-    let (ph, pw) = (cfg.padding.0 as isize, cfg.padding.1 as isize);
-    for plane in 0..n * c {
-        let base = plane * h * w;
-        let obase = plane * oh * ow;
-        for oy in 0..oh {
-            let y0 = (oy * sh) as isize - ph;
-            let ys = y0.max(0) as usize;
-            let ye = ((y0 + kh as isize).min(h as isize)).max(0) as usize;
-            for ox in 0..ow {
-                let x0 = (ox * sw) as isize - pw;
-                let xs = x0.max(0) as usize;
-                let xe = ((x0 + kw as isize).min(w as isize)).max(0) as usize;
-                let mut best_i = usize::MAX;
-                let mut best = T::from_f64(f64::NEG_INFINITY);
-                for y in ys..ye {
-                    let row = base + y * w;
-                    for xx in xs..xe {
-                        let v = x[row + xx];
-                        // PyTorch: `val > max || isnan(val)`, so the first maximum wins.
-                        if best_i == usize::MAX || v > best || v.to_f64().is_nan() {
-                            best = v;
-                            best_i = row + xx;
-                        }
+    let (ph, pw) = cfg.padding;
+    let cols: Vec<(usize, usize)> = (0..ow).map(|ox| window(ox, sw, pw, kw, w)).collect();
+    let mut nan = false;
+    for oy in 0..oh {
+        let (ys, ye) = window(oy, sh, ph, kh, h);
+        let (m, g) = (&y[oy * ow..(oy + 1) * ow], &g[oy * ow..(oy + 1) * ow]);
+        for ((&(xs, xe), &m), &g) in cols.iter().zip(m).zip(g) {
+            #[allow(clippy::eq_op)]
+            if m != m {
+                nan = true;
+                continue;
+            }
+            // The window scanned backwards, every match taken (a select, not a branch), so
+            // the first in row-major order stays.
+            let mut first = usize::MAX;
+            for yy in (ys..ye).rev() {
+                let base = yy * w + xs;
+                for (i, &v) in x[base..yy * w + xe].iter().enumerate().rev() {
+                    first = if v == m { base + i } else { first };
+                }
+            }
+            if first != usize::MAX {
+                out[first] += g;
+            }
+        }
+    }
+    if nan {
+        for_each_argmax(x, (h, w), cfg, |o, i, v| {
+            #[allow(clippy::eq_op)]
+            if v != v && i != usize::MAX {
+                out[i] += g[o]
+            }
+        });
+    }
+}
+
+/// Calls `f(out_index, in_index_of_argmax, value)` for every output position of one `h × w`
+/// plane (indices within the plane; `usize::MAX` for a window with no input).
+fn for_each_argmax<T: WithDType>(x: &[T], (h, w): (usize, usize), cfg: &Pool2d, mut f: impl FnMut(usize, usize, T)) {
+    let (oh, ow) = cfg.output_size(h, w).expect("checked by max_pool2d");
+    let (kh, kw) = cfg.kernel;
+    let (sh, sw) = cfg.stride;
+    let (ph, pw) = cfg.padding;
+    let cols: Vec<(usize, usize)> = (0..ow).map(|ox| window(ox, sw, pw, kw, w)).collect();
+    for oy in 0..oh {
+        let (ys, ye) = window(oy, sh, ph, kh, h);
+        for (ox, &(xs, xe)) in cols.iter().enumerate() {
+            let mut best_i = usize::MAX;
+            let mut best = T::from_f64(f64::NEG_INFINITY);
+            for y in ys..ye {
+                let row = y * w;
+                for (i, &v) in x[row + xs..row + xe].iter().enumerate() {
+                    // PyTorch: `val > max || isnan(val)`, so the first maximum wins.
+                    if best_i == usize::MAX || wins(v, best) {
+                        best = v;
+                        best_i = row + xs + i;
                     }
                 }
-                f(obase + oy * ow + ox, best_i, best);
             }
+            f(oy * ow + ox, best_i, best);
         }
     }
 }
@@ -188,8 +267,15 @@ impl CustomOp1 for MaxPool {
         let (oh, ow) = self.0.output_size(dims.2, dims.3).expect("checked");
         let shape = Shape::from((dims.0, dims.1, oh, ow));
         fn run<T: WithDType>(x: &[T], dims: (usize, usize, usize, usize), cfg: &Pool2d, n: usize) -> Vec<T> {
+            let (_, _, h, w) = dims;
             let mut out = vec![T::zero(); n];
-            for_each_argmax(x, dims, cfg, |o, _, v| out[o] = v);
+            let plane = n / (dims.0 * dims.1).max(1);
+            if plane == 0 || h * w == 0 {
+                return out;
+            }
+            out.par_chunks_mut(plane)
+                .zip(x.par_chunks(h * w))
+                .for_each_init(|| vec![T::zero(); w], |rows, (o, x)| max_plane(x, (h, w), cfg, o, rows));
             out
         }
         let storage = match s {
@@ -210,15 +296,16 @@ impl CustomOp1 for MaxPool {
         Ok((storage, shape))
     }
 
-    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> candle_core::Result<Option<Tensor>> {
-        let g = arg.apply_op2_no_bwd(&grad_res.contiguous()?, &MaxPoolBackward(self.0))?;
+    fn bwd(&self, arg: &Tensor, res: &Tensor, grad_res: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        let g = arg.apply_op3_no_bwd(res, &grad_res.contiguous()?, &MaxPoolBackward(self.0))?;
         Ok(Some(g))
     }
 }
 
+/// The input gradient of [`MaxPool`] from its input, its output and the output's gradient.
 struct MaxPoolBackward(Pool2d);
 
-impl CustomOp2 for MaxPoolBackward {
+impl CustomOp3 for MaxPoolBackward {
     fn name(&self) -> &'static str {
         "extremal-max-pool2d-backward"
     }
@@ -229,27 +316,39 @@ impl CustomOp2 for MaxPoolBackward {
         l1: &Layout,
         s2: &CpuStorage,
         l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let dims = l1.shape().dims4()?;
-        fn run<T: WithDType>(x: &[T], g: &[T], dims: (usize, usize, usize, usize), cfg: &Pool2d) -> Vec<T> {
+        fn run<T: WithDType>(x: &[T], y: &[T], g: &[T], dims: (usize, usize, usize, usize), cfg: &Pool2d) -> Vec<T> {
+            let (_, _, h, w) = dims;
             let mut out = vec![T::zero(); x.len()];
-            for_each_argmax(x, dims, cfg, |o, i, _| {
-                if i != usize::MAX {
-                    out[i] += g[o]
-                }
-            });
+            let (oh, ow) = cfg.output_size(h, w).expect("checked");
+            if h * w == 0 || oh * ow == 0 {
+                return out;
+            }
+            for (out, ((x, y), g)) in out.chunks_exact_mut(h * w).zip(
+                x.chunks_exact(h * w)
+                    .zip(y.chunks_exact(oh * ow))
+                    .zip(g.chunks_exact(oh * ow)),
+            ) {
+                max_plane_backward(x, y, g, (h, w), cfg, out);
+            }
             out
         }
-        let storage = match (s1, s2) {
-            (CpuStorage::F32(_), CpuStorage::F32(_)) => CpuStorage::F32(run(
-                crate::contiguous_slice::<f32>(s1, l1, "max_pool2d")?,
-                crate::contiguous_slice::<f32>(s2, l2, "max_pool2d")?,
+        let name = "max_pool2d backward";
+        let storage = match (s1, s2, s3) {
+            (CpuStorage::F32(_), CpuStorage::F32(_), CpuStorage::F32(_)) => CpuStorage::F32(run(
+                crate::contiguous_slice::<f32>(s1, l1, name)?,
+                crate::contiguous_slice::<f32>(s2, l2, name)?,
+                crate::contiguous_slice::<f32>(s3, l3, name)?,
                 dims,
                 &self.0,
             )),
-            (CpuStorage::F64(_), CpuStorage::F64(_)) => CpuStorage::F64(run(
-                crate::contiguous_slice::<f64>(s1, l1, "max_pool2d")?,
-                crate::contiguous_slice::<f64>(s2, l2, "max_pool2d")?,
+            (CpuStorage::F64(_), CpuStorage::F64(_), CpuStorage::F64(_)) => CpuStorage::F64(run(
+                crate::contiguous_slice::<f64>(s1, l1, name)?,
+                crate::contiguous_slice::<f64>(s2, l2, name)?,
+                crate::contiguous_slice::<f64>(s3, l3, name)?,
                 dims,
                 &self.0,
             )),

@@ -82,6 +82,94 @@ fn max_pool_tie_sends_gradient_to_the_first_maximum() -> R<()> {
     Ok(())
 }
 
+/// PyTorch's max-pool, window by window: the running maximum starts at the window's first
+/// input and is replaced by a larger input or a NaN. Returns each output's value and the
+/// plane index of its argmax (`None` for an empty window).
+fn max_pool_reference(x: &[f32], (h, w): (usize, usize), cfg: &Pool2d) -> Vec<(f32, Option<usize>)> {
+    let (oh, ow) = cfg.output_size(h, w).unwrap();
+    let span = |o: usize, s: usize, p: usize, k: usize, n: usize| {
+        let first = (o * s) as isize - p as isize;
+        (
+            first.max(0) as usize,
+            (first + k as isize).min(n as isize).max(0) as usize,
+        )
+    };
+    let mut out = Vec::new();
+    for oy in 0..oh {
+        let (ys, ye) = span(oy, cfg.stride.0, cfg.padding.0, cfg.kernel.0, h);
+        for ox in 0..ow {
+            let (xs, xe) = span(ox, cfg.stride.1, cfg.padding.1, cfg.kernel.1, w);
+            let mut best: Option<(f32, usize)> = None;
+            for yy in ys..ye {
+                for xx in xs..xe {
+                    let v = x[yy * w + xx];
+                    if best.is_none_or(|(b, _)| v > b || v.is_nan()) {
+                        best = Some((v, yy * w + xx));
+                    }
+                }
+            }
+            out.push(best.map_or((f32::NEG_INFINITY, None), |(v, i)| (v, Some(i))));
+        }
+    }
+    out
+}
+
+#[test]
+fn max_pool_kernel_follows_pytorchs_rule_on_ties_and_nans() -> R<()> {
+    let cases = [
+        Pool2d::new(3, 2).with_padding(1),
+        Pool2d::new(3, 2).with_ceil_mode(true),
+        Pool2d::new(2, 2),
+        Pool2d::new(3, 1).with_padding(1),
+        Pool2d {
+            kernel: (2, 3),
+            stride: (1, 2),
+            padding: (1, 1),
+            ceil_mode: true,
+        },
+    ];
+    for (c, cfg) in cases.iter().enumerate() {
+        let (n, ch, h, w) = (2, 3, 9, 11);
+        // Values on a coarse grid (many exact ties, both zeros), a few NaNs.
+        let mut v: Vec<f32> = rand(&[n * ch * h * w], c as u64)
+            .to_dtype(DType::F32)?
+            .to_vec1::<f32>()?
+            .iter()
+            .map(|v| (v * 2.0).round() / 2.0)
+            .collect();
+        v.iter_mut().step_by(17).for_each(|v| *v = -0.0);
+        if c % 2 == 0 {
+            v.iter_mut().skip(5).step_by(41).for_each(|v| *v = f32::NAN);
+        }
+        let x = candle_core::Var::from_tensor(&Tensor::from_vec(v.clone(), (n, ch, h, w), &Device::Cpu)?)?;
+        let y = max_pool2d(x.as_tensor(), cfg)?;
+        let (oh, ow) = cfg.output_size(h, w).unwrap();
+        let g_out = rand(&[n, ch, oh, ow], 7 + c as u64).to_dtype(DType::F32)?;
+        let grads = (&y * &g_out)?.sum_all()?.backward()?;
+        let gx = grads.get(x.as_tensor()).unwrap().flatten_all()?.to_vec1::<f32>()?;
+        let (y, g_out) = (
+            y.flatten_all()?.to_vec1::<f32>()?,
+            g_out.flatten_all()?.to_vec1::<f32>()?,
+        );
+        let mut expected_gx = vec![0f32; v.len()];
+        for plane in 0..n * ch {
+            let reference = max_pool_reference(&v[plane * h * w..(plane + 1) * h * w], (h, w), cfg);
+            for (o, (value, argmax)) in reference.into_iter().enumerate() {
+                let got = y[plane * oh * ow + o];
+                assert!(
+                    got == value || (got.is_nan() && value.is_nan()),
+                    "{cfg:?}: plane {plane} output {o}: {got} vs {value}"
+                );
+                if let Some(i) = argmax {
+                    expected_gx[plane * h * w + i] += g_out[plane * oh * ow + o];
+                }
+            }
+        }
+        assert_eq!(gx, expected_gx, "{cfg:?}: input gradient");
+    }
+    Ok(())
+}
+
 #[test]
 fn conv_gradients_match_finite_differences() {
     type Case = (Conv2dConfig, (usize, usize, usize, usize), (usize, usize));
