@@ -352,7 +352,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match run(cli) {
+    match extremal_ops::on_thread_pool(|| run(cli)) {
         Ok(()) if STDOUT_ERROR.get().is_some() => {
             eprintln!("error: cannot write the output: {}", STDOUT_ERROR.get().expect("set"));
             ExitCode::FAILURE

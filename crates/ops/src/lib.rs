@@ -66,7 +66,7 @@ pub use pool::{adaptive_avg_pool2d, max_pool2d, max_pool2d_primitive, Pool2d};
 pub use resize::{interpolation_matrix, resize_bilinear};
 pub use separable::{avg_pool2d, gaussian_blur, gaussian_kernel, Border};
 pub use simd::{has_avx2, Kernels};
-pub use threads::one_elementwise_thread;
+pub use threads::{on_thread_pool, one_elementwise_thread};
 
 /// Errors of the kernels in this crate.
 #[derive(Debug, thiserror::Error)]
