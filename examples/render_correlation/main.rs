@@ -8,6 +8,7 @@
 //!
 //! ```text
 //! cargo run --release --example render_correlation [-- --iterations N] [--out DIR] [--parameterisation fourier]
+//!     [--lr R] [--init-scale S] [--tv W] [--now-only]
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -22,6 +23,7 @@ fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
     let flag = |name: &str| args.iter().position(|a| a == name).map(|i| args[i + 1].clone());
     let iterations: Option<usize> = flag("--iterations").map(|v| v.parse()).transpose()?;
+    let now_only = args.iter().any(|a| a == "--now-only");
     let out = flag("--out").map(PathBuf::from);
     let model = Model::load(ModelKind::EfficientnetLite0, None, DType::F32, &Device::Cpu)?;
     let layer = "layer3";
@@ -39,6 +41,12 @@ fn main() -> anyhow::Result<()> {
             Some(p) => p.parse()?,
             None => now.parameterisation,
         },
+        lr: flag("--lr").map(|v| v.parse()).transpose()?.unwrap_or(now.lr),
+        tv_weight: flag("--tv").map(|v| v.parse()).transpose()?.or(now.tv_weight),
+        init_scale: flag("--init-scale")
+            .map(|v| v.parse())
+            .transpose()?
+            .unwrap_or(now.init_scale),
         ..now
     };
     println!(
@@ -72,11 +80,18 @@ fn main() -> anyhow::Result<()> {
             .take(6)
             .collect();
         let targets: Vec<Target> = singles.iter().map(|&k| Target::Channels(vec![k])).collect();
-        let a = invert(&model, &x, layer, &targets, &before, &mut |_, _| {})?;
+        let a = if now_only {
+            None
+        } else {
+            Some(invert(&model, &x, layer, &targets, &before, &mut |_, _| {})?)
+        };
         let b = invert(&model, &x, layer, &targets, &now, &mut |_, _| {})?;
         for (i, &k) in singles.iter().enumerate() {
             let act = phi.get(k)?;
-            let ca = energy_correlation(&a.images.get(i)?, &act, stride)?;
+            let ca = match &a {
+                Some(a) => energy_correlation(&a.images.get(i)?, &act, stride)?,
+                None => f64::NAN,
+            };
             let cb = energy_correlation(&b.images.get(i)?, &act, stride)?;
             println!("| {name} | {k} | {ca:.3} | {cb:.3} |");
             sum_before += ca;
@@ -85,7 +100,8 @@ fn main() -> anyhow::Result<()> {
         }
         if let Some(dir) = &out {
             std::fs::create_dir_all(dir)?;
-            for (tag, inv) in [("before", &a), ("now", &b)] {
+            for (tag, inv) in [("before", a.as_ref()), ("now", Some(&b))] {
+                let Some(inv) = inv else { continue };
                 for (i, &k) in singles.iter().enumerate() {
                     let rgb = model
                         .preprocess()
@@ -97,6 +113,10 @@ fn main() -> anyhow::Result<()> {
         }
     }
     let (mb, mn) = (sum_before / n as f64, sum_now / n as f64);
-    println!("mean correlation: before {mb:.3}, now {mn:.3} ({:.2}×)", mn / mb);
+    if now_only {
+        println!("mean correlation: now {mn:.3}");
+    } else {
+        println!("mean correlation: before {mb:.3}, now {mn:.3} ({:.2}×)", mn / mb);
+    }
     Ok(())
 }
