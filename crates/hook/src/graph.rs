@@ -1,4 +1,5 @@
 use candle_core::{Module, Tensor};
+use extremal_ops::Activation;
 
 use crate::receptive::{self, Footprint, ReceptiveField, Walks};
 use crate::{Error, Hook, Network, Prefix, Result};
@@ -29,8 +30,11 @@ pub enum Node {
         body: Box<Node>,
         /// The projection branch, if any.
         shortcut: Option<Box<Node>>,
-        /// Applied after the sum (e.g. ReLU), if any; not a site. It must be pointwise (each
-        /// output position reads its own input position), as receptive fields assume.
+        /// An activation of the sum, computed in the same pass as the sum (none: the
+        /// identity); not a site.
+        activation: Activation,
+        /// Applied after the sum and `activation`, if any; not a site. It must be pointwise
+        /// (each output position reads its own input position), as receptive fields assume.
         post: Option<Box<dyn Module + Send + Sync>>,
     },
     /// A chain of layers (e.g. convolution, batch norm, ReLU) that `fused` computes in one
@@ -134,6 +138,19 @@ impl Node {
             name: name.to_string(),
             body: Box::new(body),
             shortcut: shortcut.map(Box::new),
+            activation: Activation::None,
+            post: None,
+        }
+    }
+
+    /// A residual node whose sum goes through `activation` (ResNet's ReLU), the two in one
+    /// pass forward and one backward ([`extremal_ops::add_activation`]).
+    pub fn residual_activation(name: &str, body: Node, shortcut: Option<Node>, activation: Activation) -> Self {
+        Node::Residual {
+            name: name.to_string(),
+            body: Box::new(body),
+            shortcut: shortcut.map(Box::new),
+            activation,
             post: None,
         }
     }
@@ -149,6 +166,7 @@ impl Node {
             name: name.to_string(),
             body: Box::new(body),
             shortcut: shortcut.map(Box::new),
+            activation: Activation::None,
             post: Some(Box::new(post)),
         }
     }
@@ -247,14 +265,18 @@ impl Node {
                 }
             }
             Node::Residual {
-                body, shortcut, post, ..
+                body,
+                shortcut,
+                activation,
+                post,
+                ..
             } => {
                 let b = body.forward(x, hook)?;
                 let s = match shortcut {
                     Some(s) => s.forward(x, hook)?,
                     None => x.clone(),
                 };
-                finish_residual(&b, &s, post.as_deref())?
+                finish_residual(&b, &s, *activation, post.as_deref())?
             }
             Node::Concat { branches, .. } => {
                 let ys = branches
@@ -304,7 +326,11 @@ impl Node {
                 y
             }
             Node::Residual {
-                body, shortcut, post, ..
+                body,
+                shortcut,
+                activation: sum_activation,
+                post,
+                ..
             } => {
                 let x = fit_batch(&saved[0], n)?;
                 let (b, s) = if i == 0 {
@@ -322,7 +348,7 @@ impl Node {
                         .resume(rest, &saved[1..], activation, hook)?;
                     (b, s)
                 };
-                finish_residual(&b, &s, post.as_deref())?
+                finish_residual(&b, &s, *sum_activation, post.as_deref())?
             }
             Node::Concat { branches, .. } => {
                 let x = fit_batch(&saved[0], n)?;
@@ -354,14 +380,18 @@ impl Hook for Silent {
     }
 }
 
-fn finish_residual(b: &Tensor, s: &Tensor, post: Option<&(dyn Module + Send + Sync)>) -> Result<Tensor> {
+fn finish_residual(
+    b: &Tensor,
+    s: &Tensor,
+    activation: Activation,
+    post: Option<&(dyn Module + Send + Sync)>,
+) -> Result<Tensor> {
     let y = if extremal_ops::excitation_backprop() {
         // Excitation backprop shares the signal between the branches by their contributions.
-        extremal_ops::excite_sum(b, s).map_err(candle_core::Error::from)?
-    } else if b.dims() == s.dims() {
-        b.add(s)?
+        let sum = extremal_ops::excite_sum(b, s).map_err(candle_core::Error::from)?;
+        activation.apply(&sum).map_err(candle_core::Error::from)?
     } else {
-        b.broadcast_add(s)?
+        extremal_ops::add_activation(b, s, activation).map_err(candle_core::Error::from)?
     };
     Ok(match post {
         Some(p) => p.forward(&y)?,

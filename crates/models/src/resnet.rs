@@ -5,7 +5,6 @@ use extremal_ops::{Activation, Pool2d};
 
 use crate::layers::{
     conv_chain, node, AdaptiveAvgPool, BatchNorm, Conv, ConvPadding, ConvSpec, Flatten, Linear, MaxPool, ParamSource,
-    Relu,
 };
 use crate::Result;
 
@@ -86,7 +85,10 @@ fn block(
     } else {
         None
     };
-    Ok((Node::residual_then(name, Node::seq("", body), shortcut, Relu), c_out))
+    Ok((
+        Node::residual_activation(name, Node::seq("", body), shortcut, Activation::Relu),
+        c_out,
+    ))
 }
 
 /// Builds a ResNet of `depth` (18, 34, 50, 101 or 152) with `classes` outputs.

@@ -1,4 +1,4 @@
-use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor, WithDType};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor, WithDType};
 use rayon::prelude::*;
 
 use crate::Result;
@@ -287,6 +287,82 @@ impl CustomOp1 for ActGrad {
             _ => candle_core::bail!("activation: only f32 and f64 are supported on the CPU"),
         };
         Ok((out, l.shape().clone()))
+    }
+}
+
+/// `act(a + b)`, the sum of a residual block's branches and its activation, in one pass, with
+/// the gradient `grad ⊙ act′` (under the thread's [`GradientRule`], counted as one activation)
+/// to both. Off the CPU, for other dtypes or for shapes that differ, it is `act.apply(a + b)`
+/// with broadcasting.
+///
+/// # Shapes
+/// - `a`, `b`: the same shape (or broadcastable); the output has the broadcast shape.
+pub fn add_activation(a: &Tensor, b: &Tensor, act: Activation) -> Result<Tensor> {
+    if act == Activation::None || a.dims() != b.dims() || !cpu_float(a) || !cpu_float(b) || a.dtype() != b.dtype() {
+        let sum = if a.dims() == b.dims() {
+            a.add(b)?
+        } else {
+            a.broadcast_add(b)?
+        };
+        return act.apply(&sum);
+    }
+    Ok(a.contiguous()?.apply_op2(&b.contiguous()?, AddActOp(act))?)
+}
+
+/// [`add_activation`] on the CPU.
+struct AddActOp(Activation);
+
+impl CustomOp2 for AddActOp {
+    fn name(&self) -> &'static str {
+        "extremal-add-activation"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        fn run<T: WithDType>(a: &[T], b: &[T], act: Activation) -> Vec<T> {
+            // Every element is written below.
+            let mut y: Vec<T> = crate::output_vec(a.len());
+            y.par_chunks_mut(CHUNK)
+                .zip(a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK)))
+                .for_each(|(y, (a, b))| {
+                    for ((y, &a), &b) in y.iter_mut().zip(a).zip(b) {
+                        *y = a + b;
+                    }
+                    activate_serial(y, act);
+                });
+            y
+        }
+        let name = "add_activation";
+        let out = match (s1, s2) {
+            (CpuStorage::F32(_), CpuStorage::F32(_)) => CpuStorage::F32(run(
+                crate::contiguous_slice::<f32>(s1, l1, name)?,
+                crate::contiguous_slice::<f32>(s2, l2, name)?,
+                self.0,
+            )),
+            (CpuStorage::F64(_), CpuStorage::F64(_)) => CpuStorage::F64(run(
+                crate::contiguous_slice::<f64>(s1, l1, name)?,
+                crate::contiguous_slice::<f64>(s2, l2, name)?,
+                self.0,
+            )),
+            _ => candle_core::bail!("add_activation: only f32 and f64 are supported on the CPU"),
+        };
+        Ok((out, l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        _a: &Tensor,
+        _b: &Tensor,
+        res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let g = act_grad(grad, res, self.0)?;
+        Ok((Some(g.clone()), Some(g)))
     }
 }
 

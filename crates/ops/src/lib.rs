@@ -52,7 +52,8 @@ mod simd;
 mod threads;
 
 pub use act::{
-    gradient_rule, relu, relu6, set_gradient_rule, set_gradient_rule_for, sigmoid, Activation, GradientRule, RuleGuard,
+    add_activation, gradient_rule, relu, relu6, set_gradient_rule, set_gradient_rule_for, sigmoid, Activation,
+    GradientRule, RuleGuard,
 };
 pub use conv::{conv2d, conv2d_excitation, conv2d_fused, conv2d_fused_with, same_padding, Conv2dConfig, Padding};
 pub use excite::{

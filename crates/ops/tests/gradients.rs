@@ -171,6 +171,43 @@ fn max_pool_kernel_follows_pytorchs_rule_on_ties_and_nans() -> R<()> {
 }
 
 #[test]
+fn add_activation_equals_the_sum_then_the_activation() -> R<()> {
+    for act in [Activation::Relu, Activation::Relu6, Activation::None] {
+        for dtype in [DType::F32, DType::F64] {
+            let a = candle_core::Var::from_tensor(&(rand(&[2, 3, 5, 7], 1) * 4.0)?.to_dtype(dtype)?)?;
+            let b = candle_core::Var::from_tensor(&(rand(&[2, 3, 5, 7], 2) * 4.0)?.to_dtype(dtype)?)?;
+            let w = rand(&[2, 3, 5, 7], 3).to_dtype(dtype)?;
+            let fused = add_activation(a.as_tensor(), b.as_tensor(), act)?;
+            let plain = act.apply(&(a.as_tensor() + b.as_tensor())?)?;
+            let d = (&fused - &plain)?
+                .abs()?
+                .max_all()?
+                .to_dtype(DType::F64)?
+                .to_scalar::<f64>()?;
+            assert_eq!(d, 0.0, "{act:?} {dtype:?}: forward");
+            for rule in [GradientRule::Standard, GradientRule::Guided] {
+                let _rule = set_gradient_rule(rule);
+                let gf = (&fused * &w)?.sum_all()?.backward()?;
+                let gp = (&plain * &w)?.sum_all()?.backward()?;
+                for v in [&a, &b] {
+                    let (x, y) = (gf.get(v.as_tensor()).unwrap(), gp.get(v.as_tensor()).unwrap());
+                    let d = (x - y)?.abs()?.max_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+                    assert_eq!(d, 0.0, "{act:?} {dtype:?} {rule:?}: gradient");
+                }
+            }
+        }
+    }
+    let a = rand(&[1, 2, 3, 3], 4);
+    let b = rand(&[1, 2, 3, 3], 5);
+    check(
+        &|x| weighted(&add_activation(x, &b, Activation::Relu)?, 6),
+        &a,
+        "add_activation",
+    );
+    Ok(())
+}
+
+#[test]
 fn conv_gradients_match_finite_differences() {
     type Case = (Conv2dConfig, (usize, usize, usize, usize), (usize, usize));
     let cases: Vec<Case> = vec![
