@@ -146,34 +146,55 @@ fn window(o: usize, stride: usize, pad: usize, kernel: usize, len: usize) -> (us
     (start, end.max(start))
 }
 
+/// Whether `v` is NaN (the one value unequal to itself), for any float type.
+#[inline(always)]
+fn is_nan<T: WithDType>(v: T) -> bool {
+    #[allow(clippy::eq_op)]
+    let nan = v != v;
+    nan
+}
+
 /// PyTorch's max rule: `v` replaces the running maximum when it is larger or NaN (so a NaN
 /// propagates, and the first of equal maxima wins).
 #[inline(always)]
 fn wins<T: WithDType>(v: T, best: T) -> bool {
-    #[allow(clippy::eq_op)]
-    let nan = v != v;
-    v > best || nan
+    v > best || is_nan(v)
+}
+
+/// The input span of every output row and every output column of a pool on an `h × w`
+/// plane (see [`window`]), computed once per call for all planes.
+struct Windows {
+    rows: Vec<(usize, usize)>,
+    cols: Vec<(usize, usize)>,
+}
+
+impl Windows {
+    fn new(cfg: &Pool2d, (h, w): (usize, usize)) -> Self {
+        let (oh, ow) = cfg.output_size(h, w).expect("checked by max_pool2d");
+        Self {
+            rows: (0..oh)
+                .map(|o| window(o, cfg.stride.0, cfg.padding.0, cfg.kernel.0, h))
+                .collect(),
+            cols: (0..ow)
+                .map(|o| window(o, cfg.stride.1, cfg.padding.1, cfg.kernel.1, w))
+                .collect(),
+        }
+    }
 }
 
 /// Max-pools one `h × w` plane into `out` (`oh × ow`): the window maxima down the columns
 /// first (whole rows at a time, which vectorises), then along each of those rows (the same
 /// values as scanning each window: the maximum is associative, and a NaN anywhere in the
-/// window wins either way). `rows` is scratch of `w` values.
-fn max_plane<T: WithDType>(x: &[T], (h, w): (usize, usize), cfg: &Pool2d, out: &mut [T], rows: &mut [T]) {
-    let (_, ow) = cfg.output_size(h, w).expect("checked by max_pool2d");
-    let (kh, kw) = cfg.kernel;
-    let (sh, sw) = cfg.stride;
-    let (ph, pw) = cfg.padding;
-    let cols: Vec<(usize, usize)> = (0..ow).map(|ox| window(ox, sw, pw, kw, w)).collect();
-    for (oy, dst) in out.chunks_exact_mut(ow).enumerate() {
-        let (ys, ye) = window(oy, sh, ph, kh, h);
+/// window wins either way). `x` is the plane, `w` its width; `rows` is scratch of `w` values.
+fn max_plane<T: WithDType>(x: &[T], w: usize, win: &Windows, out: &mut [T], rows: &mut [T]) {
+    for (dst, &(ys, ye)) in out.chunks_exact_mut(win.cols.len()).zip(&win.rows) {
         rows.fill(T::from_f64(f64::NEG_INFINITY));
         for y in ys..ye {
             for (r, &v) in rows.iter_mut().zip(&x[y * w..(y + 1) * w]) {
                 *r = if wins(v, *r) { v } else { *r };
             }
         }
-        for (d, &(xs, xe)) in dst.iter_mut().zip(&cols) {
+        for (d, &(xs, xe)) in dst.iter_mut().zip(&win.cols) {
             let mut best = T::from_f64(f64::NEG_INFINITY);
             for &v in &rows[xs..xe] {
                 if wins(v, best) {
@@ -189,19 +210,13 @@ fn max_plane<T: WithDType>(x: &[T], (h, w): (usize, usize), cfg: &Pool2d, out: &
 /// input of its window, in row-major order, that equals the window's maximum `y` (PyTorch's
 /// argmax: the first maximum wins), added into `out` (`h × w`). A window whose maximum is NaN
 /// is scanned by PyTorch's rule instead ([`for_each_argmax`]'s).
-fn max_plane_backward<T: WithDType>(x: &[T], y: &[T], g: &[T], (h, w): (usize, usize), cfg: &Pool2d, out: &mut [T]) {
-    let (oh, ow) = cfg.output_size(h, w).expect("checked by max_pool2d");
-    let (kh, kw) = cfg.kernel;
-    let (sh, sw) = cfg.stride;
-    let (ph, pw) = cfg.padding;
-    let cols: Vec<(usize, usize)> = (0..ow).map(|ox| window(ox, sw, pw, kw, w)).collect();
+fn max_plane_backward<T: WithDType>(x: &[T], y: &[T], g: &[T], w: usize, win: &Windows, out: &mut [T]) {
+    let ow = win.cols.len();
     let mut nan = false;
-    for oy in 0..oh {
-        let (ys, ye) = window(oy, sh, ph, kh, h);
+    for (oy, &(ys, ye)) in win.rows.iter().enumerate() {
         let (m, g) = (&y[oy * ow..(oy + 1) * ow], &g[oy * ow..(oy + 1) * ow]);
-        for ((&(xs, xe), &m), &g) in cols.iter().zip(m).zip(g) {
-            #[allow(clippy::eq_op)]
-            if m != m {
+        for ((&(xs, xe), &m), &g) in win.cols.iter().zip(m).zip(g) {
+            if is_nan(m) {
                 nan = true;
                 continue;
             }
@@ -220,26 +235,20 @@ fn max_plane_backward<T: WithDType>(x: &[T], y: &[T], g: &[T], (h, w): (usize, u
         }
     }
     if nan {
-        for_each_argmax(x, (h, w), cfg, |o, i, v| {
-            #[allow(clippy::eq_op)]
-            if v != v && i != usize::MAX {
+        for_each_argmax(x, w, win, |o, i, v| {
+            if is_nan(v) && i != usize::MAX {
                 out[i] += g[o]
             }
         });
     }
 }
 
-/// Calls `f(out_index, in_index_of_argmax, value)` for every output position of one `h × w`
-/// plane (indices within the plane; `usize::MAX` for a window with no input).
-fn for_each_argmax<T: WithDType>(x: &[T], (h, w): (usize, usize), cfg: &Pool2d, mut f: impl FnMut(usize, usize, T)) {
-    let (oh, ow) = cfg.output_size(h, w).expect("checked by max_pool2d");
-    let (kh, kw) = cfg.kernel;
-    let (sh, sw) = cfg.stride;
-    let (ph, pw) = cfg.padding;
-    let cols: Vec<(usize, usize)> = (0..ow).map(|ox| window(ox, sw, pw, kw, w)).collect();
-    for oy in 0..oh {
-        let (ys, ye) = window(oy, sh, ph, kh, h);
-        for (ox, &(xs, xe)) in cols.iter().enumerate() {
+/// Calls `f(out_index, in_index_of_argmax, value)` for every output position of one plane of
+/// width `w` (indices within the plane; `usize::MAX` for a window with no input).
+fn for_each_argmax<T: WithDType>(x: &[T], w: usize, win: &Windows, mut f: impl FnMut(usize, usize, T)) {
+    let ow = win.cols.len();
+    for (oy, &(ys, ye)) in win.rows.iter().enumerate() {
+        for (ox, &(xs, xe)) in win.cols.iter().enumerate() {
             let mut best_i = usize::MAX;
             let mut best = T::from_f64(f64::NEG_INFINITY);
             for y in ys..ye {
@@ -269,13 +278,14 @@ impl CustomOp1 for MaxPool {
         fn run<T: WithDType>(x: &[T], dims: (usize, usize, usize, usize), cfg: &Pool2d, n: usize) -> Vec<T> {
             let (_, _, h, w) = dims;
             let mut out = vec![T::zero(); n];
-            let plane = n / (dims.0 * dims.1).max(1);
+            let win = Windows::new(cfg, (h, w));
+            let plane = win.rows.len() * win.cols.len();
             if plane == 0 || h * w == 0 {
                 return out;
             }
             out.par_chunks_mut(plane)
                 .zip(x.par_chunks(h * w))
-                .for_each_init(|| vec![T::zero(); w], |rows, (o, x)| max_plane(x, (h, w), cfg, o, rows));
+                .for_each_init(|| vec![T::zero(); w], |rows, (o, x)| max_plane(x, w, &win, o, rows));
             out
         }
         let storage = match s {
@@ -323,16 +333,17 @@ impl CustomOp3 for MaxPoolBackward {
         fn run<T: WithDType>(x: &[T], y: &[T], g: &[T], dims: (usize, usize, usize, usize), cfg: &Pool2d) -> Vec<T> {
             let (_, _, h, w) = dims;
             let mut out = vec![T::zero(); x.len()];
-            let (oh, ow) = cfg.output_size(h, w).expect("checked");
-            if h * w == 0 || oh * ow == 0 {
+            let win = Windows::new(cfg, (h, w));
+            let plane = win.rows.len() * win.cols.len();
+            if h * w == 0 || plane == 0 {
                 return out;
             }
             for (out, ((x, y), g)) in out.chunks_exact_mut(h * w).zip(
                 x.chunks_exact(h * w)
-                    .zip(y.chunks_exact(oh * ow))
-                    .zip(g.chunks_exact(oh * ow)),
+                    .zip(y.chunks_exact(plane))
+                    .zip(g.chunks_exact(plane)),
             ) {
-                max_plane_backward(x, y, g, (h, w), cfg, out);
+                max_plane_backward(x, y, g, w, &win, out);
             }
             out
         }
