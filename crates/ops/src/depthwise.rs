@@ -312,6 +312,236 @@ fn forward_plane<T: WithDType>(
     }
 }
 
+/// Planes per group of the channel-interleaved forward (one AVX-512 f32 vector).
+const LANES: usize = 16;
+
+/// Outputs of a row computed together by the channel-interleaved forward (each a vector of
+/// [`LANES`] planes, its accumulator in registers across all taps).
+const ROW_BLOCK: usize = 4;
+
+/// How the depthwise forward lays out its work. Every layout gives the same values (each
+/// output is the bias plus the taps in order, the multiply and the add separate); they differ
+/// in speed, and tests and benchmarks compare them ([`set_depthwise_layout`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DepthwiseLayout {
+    /// [`DepthwiseLayout::Interleaved`] where it is faster, else [`DepthwiseLayout::Planes`].
+    #[default]
+    Auto,
+    /// One plane at a time, the vectors along its rows (or, at stride 1, along the whole
+    /// plane at the padded row pitch).
+    Planes,
+    /// Sixteen planes at a time, one vector across them per pixel: every lane busy however
+    /// small the plane, for the price of interleaving the planes and back.
+    Interleaved,
+}
+
+thread_local! {
+    static LAYOUT: std::cell::Cell<DepthwiseLayout> = const { std::cell::Cell::new(DepthwiseLayout::Auto) };
+}
+
+/// Sets the depthwise forward's layout for the convolutions this thread starts, and returns
+/// the previous one (for benchmarks and tests; the default, [`DepthwiseLayout::Auto`], picks
+/// the faster).
+pub fn set_depthwise_layout(layout: DepthwiseLayout) -> DepthwiseLayout {
+    LAYOUT.with(|l| l.replace(layout))
+}
+
+impl Geometry {
+    /// Whether the forward runs [`LANES`] planes at a time, channel-interleaved
+    /// ([`DepthwiseLayout`]): under `Auto`, for strided convolutions (the plane layout goes
+    /// row by row, a row of Lite0's 14 → 7 stage filling 7 of 64 lanes) and output planes of
+    /// at most 8 × 8 (at stride 1 the plane layout's one run over the plane is mostly idle
+    /// lanes there), given a full group of planes (`examples/depthwise_time` measures both).
+    fn interleaved(&self) -> bool {
+        match LAYOUT.with(|l| l.get()) {
+            DepthwiseLayout::Auto => (self.stride > 1 || self.oh * self.ow <= 64) && self.n * self.c >= LANES,
+            DepthwiseLayout::Planes => false,
+            DepthwiseLayout::Interleaved => true,
+        }
+    }
+
+    /// Length of the interleaved scratch: the padded plane, [`LANES`] values per pixel.
+    fn interleaved_len(&self) -> usize {
+        let (ph, pw) = self.padded();
+        ph * pw * LANES
+    }
+}
+
+/// [`LANES`] planes at once: `x` holds the group's input planes (`planes` of them, the last
+/// group may be short), `w` and `bias` their filters and biases, each tap a vector of
+/// [`LANES`] values ([`interleave_weights`]), `taps` the scratch offset of each tap
+/// ([`Geometry::interleaved_taps`]). The planes go into `buf` with one pixel's [`LANES`]
+/// values together (its zero border is never written: `buf` is zeroed once per thread), each
+/// output is `bias + Σ_taps w · x` over one vector per tap, the taps in order with the
+/// multiply and the add separate (the plane kernels' values), then the outputs return to
+/// their planes in `y` and take the activation.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn forward_group<T: WithDType>(
+    g: &Geometry,
+    taps: &[usize],
+    x: &[T],
+    planes: usize,
+    w: &[[T; LANES]],
+    bias: &[T; LANES],
+    act: Activation,
+    buf: &mut [T],
+    out: &mut [T],
+    y: &mut [T],
+    k: Kernels,
+) {
+    let ys = g.oh * g.ow;
+    let (buf, out) = (&mut buf[..g.interleaved_len()], &mut out[..ys * LANES]);
+    interleave(g, x, planes, buf, k);
+    group_taps(g, taps, buf, w, bias, out, k);
+    activate_serial(out, act);
+    deinterleave(out, planes, y, k);
+}
+
+/// The group's input planes (`planes` of `x`'s, each `H × W`) into the interior of the
+/// interleaved scratch: pixel `(i, j)` of plane `l` at `((i + top) · PW + j + left) · LANES + l`.
+#[inline(always)]
+fn interleave<T: WithDType>(g: &Geometry, x: &[T], planes: usize, buf: &mut [T], k: Kernels) {
+    let (ph, pw) = g.padded();
+    let (top, left) = (g.top as usize, g.left as usize);
+    let cols = pw.saturating_sub(left).min(g.w);
+    let rows = ph.saturating_sub(top).min(g.h);
+    let xs = g.h * g.w;
+    assert!(
+        x.len() >= planes * xs && planes <= LANES && buf.len() >= ph * pw * LANES,
+        "interleave: a plane or the scratch is short"
+    );
+    #[cfg(target_arch = "x86_64")]
+    if std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>() && k == Kernels::Avx512 && planes == LANES {
+        // SAFETY: T is f32; the CPU has AVX-512 F; the reads (pixel `(yy, xx)`, yy < rows,
+        // xx < cols, of each of the LANES planes) and the writes
+        // (interior pixels) are in bounds (checked above).
+        unsafe {
+            let x = &*(x as *const [T] as *const [f32]);
+            let buf = &mut *(buf as *mut [T] as *mut [f32]);
+            return avx512::interleave(x, xs, g.w, (rows, cols), ((top * pw + left), pw), buf);
+        }
+    }
+    let _ = k;
+    for yy in 0..rows {
+        for xx in 0..cols {
+            let d = ((yy + top) * pw + left + xx) * LANES;
+            for l in 0..planes {
+                buf[d + l] = x[l * xs + yy * g.w + xx];
+            }
+        }
+    }
+}
+
+/// The interleaved outputs back to their planes: `y[l · n + p] = out[p · LANES + l]` for the
+/// `planes` planes of `n = y.len() / planes` values.
+#[inline(always)]
+fn deinterleave<T: WithDType>(out: &[T], planes: usize, y: &mut [T], k: Kernels) {
+    let n = y.len() / planes.max(1);
+    assert!(
+        out.len() >= n * LANES && planes <= LANES,
+        "deinterleave: the outputs are short"
+    );
+    #[cfg(target_arch = "x86_64")]
+    if std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>() && k == Kernels::Avx512 {
+        // SAFETY: T is f32; the CPU has AVX-512 F; `out` holds `n · LANES` values and `y`
+        // `planes · n` (checked above).
+        unsafe {
+            let out = &*(out as *const [T] as *const [f32]);
+            let y = &mut *(y as *mut [T] as *mut [f32]);
+            return avx512::deinterleave(out, planes, n, y);
+        }
+    }
+    let _ = k;
+    for l in 0..planes {
+        for p in 0..n {
+            y[l * n + p] = out[p * LANES + l];
+        }
+    }
+}
+
+/// The interleaved outputs of [`forward_group`] from its scratch: `out[p · LANES + l]` for
+/// output pixel `p` and lane `l`, with `k`'s build (AVX-512 f32: [`ROW_BLOCK`] outputs of a
+/// row in registers across all taps).
+#[inline(always)]
+fn group_taps<T: WithDType>(
+    g: &Geometry,
+    taps: &[usize],
+    buf: &[T],
+    w: &[[T; LANES]],
+    bias: &[T; LANES],
+    out: &mut [T],
+    k: Kernels,
+) {
+    let (_, pw) = g.padded();
+    let (s, ow) = (g.stride, g.ow);
+    let last = (g.oh - 1) * s * pw * LANES + (ow - 1) * s * LANES + taps.last().copied().unwrap_or(0);
+    assert!(
+        last + LANES <= buf.len() && out.len() >= g.oh * ow * LANES && w.len() == taps.len(),
+        "a tap reads past the interleaved scratch"
+    );
+    #[cfg(target_arch = "x86_64")]
+    if std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>() && k == Kernels::Avx512 {
+        // SAFETY: T is f32 (same layout); the CPU has AVX-512 F (`k` is at most
+        // `Kernels::detected()`); every read and write is in bounds (checked above).
+        unsafe {
+            let buf = &*(buf as *const [T] as *const [f32]);
+            let w = &*(w as *const [[T; LANES]] as *const [[f32; LANES]]);
+            let bias = &*(bias as *const [T; LANES] as *const [f32; LANES]);
+            let out = &mut *(out as *mut [T] as *mut [f32]);
+            return avx512::group_taps(g, taps, buf, w, bias, out);
+        }
+    }
+    let _ = k;
+    for oy in 0..g.oh {
+        let row = oy * s * pw * LANES;
+        for ox in 0..ow {
+            let mut a = *bias;
+            for (wt, &t) in w.iter().zip(taps) {
+                let v = &buf[row + ox * s * LANES + t..][..LANES];
+                for l in 0..LANES {
+                    a[l] += v[l] * wt[l];
+                }
+            }
+            out[(oy * ow + ox) * LANES..][..LANES].copy_from_slice(&a);
+        }
+    }
+}
+
+impl Geometry {
+    /// The interleaved scratch offset of every filter tap from an output's top-left input.
+    fn interleaved_taps(&self) -> Vec<usize> {
+        let pw = self.padded().1;
+        (0..self.kh)
+            .flat_map(|ky| (0..self.kw).map(move |kx| (ky * self.dilation * pw + kx * self.dilation) * LANES))
+            .collect()
+    }
+}
+
+/// The filters of planes `first..first + LANES` (channel `plane % c`), one vector per tap, and
+/// their biases; lanes past the last plane are zero.
+fn interleave_weights<T: WithDType>(
+    g: &Geometry,
+    w: &[T],
+    bias: Option<&[T]>,
+    first: usize,
+) -> (Vec<[T; LANES]>, [T; LANES]) {
+    let ks = g.kh * g.kw;
+    let planes = (g.n * g.c - first).min(LANES);
+    let mut taps = vec![[T::zero(); LANES]; ks];
+    let mut b = [T::zero(); LANES];
+    for l in 0..planes {
+        let ch = (first + l) % g.c;
+        for (t, tap) in taps.iter_mut().enumerate() {
+            tap[l] = w[ch * ks + t];
+        }
+        if let Some(bias) = bias {
+            b[l] = bias[ch];
+        }
+    }
+    (taps, b)
+}
+
 /// One input-gradient plane: the transposed sweep into the phased scratch, then cropped. With
 /// an activation, `gy` is first masked by its derivative, read from the forward output `y`
 /// (one row at a time, into `row_buf`).
@@ -389,6 +619,23 @@ macro_rules! plane_kernels {
             y: &mut [T],
         ) {
             super::forward_plane(g, base, x, w, bias, act, buf, y, $kernels)
+        }
+
+        #[target_feature(enable = $features)]
+        #[allow(clippy::too_many_arguments)]
+        pub(super) fn forward_group<T: WithDType>(
+            g: &Geometry,
+            taps: &[usize],
+            x: &[T],
+            planes: usize,
+            w: &[[T; LANES]],
+            bias: &[T; LANES],
+            act: Activation,
+            buf: &mut [T],
+            out: &mut [T],
+            y: &mut [T],
+        ) {
+            super::forward_group(g, taps, x, planes, w, bias, act, buf, out, y, $kernels)
         }
 
         #[target_feature(enable = $features)]
@@ -519,6 +766,155 @@ mod avx512 {
         }
     }
 
+    /// The 16 × 16 block `r` transposed in registers (row `i` becomes column `i`): unpacks
+    /// of 32- and 64-bit lanes, then two rounds of 128-bit lane shuffles.
+    #[inline(always)]
+    unsafe fn transpose16(r: &mut [__m512; 16]) {
+        let mut t = [_mm512_setzero_ps(); 16];
+        for i in 0..8 {
+            t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+            t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+        }
+        for i in 0..4 {
+            let (a, b, c, d) = (t[4 * i], t[4 * i + 1], t[4 * i + 2], t[4 * i + 3]);
+            let pd = _mm512_castps_pd;
+            r[4 * i] = _mm512_castpd_ps(_mm512_unpacklo_pd(pd(a), pd(c)));
+            r[4 * i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(pd(a), pd(c)));
+            r[4 * i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(pd(b), pd(d)));
+            r[4 * i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(pd(b), pd(d)));
+        }
+        for h in 0..2 {
+            for i in 0..4 {
+                let (a, b) = (r[8 * h + i], r[8 * h + 4 + i]);
+                t[8 * h + i] = _mm512_shuffle_f32x4::<0x88>(a, b);
+                t[8 * h + 4 + i] = _mm512_shuffle_f32x4::<0xdd>(a, b);
+            }
+        }
+        for i in 0..8 {
+            r[i] = _mm512_shuffle_f32x4::<0x88>(t[i], t[8 + i]);
+            r[8 + i] = _mm512_shuffle_f32x4::<0xdd>(t[i], t[8 + i]);
+        }
+    }
+
+    /// [`super::interleave`] for f32 and a full group: sixteen pixels of the sixteen planes
+    /// at a time, loaded as rows and transposed in registers, each pixel's vector stored at
+    /// its scratch pixel (`first` the scratch pixel of input pixel `(0, 0)`, `pw` the
+    /// scratch's row).
+    ///
+    /// # Safety
+    /// The CPU has AVX-512 F; `x` holds [`LANES`] planes of `xs` values, rows of `w`, with
+    /// `(rows, cols)` inside them; `buf` holds the pixels written.
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    pub(super) unsafe fn interleave(
+        x: &[f32],
+        xs: usize,
+        w: usize,
+        (rows, cols): (usize, usize),
+        (first, pw): (usize, usize),
+        buf: &mut [f32],
+    ) {
+        let (src, dst) = (x.as_ptr(), buf.as_mut_ptr());
+        let mut r = [_mm512_setzero_ps(); 16];
+        let mut p0 = 0;
+        while p0 < xs.min(rows * w) {
+            let m = lanes(xs, p0);
+            for (l, v) in r.iter_mut().enumerate() {
+                *v = _mm512_maskz_loadu_ps(m, src.add(l * xs + p0));
+            }
+            transpose16(&mut r);
+            for (i, v) in r.iter().enumerate().take(xs - p0) {
+                let (yy, xx) = ((p0 + i) / w, (p0 + i) % w);
+                if yy < rows && xx < cols {
+                    _mm512_storeu_ps(dst.add((first + yy * pw + xx) * LANES), *v);
+                }
+            }
+            p0 += 16;
+        }
+    }
+
+    /// [`super::deinterleave`] for f32: sixteen pixels at a time, their vectors loaded and
+    /// transposed in registers into sixteen values of each plane, the tail masked.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512 F; `out` holds `n · LANES` values and `y` `planes · n`.
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    pub(super) unsafe fn deinterleave(out: &[f32], planes: usize, n: usize, y: &mut [f32]) {
+        let (src, dst) = (out.as_ptr(), y.as_mut_ptr());
+        let mut r = [_mm512_setzero_ps(); 16];
+        let mut p0 = 0;
+        while p0 < n {
+            for (i, v) in r.iter_mut().enumerate() {
+                *v = if p0 + i < n {
+                    _mm512_loadu_ps(src.add((p0 + i) * LANES))
+                } else {
+                    _mm512_setzero_ps()
+                };
+            }
+            transpose16(&mut r);
+            let m = lanes(n, p0);
+            for (l, v) in r.iter().enumerate().take(planes) {
+                _mm512_mask_storeu_ps(dst.add(l * n + p0), m, *v);
+            }
+            p0 += 16;
+        }
+    }
+
+    /// [`super::group_taps`] for f32: [`ROW_BLOCK`] outputs of a row at a time, each one
+    /// vector of [`LANES`] planes, in registers across all taps (taps in order, the multiply
+    /// and the add separate).
+    ///
+    /// # Safety
+    /// The CPU has AVX-512 F; every read `buf[oy·s·pw·L + ox·s·L + taps[t] ..][..L]` and
+    /// write `out[(oy·ow + ox)·L..][..L]` is in bounds, and `w` has one vector per tap.
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    pub(super) unsafe fn group_taps(
+        g: &Geometry,
+        taps: &[usize],
+        buf: &[f32],
+        w: &[[f32; LANES]],
+        bias: &[f32; LANES],
+        out: &mut [f32],
+    ) {
+        let (_, pw) = g.padded();
+        let (s, ow) = (g.stride, g.ow);
+        let (src, dst) = (buf.as_ptr(), out.as_mut_ptr());
+        let vb = _mm512_loadu_ps(bias.as_ptr());
+        let step = s * LANES;
+        for oy in 0..g.oh {
+            let row = src.add(oy * s * pw * LANES);
+            let mut ox = 0;
+            while ox + ROW_BLOCK <= ow {
+                let p = row.add(ox * step);
+                let (mut a0, mut a1, mut a2, mut a3) = (vb, vb, vb, vb);
+                for (wt, &t) in w.iter().zip(taps) {
+                    let vw = _mm512_loadu_ps(wt.as_ptr());
+                    let q = p.add(t);
+                    a0 = _mm512_add_ps(a0, _mm512_mul_ps(_mm512_loadu_ps(q), vw));
+                    a1 = _mm512_add_ps(a1, _mm512_mul_ps(_mm512_loadu_ps(q.add(step)), vw));
+                    a2 = _mm512_add_ps(a2, _mm512_mul_ps(_mm512_loadu_ps(q.add(2 * step)), vw));
+                    a3 = _mm512_add_ps(a3, _mm512_mul_ps(_mm512_loadu_ps(q.add(3 * step)), vw));
+                }
+                let o = dst.add((oy * ow + ox) * LANES);
+                _mm512_storeu_ps(o, a0);
+                _mm512_storeu_ps(o.add(LANES), a1);
+                _mm512_storeu_ps(o.add(2 * LANES), a2);
+                _mm512_storeu_ps(o.add(3 * LANES), a3);
+                ox += ROW_BLOCK;
+            }
+            for ox in ox..ow {
+                let p = row.add(ox * step);
+                let mut a = vb;
+                for (wt, &t) in w.iter().zip(taps) {
+                    a = _mm512_add_ps(
+                        a,
+                        _mm512_mul_ps(_mm512_loadu_ps(p.add(t)), _mm512_loadu_ps(wt.as_ptr())),
+                    );
+                }
+                _mm512_storeu_ps(dst.add((oy * ow + ox) * LANES), a);
+            }
+        }
+    }
+
     // The generic planes, their taps in registers for f32 ([`taps_into`]).
     plane_kernels!("avx512f,avx2,fma", Kernels::Avx512);
 }
@@ -538,6 +934,31 @@ impl Depthwise {
                 };
                 // Every row is filled with the bias before it accumulates.
                 let mut y = crate::output_vec(g.n * g.c * ys);
+                if g.interleaved() {
+                    let taps = g.interleaved_taps();
+                    let scratch = || (vec![T::zero(); g.interleaved_len()], vec![T::zero(); ys * LANES]);
+                    y.par_chunks_mut(ys * LANES)
+                        .enumerate()
+                        .for_each_init(scratch, |(buf, out), (group, y)| {
+                            let first = group * LANES;
+                            let planes = y.len() / ys;
+                            let x = &a[first * xs..][..planes * xs];
+                            let (w, b0) = interleave_weights(&g, b, bias.as_deref(), first);
+                            #[cfg(target_arch = "x86_64")]
+                            match k {
+                                // SAFETY (each arm): the CPU has the build's features.
+                                Kernels::Avx512 => unsafe {
+                                    return avx512::forward_group(&g, &taps, x, planes, &w, &b0, self.act, buf, out, y);
+                                },
+                                Kernels::Avx2 => unsafe {
+                                    return avx2::forward_group(&g, &taps, x, planes, &w, &b0, self.act, buf, out, y);
+                                },
+                                Kernels::Portable => {}
+                            }
+                            forward_group(&g, &taps, x, planes, &w, &b0, self.act, buf, out, y, Kernels::Portable);
+                        });
+                    return Ok(y);
+                }
                 y.par_chunks_mut(ys).enumerate().for_each_init(scratch, |buf, (nc, y)| {
                     let (x, w) = (&a[nc * xs..][..xs], &b[(nc % g.c) * ks..][..ks]);
                     let b0 = bias.as_ref().map_or(T::zero(), |b| b[nc % g.c]);

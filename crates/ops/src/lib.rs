@@ -10,7 +10,9 @@
 //!   (possibly asymmetric) padding, stride, dilation and groups, any input size. On the CPU with
 //!   constant weights: im2col + gemm forward, gemm + col2im input gradient and no weight
 //!   gradient; depthwise convolutions use a direct kernel, built for AVX-512, AVX2 + FMA and
-//!   portable code and chosen at run time ([`Kernels`]; the same values with each).
+//!   portable code and chosen at run time ([`Kernels`]; the same values with each), its
+//!   forward one plane at a time or, for strided and small planes, sixteen planes interleaved
+//!   ([`DepthwiseLayout`]; the same values with each).
 //! - [`same_padding`]: TensorFlow's "SAME" padding.
 //! - [`resize_bilinear`], [`adaptive_avg_pool2d`], [`avg_pool2d`] and [`gaussian_blur`]
 //!   (zero, reflect and replicate borders): separable matrix products, differentiable.
@@ -56,6 +58,7 @@ pub use act::{
     GradientRule, RuleGuard,
 };
 pub use conv::{conv2d, conv2d_excitation, conv2d_fused, conv2d_fused_with, same_padding, Conv2dConfig, Padding};
+pub use depthwise::{set_depthwise_layout, DepthwiseLayout};
 pub use excite::{
     excitation_backprop, excite, excite_identity, excite_sum, last_classifier, set_excitation_backprop, Classifier,
     ExcitationGuard,
