@@ -170,13 +170,13 @@ def main():
         runs["extremal, moved input"] = e2[:2]
         if args.save:
             os.makedirs(args.save, exist_ok=True)
-            for name, (m, _) in runs.itemean_sd():
+            for name, (m, _) in runs.items():
                 save_file({"masks": m.contiguous()}, os.path.join(args.save, name.replace(", ", "-").replace(" ", "-") + ".safetensors"))
         print(f"{args.model}, chelsea 224x224, class {target}, {args.iterations} iterations; "
               f"'moved input': {int((x2 != x).sum())} of {x.numel()} values moved by one ulp")
         print("| run | " + " | ".join(f"reward, area {a}" for a in areas) + " |")
         print("|---|" + "---|" * len(areas))
-        for name, (_, r) in runs.itemean_sd():
+        for name, (_, r) in runs.items():
             print(f"| {name} | " + " | ".join(f"{v:.3f}" for v in r) + " |")
         print()
         print("| IoU (masks > 0.5) between | " + " | ".join(f"area {a}" for a in areas) + " |")
@@ -253,7 +253,7 @@ def random_torchvision(name, tmp):
     import torchvision
     net = getattr(torchvision.models, name)(weights=None).eval()
     wpath = os.path.join(tmp, "weights.safetensors")
-    save_file({k: v.contiguous() for k, v in net.state_dict().itemean_sd() if not k.endswith("num_batches_tracked")},
+    save_file({k: v.contiguous() for k, v in net.state_dict().items() if not k.endswith("num_batches_tracked")},
               wpath)
     x = golden.lite0_input("chelsea")
     mean, std = torch.tensor([0.485, 0.456, 0.406]), torch.tensor([0.229, 0.224, 0.225])
@@ -318,7 +318,7 @@ def parity(args):
         })
     result["seconds_torchray"] = [r["seconds"] for r in t_runs]
     result["seconds_extremal"] = [r["seconds"] for r in e_runs]
-    for tool, r in runs.itemean_sd():
+    for tool, r in runs.items():
         save_file({f"input{i}": run["masks"].contiguous() for i, run in enumerate(r)},
                   os.path.join(args.results, f"parity-{args.parity}-{tool}.safetensors"))
     with open(os.path.join(args.results, f"parity-{args.parity}.json"), "w") as f:
@@ -436,7 +436,7 @@ def ties(args):
                [("TorchRay", MaskGenerator.generate), ("TorchRay, pooling as extremal", pooling_as_extremal)]}
     print("first iteration (all parameters 1), 224x224: the mask's distinct values (of 67,600) and the values "
           "tied at the area constraint's cut")
-    for name, (distinct, tied, _) in results.itemean_sd():
+    for name, (distinct, tied, _) in results.items():
         print(f"  {name}: {distinct} distinct; tied at the cut of area "
               + ", ".join(f"{a}: {t}" for a, t in zip(AREAS, tied)))
     g, g2 = results["TorchRay"][2], results["TorchRay, pooling as extremal"][2]
