@@ -296,13 +296,19 @@ impl DenseConv {
         let nb = xs.len() / image;
         let p = g.positions();
         let khw = g.kh * g.kw;
-        // The channels live in any image of the batch, when few are.
+        // The channels live in any image of the batch, when few are; the scan stops once too
+        // many are (after the first image, on a layer that no mask feeds directly).
         let mut alive = vec![false; g.c_in];
+        let mut count = 0;
         for img in xs.chunks(image) {
             for (c, plane) in img.chunks(g.h * g.w).enumerate() {
                 if !alive[c] && plane.iter().any(|v| *v != T::zero()) {
                     alive[c] = true;
+                    count += 1;
                 }
+            }
+            if count * 4 > g.c_in {
+                break;
             }
         }
         let live: Vec<usize> = (0..g.c_in).filter(|&c| alive[c]).collect();
