@@ -21,6 +21,21 @@ fn values(t: &Tensor) -> Vec<f32> {
         .unwrap()
 }
 
+/// A depthwise convolution's settings over `c` channels, padding `[top, bottom, left, right]`.
+fn depthwise_config(c: usize, stride: usize, dilation: usize, p: [usize; 4]) -> Conv2dConfig {
+    Conv2dConfig {
+        stride,
+        groups: c,
+        padding: Padding {
+            top: p[0],
+            bottom: p[1],
+            left: p[2],
+            right: p[3],
+        },
+        dilation,
+    }
+}
+
 #[test]
 fn depthwise_builds_agree_bit_for_bit() -> R<()> {
     let builds = Kernels::available();
@@ -37,17 +52,7 @@ fn depthwise_builds_agree_bit_for_bit() -> R<()> {
         (3, 1, 1, 3, 1, 1, [1, 1, 1, 1]),
     ];
     for (i, &(c, h, w, k, stride, dilation, p)) in cases.iter().enumerate() {
-        let cfg = Conv2dConfig {
-            stride,
-            groups: c,
-            padding: Padding {
-                top: p[0],
-                bottom: p[1],
-                left: p[2],
-                right: p[3],
-            },
-            dilation,
-        };
+        let cfg = depthwise_config(c, stride, dilation, p);
         let x64 = (rand(&[2, c, h, w], 10 + i as u64) * 2.0)?;
         let w64 = rand(&[c, 1, k, k], 20 + i as u64);
         let b64 = rand(&[c], 30 + i as u64);
@@ -114,17 +119,7 @@ fn depthwise_layouts_agree_bit_for_bit() -> R<()> {
         (1, 3, 8, 8, 3, 2, 1, [1, 1, 1, 1]),
     ];
     for (i, &(n, c, h, w, k, stride, dilation, p)) in cases.iter().enumerate() {
-        let cfg = Conv2dConfig {
-            stride,
-            groups: c,
-            padding: Padding {
-                top: p[0],
-                bottom: p[1],
-                left: p[2],
-                right: p[3],
-            },
-            dilation,
-        };
+        let cfg = depthwise_config(c, stride, dilation, p);
         let x = (rand(&[n, c, h, w], 50 + i as u64) * 2.0)?.to_dtype(DType::F32)?;
         let wt = rand(&[c, 1, k, k], 60 + i as u64).to_dtype(DType::F32)?;
         let b = rand(&[c], 70 + i as u64).to_dtype(DType::F32)?;
