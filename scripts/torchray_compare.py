@@ -26,7 +26,7 @@ extremal's fast schedule on the same inputs (mean reward and visible area), besi
 extremal's default 800-iteration means; then the wall times side by side, TorchRay timed here on
 the image (--torchray-iterations N < 800 times N iterations and scales to 800):
 
-    python3 scripts/torchray_compare.py --fast-table --results docs/parity [--torchray-iterations 800]
+    python3 scripts/torchray_compare.py --fast-table --results docs/parity [--torchray-iterations 800] [--no-timing]
     python3 scripts/torchray_compare.py --fast-table --model resnet50 [--torchray-iterations 800]
 
 ResNet-50 runs with torchvision's random weights saved to a safetensors file (speed only: the
@@ -104,6 +104,9 @@ def main():
                          "TorchRay's (with --model resnet50: the wall times only, random weights)")
     ap.add_argument("--torchray-iterations", type=int, default=800,
                     help="--fast-table: TorchRay's iterations timed (scaled to 800 when fewer)")
+    ap.add_argument("--no-timing", action="store_true",
+                    help="--fast-table: the reward table only, without timing TorchRay (minutes, not ten: for "
+                         "trying a variant of the schedule)")
     args = ap.parse_args()
     if args.fast_table:
         fast_table(args)
@@ -565,7 +568,7 @@ def fast_table(args):
         iterations = fast[0][0]["iterations"]
         fast_s = st.mean(s for _, s in fast)
         # TorchRay's time does not depend on the image: timed on the first one only.
-        torchray_s = torchray_seconds(net, x0, r["target"]) if not timings else None
+        torchray_s = torchray_seconds(net, x0, r["target"]) if not timings and not args.no_timing else None
         timings.append((name, torchray_s, st.mean(r["seconds_extremal"]), fast_s, iterations))
         for k, a in enumerate(r["areas"]):
             rewards = [f[0]["areas"][k]["reward"] for f in fast]
@@ -593,6 +596,8 @@ def fast_table(args):
         print(f"| {name} ({target}) | {a['area']} | {mean_sd(a['reward_torchray'], 2)} | {mean_sd(a['reward_extremal'], 2)} "
               f"| {mean_sd(rewards, 2)} | {mean_sd(a['visible_area_torchray'])} | {mean_sd(visible)} | {verdict} |")
     print(f"the fast schedule meets TorchRay's mean reward on {met} of {len(rows)} image-area pairs")
+    if args.no_timing:
+        return
     print()
     torchray_s = timings[0][1]
     print(f"TorchRay, 800 iterations, timed here on {timings[0][0]}{scaled}: {torchray_s:.1f} s")
