@@ -86,6 +86,7 @@ def speed(steps, channels):
         img = (image_f() * 255).round() / 255
         phi = golden.lite0(sd, normalise(img), until=site)
         torch_means = [phi[i, c].mean().item() for i, c in enumerate(channels)]
+        torch_peaks = [phi[i, c].max().item() for i, c in enumerate(channels)]
 
     exe = os.path.join(ROOT, "target/release/extremal")
     with tempfile.TemporaryDirectory() as d:
@@ -99,9 +100,9 @@ def speed(steps, channels):
     print(f"  PyTorch (Lucent's recipe) loop {torch_s:8.2f} s")
     print(f"  extremal visualize       loop {ours_s:8.2f} s   whole command {wall:.2f} s")
     print(f"  ratio (extremal / PyTorch)     {ours_s / torch_s:.2f}")
-    print("  channel  PyTorch mean  extremal mean  extremal peak")
-    for c, t, v in zip(channels, torch_means, rep["visualizations"]):
-        print(f"  {c:7d}  {t:12.3f}  {v['value']:13.3f}  {v['peak']:13.3f}")
+    print("  channel  PyTorch mean  extremal mean  PyTorch peak  extremal peak")
+    for c, t, tp, v in zip(channels, torch_means, torch_peaks, rep["visualizations"]):
+        print(f"  {c:7d}  {t:12.3f}  {v['value']:13.3f}  {tp:12.3f}  {v['peak']:13.3f}")
 
 
 def exemplars(copies, batch):
