@@ -20,6 +20,11 @@ fn main() -> candle_core::Result<()> {
         (32, 672, 14, 5, 2),
         (32, 1152, 7, 5, 1),
         (32, 1152, 7, 3, 1),
+        (3, 480, 14, 5, 1),
+        (3, 480, 14, 3, 1),
+        (3, 240, 28, 5, 1),
+        (8, 480, 14, 5, 1),
+        (8, 240, 28, 5, 1),
         (1, 32, 112, 3, 1),
         (1, 96, 112, 3, 2),
         (1, 144, 56, 3, 1),
@@ -58,7 +63,9 @@ fn main() -> candle_core::Result<()> {
                 }
             }
             set_depthwise_layout(DepthwiseLayout::Auto);
-            let auto = if (stride > 1 || size.div_ceil(stride).pow(2) <= 64) && n * c >= 16 {
+            let out = size.div_ceil(stride).pow(2);
+            let fits = n * c * size * size <= 1 << 20;
+            let auto = if out <= 28 * 28 && (stride > 1 || out <= 64 || fits) && n * c >= 16 {
                 "interleaved"
             } else {
                 "planes"

@@ -348,13 +348,19 @@ pub fn set_depthwise_layout(layout: DepthwiseLayout) -> DepthwiseLayout {
 
 impl Geometry {
     /// Whether the forward runs [`LANES`] planes at a time, channel-interleaved
-    /// ([`DepthwiseLayout`]): under `Auto`, for strided convolutions (the plane layout goes
-    /// row by row, a row of Lite0's 14 → 7 stage filling 7 of 64 lanes) and output planes of
-    /// at most 8 × 8 (at stride 1 the plane layout's one run over the plane is mostly idle
-    /// lanes there), given a full group of planes (`examples/depthwise_time` measures both).
+    /// ([`DepthwiseLayout`]): under `Auto`, for output planes of at most 28 × 28 that are
+    /// strided (the plane layout goes row by row, a row of Lite0's 14 → 7 stage filling 7 of
+    /// 64 lanes), or at most 8 × 8 (at stride 1 the plane layout's one run over the plane is
+    /// mostly idle lanes there), or whose whole input is at most 2²⁰ values (a batch of 32 at
+    /// 14 × 14 × 480 is faster in planes, one of 8 interleaved); and given a full group of
+    /// planes (`examples/depthwise_time` measures both).
     fn interleaved(&self) -> bool {
+        let out = self.oh * self.ow;
+        let fits = self.n * self.c * self.h * self.w <= 1 << 20;
         match LAYOUT.with(|l| l.get()) {
-            DepthwiseLayout::Auto => (self.stride > 1 || self.oh * self.ow <= 64) && self.n * self.c >= LANES,
+            DepthwiseLayout::Auto => {
+                out <= 28 * 28 && (self.stride > 1 || out <= 64 || fits) && self.n * self.c >= LANES
+            }
             DepthwiseLayout::Planes => false,
             DepthwiseLayout::Interleaved => true,
         }
