@@ -51,6 +51,17 @@ impl Geometry {
         ((j % s) * ph + i) * pws + j / s
     }
 
+    /// How many input rows and columns lie inside the padded window that the outputs read
+    /// (`y + top < PH`, `x + left < PW`).
+    #[inline(always)]
+    fn inside(&self) -> (usize, usize) {
+        let (ph, pw) = self.padded();
+        (
+            ph.saturating_sub(self.top as usize).min(self.h),
+            pw.saturating_sub(self.left as usize).min(self.w),
+        )
+    }
+
     /// For each input row inside the padded window, calls `f(src, dst)` for every run of
     /// pixels: `src + t` (in the plane) lives at `dst + t` of the phased scratch, `t` up to
     /// the run's length (the third argument). One run per row and column phase.
@@ -59,9 +70,8 @@ impl Geometry {
         let (ph, pw) = self.padded();
         let (s, pws) = (self.stride, pw.div_ceil(self.stride));
         let (top, left) = (self.top as usize, self.left as usize);
-        // Columns x of the input with x + left < pw.
-        let cols = pw.saturating_sub(left).min(self.w);
-        for y in 0..self.h.min(ph.saturating_sub(top)) {
+        let (rows, cols) = self.inside();
+        for y in 0..rows {
             let i = y + top;
             for r in 0..s {
                 // Input columns x with (x + left) % s == r, x < cols.
@@ -371,6 +381,14 @@ impl Geometry {
         let (ph, pw) = self.padded();
         ph * pw * LANES
     }
+
+    /// The interleaved scratch offset of every filter tap from an output's top-left input.
+    fn interleaved_taps(&self) -> Vec<usize> {
+        let pw = self.padded().1;
+        (0..self.kh)
+            .flat_map(|ky| (0..self.kw).map(move |kx| (ky * self.dilation * pw + kx * self.dilation) * LANES))
+            .collect()
+    }
 }
 
 /// [`LANES`] planes at once: `x` holds the group's input planes (`planes` of them, the last
@@ -410,8 +428,7 @@ fn forward_group<T: WithDType>(
 fn interleave<T: WithDType>(g: &Geometry, x: &[T], planes: usize, buf: &mut [T], k: Kernels) {
     let (ph, pw) = g.padded();
     let (top, left) = (g.top as usize, g.left as usize);
-    let cols = pw.saturating_sub(left).min(g.w);
-    let rows = ph.saturating_sub(top).min(g.h);
+    let (rows, cols) = g.inside();
     let xs = g.h * g.w;
     assert!(
         x.len() >= planes * xs && planes <= LANES && buf.len() >= ph * pw * LANES,
@@ -511,16 +528,6 @@ fn group_taps<T: WithDType>(
             }
             out[(oy * ow + ox) * LANES..][..LANES].copy_from_slice(&a);
         }
-    }
-}
-
-impl Geometry {
-    /// The interleaved scratch offset of every filter tap from an output's top-left input.
-    fn interleaved_taps(&self) -> Vec<usize> {
-        let pw = self.padded().1;
-        (0..self.kh)
-            .flat_map(|ky| (0..self.kw).map(move |kx| (ky * self.dilation * pw + kx * self.dilation) * LANES))
-            .collect()
     }
 }
 
