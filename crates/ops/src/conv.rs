@@ -86,7 +86,11 @@ pub fn conv2d(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, cfg: &Conv2dCo
 /// On the CPU with constant weights (not variables, no gradient history) in f32 or f64, this
 /// is one custom op: im2col + gemm forward (1×1 convolutions skip the im2col), and a backward
 /// that computes only the input gradient, as a gemm with the transposed weight + col2im;
-/// depthwise convolutions use a direct kernel. Both use all of rayon's threads.
+/// 3×3 stride-1 convolutions of at least 16 channels in and out run Winograd's F(2×2, 3×3)
+/// both ways instead (their transformed filters computed once per weight tensor and kept;
+/// [`ConvAlgorithm`](crate::ConvAlgorithm)), unless most input channels are zero (a channel
+/// mask upstream), which the im2col path leaves out of its gemm; depthwise convolutions use a
+/// direct kernel. All use all of rayon's threads.
 ///
 /// Otherwise (weights that need a gradient, CUDA, other dtypes), candle's convolution is used:
 /// the input is padded explicitly and cropped to the rows and columns the output reads, so that
@@ -223,6 +227,7 @@ fn conv2d_plain(
                 weight: weight.contiguous()?,
                 bias: bias.map(|b| b.contiguous()).transpose()?,
                 act,
+                kernels,
             };
             return Ok(x.contiguous()?.apply_op1(op)?);
         }

@@ -10,6 +10,8 @@ use rayon::prelude::*;
 
 use crate::act::{activate, mask, take_gradient_rule, Activation, GradientRule};
 use crate::contiguous_slice;
+use crate::simd::Kernels;
+use crate::winograd;
 
 /// The sizes of one convolution.
 #[derive(Clone, Copy, Debug)]
@@ -139,7 +141,7 @@ thread_local! {
 }
 
 /// Runs `f` with two scratch slices of `a` and `b` elements of `T` (contents unspecified).
-fn with_scratch<T: WithDType, R>(a: usize, b: usize, f: impl FnOnce(&mut [T], &mut [T]) -> R) -> R {
+pub(crate) fn with_scratch<T: WithDType, R>(a: usize, b: usize, f: impl FnOnce(&mut [T], &mut [T]) -> R) -> R {
     SCRATCH.with(|s| {
         let mut s = s.borrow_mut();
         let [sa, sb] = &mut *s;
@@ -220,6 +222,8 @@ pub(crate) struct DenseConv {
     pub weight: Tensor,
     pub bias: Option<Tensor>,
     pub act: Activation,
+    /// The build of the Winograd path's tile transforms.
+    pub kernels: Kernels,
 }
 
 /// A gemm over several images at once when each has fewer output positions than this: one
@@ -240,6 +244,11 @@ impl DenseConv {
         if g.groups == 1 {
             let per = (BATCH_POSITIONS / p).max(1);
             let image = g.c_in * g.h * g.w;
+            if g.winograd() && sparse_channels(&g, x).is_none() {
+                let u = winograd::filters(self.weight.id(), w, g.c_out, g.c_in, false);
+                winograd::forward(&g, x, &u, bias.as_deref(), self.act, self.kernels, &mut y);
+                return Ok(y);
+            }
             for (xs, ys) in x.chunks(per * image).zip(y.chunks_mut(per * g.c_out * p)) {
                 self.forward_batch(xs, w, bias.as_deref(), ys);
             }
@@ -284,6 +293,27 @@ impl DenseConv {
     }
 }
 
+/// The input channels that are not zero in some image of `xs` (whole images of `g`'s input),
+/// when at most a quarter of at least 8 are (a hard channel mask upstream keeps 25 of 1024):
+/// the im2col path then leaves the others out of its gemm. The scan stops once more than a
+/// quarter are live (after the first image, on a layer that no mask feeds directly).
+fn sparse_channels<T: WithDType>(g: &Geometry, xs: &[T]) -> Option<Vec<usize>> {
+    let mut alive = vec![false; g.c_in];
+    let mut count = 0;
+    for img in xs.chunks(g.c_in * g.h * g.w) {
+        for (c, plane) in img.chunks(g.h * g.w).enumerate() {
+            if !alive[c] && plane.iter().any(|v| *v != T::zero()) {
+                alive[c] = true;
+                count += 1;
+            }
+        }
+        if count * 4 > g.c_in {
+            return None;
+        }
+    }
+    (g.c_in >= 8).then(|| (0..g.c_in).filter(|&c| alive[c]).collect())
+}
+
 impl DenseConv {
     /// Several images (`xs`, whole images; one when each fills a gemm alone) through one gemm:
     /// their column matrices side by side, `W · [col₀ col₁ …]`, the output scattered back per
@@ -296,46 +326,30 @@ impl DenseConv {
         let nb = xs.len() / image;
         let p = g.positions();
         let khw = g.kh * g.kw;
-        // The channels live in any image of the batch, when few are; the scan stops once too
-        // many are (after the first image, on a layer that no mask feeds directly).
-        let mut alive = vec![false; g.c_in];
-        let mut count = 0;
-        for img in xs.chunks(image) {
-            for (c, plane) in img.chunks(g.h * g.w).enumerate() {
-                if !alive[c] && plane.iter().any(|v| *v != T::zero()) {
-                    alive[c] = true;
-                    count += 1;
+        let (gc, xc, wc): (Geometry, std::borrow::Cow<[T]>, std::borrow::Cow<[T]>) =
+            if let Some(live) = sparse_channels(&g, xs) {
+                let gc = Geometry {
+                    c_in: live.len(),
+                    n: nb,
+                    ..g
+                };
+                let plane = g.h * g.w;
+                let mut xc = Vec::with_capacity(nb * live.len() * plane);
+                for img in xs.chunks(image) {
+                    for &c in &live {
+                        xc.extend_from_slice(&img[c * plane..(c + 1) * plane]);
+                    }
                 }
-            }
-            if count * 4 > g.c_in {
-                break;
-            }
-        }
-        let live: Vec<usize> = (0..g.c_in).filter(|&c| alive[c]).collect();
-        let compact = g.c_in >= 8 && live.len() * 4 <= g.c_in;
-        let (gc, xc, wc): (Geometry, std::borrow::Cow<[T]>, std::borrow::Cow<[T]>) = if compact {
-            let gc = Geometry {
-                c_in: live.len(),
-                n: nb,
-                ..g
+                let mut wc = Vec::with_capacity(g.c_out * live.len() * khw);
+                for row in w.chunks(g.k_group()).take(g.c_out) {
+                    for &c in &live {
+                        wc.extend_from_slice(&row[c * khw..(c + 1) * khw]);
+                    }
+                }
+                (gc, xc.into(), wc.into())
+            } else {
+                (Geometry { n: nb, ..g }, xs.into(), w.into())
             };
-            let plane = g.h * g.w;
-            let mut xc = Vec::with_capacity(nb * live.len() * plane);
-            for img in xs.chunks(image) {
-                for &c in &live {
-                    xc.extend_from_slice(&img[c * plane..(c + 1) * plane]);
-                }
-            }
-            let mut wc = Vec::with_capacity(g.c_out * live.len() * khw);
-            for row in w.chunks(g.k_group()).take(g.c_out) {
-                for &c in &live {
-                    wc.extend_from_slice(&row[c * khw..(c + 1) * khw]);
-                }
-            }
-            (gc, xc.into(), wc.into())
-        } else {
-            (Geometry { n: nb, ..g }, xs.into(), w.into())
-        };
         let k = gc.c_in * khw;
         let wide = nb * p;
         // One image: its column matrix is the image itself for a 1×1 convolution, and the
@@ -419,6 +433,7 @@ impl CustomOp1 for DenseConv {
     fn bwd(&self, _x: &Tensor, res: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
         let op = DenseConvInputGrad {
             g: self.g,
+            kernels: self.kernels,
             weight: self.weight.clone(),
             output: (self.act != Activation::None).then(|| res.clone()),
             act: self.act,
@@ -436,6 +451,7 @@ impl CustomOp1 for DenseConv {
 /// weight then col2im; the activation's gradient is taken from the forward's output.
 struct DenseConvInputGrad {
     g: Geometry,
+    kernels: Kernels,
     weight: Tensor,
     output: Option<Tensor>,
     act: Activation,
@@ -453,6 +469,22 @@ impl DenseConvInputGrad {
 
     fn backward_with<T: WithDType>(&self, grad_y: &[T], w: &[T], output: Option<&[T]>) -> candle_core::Result<Vec<T>> {
         let g = self.g;
+        if g.winograd() {
+            // The forward of the transposed convolution over the output gradient (masked by
+            // the activation's derivative first).
+            let gy: std::borrow::Cow<[T]> = match output {
+                Some(y) => {
+                    let mut masked = crate::output_vec(grad_y.len());
+                    mask(grad_y, y, self.act, self.rule, &mut masked);
+                    masked.into()
+                }
+                None => grad_y.into(),
+            };
+            let u = winograd::filters(self.weight.id(), w, g.c_out, g.c_in, true);
+            let mut gx = crate::output_vec(g.n * g.c_in * g.h * g.w);
+            winograd::forward(&g.transposed(), &gy, &u, None, Activation::None, self.kernels, &mut gx);
+            return Ok(gx);
+        }
         let (p, kg, cg) = (g.positions(), g.k_group(), g.c_out / g.groups);
         let pointwise = g.is_pointwise();
         // A pointwise gradient is written whole by the gemm; col2im accumulates into zeros.

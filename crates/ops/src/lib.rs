@@ -9,7 +9,9 @@
 //! - [`conv2d`] and [`conv2d_fused`] (bias and ReLU/ReLU6 in the same kernel): explicit
 //!   (possibly asymmetric) padding, stride, dilation and groups, any input size. On the CPU with
 //!   constant weights: im2col + gemm forward, gemm + col2im input gradient and no weight
-//!   gradient; depthwise convolutions use a direct kernel, built for AVX-512, AVX2 + FMA and
+//!   gradient, or for 3×3 stride-1 convolutions Winograd's F(2×2, 3×3) both ways (16
+//!   multiplies per 2×2 outputs instead of 36; [`ConvAlgorithm`]); depthwise convolutions use a
+//!   direct kernel, built for AVX-512, AVX2 + FMA and
 //!   portable code and chosen at run time ([`Kernels`]; the same values with each), its
 //!   forward one plane at a time or, for strided and small planes, sixteen planes interleaved
 //!   ([`DepthwiseLayout`]; the same values with each).
@@ -52,6 +54,7 @@ mod resize;
 mod separable;
 mod simd;
 mod threads;
+mod winograd;
 
 pub use act::{
     add_activation, gradient_rule, relu, relu6, set_gradient_rule, set_gradient_rule_for, sigmoid, Activation,
@@ -71,6 +74,7 @@ pub use resize::{interpolation_matrix, resize_bilinear};
 pub use separable::{avg_pool2d, gaussian_blur, gaussian_kernel, Border};
 pub use simd::{has_avx2, Kernels};
 pub use threads::{on_thread_pool, one_elementwise_thread};
+pub use winograd::{set_conv_algorithm, ConvAlgorithm};
 
 /// Errors of the kernels in this crate.
 #[derive(Debug, thiserror::Error)]
