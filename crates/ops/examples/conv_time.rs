@@ -3,7 +3,7 @@
 //! [`ConvAlgorithm::Winograd`]), alternating, with the CLI's thread settings: the forward,
 //! and the forward and input gradient together, at ResNet's and VGG-16's shapes (batch 1 and
 //! 3) and a channel search's suffix batch (32 at 14 × 14 and 7 × 7). Prints the best time of
-//! each, what `Auto` picks, and the largest difference of the outputs and input gradients
+//! each (`Auto` takes Winograd at all of them: 16 or more channels), and the largest difference of the outputs and input gradients
 //! relative to their largest magnitude.
 //!
 //! ```text

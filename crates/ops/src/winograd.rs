@@ -115,8 +115,9 @@ const CACHE_BYTES: usize = 1 << 30;
 static CACHE: Mutex<Option<Cache>> = Mutex::new(None);
 
 /// The transformed filters `U` of `w` (`c_out × c_in × 3 × 3`, the tensor `id`): 16 matrices
-/// (one per tile position), each `c_out × c_in`, or with `transposed` those of the input
-/// gradient's convolution (each filter flipped, `c_in × c_out`).
+/// (one per tile position), each `c_out × c_in`, interleaved by rows (`c_out × 16 × c_in`), or
+/// with `transposed` those of the input gradient's convolution (each filter flipped,
+/// `c_in × 16 × c_out`).
 pub(crate) fn filters<T: WithDType>(id: TensorId, w: &[T], c_out: usize, c_in: usize, transposed: bool) -> Arc<Vec<T>> {
     let key = (id, transposed);
     if let Some(hit) = lock().as_ref().and_then(|c| c.entries.get(&key).cloned()) {
@@ -146,12 +147,15 @@ fn lock() -> std::sync::MutexGuard<'static, Option<Cache>> {
     CACHE.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// `G g Gᵀ` of every filter, in f64, `G = [1 0 0; ½ ½ ½; ½ −½ ½; 0 0 1]`.
+/// `G g Gᵀ` of every filter, in f64, `G = [1 0 0; ½ ½ ½; ½ −½ ½; 0 0 1]`, laid out per output
+/// channel of the convolution (a row of the gemms' left-hand side), then per tile position,
+/// then per input channel: each row's 16 segments are written whole, rows in parallel.
 fn transform_filters<T: WithDType>(w: &[T], c_out: usize, c_in: usize, transposed: bool) -> Vec<T> {
     let (rows, cols) = if transposed { (c_in, c_out) } else { (c_out, c_in) };
     let mut u = vec![T::zero(); TILE * rows * cols];
-    for k in 0..c_out {
-        for c in 0..c_in {
+    u.par_chunks_mut(TILE * cols).enumerate().for_each(|(row, out)| {
+        for col in 0..cols {
+            let (k, c) = if transposed { (col, row) } else { (row, col) };
             let g = &w[(k * c_in + c) * 9..][..9];
             let f = |i: usize, j: usize| {
                 if transposed {
@@ -171,20 +175,19 @@ fn transform_filters<T: WithDType>(w: &[T], c_out: usize, c_in: usize, transpose
             };
             let (c0, c1, c2) = (column(0), column(1), column(2));
             let a: [[f64; 3]; 4] = std::array::from_fn(|i| [c0[i], c1[i], c2[i]]);
-            let (row, col) = if transposed { (c, k) } else { (k, c) };
             for (i, r) in a.iter().enumerate() {
                 let v = [r[0], 0.5 * (r[0] + r[1] + r[2]), 0.5 * (r[0] - r[1] + r[2]), r[2]];
                 for (j, &v) in v.iter().enumerate() {
-                    u[((i * 4 + j) * rows + row) * cols + col] = T::from_f64(v);
+                    out[(i * 4 + j) * cols + col] = T::from_f64(v);
                 }
             }
         }
-    }
+    });
     u
 }
 
 /// `y = act(conv(x, w) + bias)` for the `g.n` images of `x` (`N × C_in × H × W`) into `y`
-/// (`N × C_out × OH × OW`), `u` the transformed filters of [`filters`] (`C_out × C_in` each).
+/// (`N × C_out × OH × OW`), `u` the transformed filters of [`filters`] (`C_out × 16 × C_in`).
 pub(crate) fn forward<T: WithDType>(
     g: &Geometry,
     x: &[T],
@@ -214,9 +217,10 @@ pub(crate) fn forward<T: WithDType>(
             // M = U V, one gemm per tile position: M is, per output channel, 16 rows of `t`.
             let (m_at, v_at, u_at) = (m.as_mut_ptr() as usize, v.as_ptr() as usize, u.as_ptr() as usize);
             (0..TILE).into_par_iter().for_each(|xi| {
-                // SAFETY: position `xi`'s matrices lie inside their buffers: U's rows
-                // (`c_out × c_in`, contiguous), V's (`c_in` rows of `t` at a pitch of 16·t) and
-                // M's (`c_out` rows of `t`, the same pitch); the gemms write disjoint rows of M.
+                // SAFETY: position `xi`'s matrices lie inside their buffers: U's (`c_out` rows
+                // of `c_in` at a pitch of 16·c_in), V's (`c_in` rows of `t` at a pitch of 16·t)
+                // and M's (`c_out` rows of `t`, the same pitch); the gemms write disjoint rows
+                // of M.
                 unsafe {
                     gemm::gemm(
                         g.c_out,
@@ -226,9 +230,9 @@ pub(crate) fn forward<T: WithDType>(
                         1,
                         (TILE * t) as isize,
                         false,
-                        (u_at as *const T).add(xi * g.c_out * g.c_in),
+                        (u_at as *const T).add(xi * g.c_in),
                         1,
-                        g.c_in as isize,
+                        (TILE * g.c_in) as isize,
                         (v_at as *const T).add(xi * t),
                         1,
                         (TILE * t) as isize,
