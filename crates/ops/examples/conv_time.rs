@@ -3,8 +3,9 @@
 //! [`ConvAlgorithm::Winograd`]), alternating, with the CLI's thread settings: the forward,
 //! and the forward and input gradient together, at ResNet's and VGG-16's shapes (batch 1 and
 //! 3) and a channel search's suffix batch (32 at 14 × 14 and 7 × 7). Prints the best time of
-//! each (`Auto` takes Winograd at all of them: 16 or more channels), and the largest difference of the outputs and input gradients
-//! relative to their largest magnitude.
+//! each, what `Auto` takes, and the largest difference of the outputs and of the input
+//! gradients relative to their largest magnitude (the gradients' can be far larger where an
+//! output lies within rounding of ReLU's kink and falls on its other side).
 //!
 //! ```text
 //! cargo run --release -p extremal-ops --example conv_time
@@ -77,6 +78,12 @@ fn main() -> candle_core::Result<()> {
                 }
             }
             set_conv_algorithm(ConvAlgorithm::Auto);
+            // `Auto`'s rule (16+ channels, 32+ tiles of 2 × 2 outputs in the batch).
+            let auto = if n * size.div_ceil(2).pow(2) >= 32 {
+                "winograd"
+            } else {
+                "im2col"
+            };
             let gap = |a: &Tensor, b: &Tensor| -> candle_core::Result<f32> {
                 let top = a.abs()?.max_all()?.to_scalar::<f32>()?;
                 Ok((a - b)?.abs()?.max_all()?.to_scalar::<f32>()? / top)
@@ -84,7 +91,7 @@ fn main() -> candle_core::Result<()> {
             let (y_gap, g_gap) = (gap(&results[0].0, &results[1].0)?, gap(&results[0].1, &results[1].1)?);
             println!(
                 "{n:>3} x {c:>4} x {size:>3}^2: forward im2col {:>8.3} ms, winograd {:>8.3} ms ({:.2}x); \
-                 with input gradient {:>8.3} / {:>8.3} ms ({:.2}x); gaps {y_gap:.1e} {g_gap:.1e}",
+                 with input gradient {:>8.3} / {:>8.3} ms ({:.2}x); gaps {y_gap:.1e} {g_gap:.1e} (auto: {auto})",
                 forward[0] * 1e3,
                 forward[1] * 1e3,
                 forward[1] / forward[0],

@@ -53,7 +53,8 @@ pub fn set_conv_algorithm(algorithm: ConvAlgorithm) -> ConvAlgorithm {
 impl Geometry {
     /// Whether this convolution runs as F(2×2, 3×3): a 3×3, stride-1, undilated, ungrouped
     /// one with at most 2 rows and columns of padding before the input, and under `Auto` at
-    /// least 16 channels in and out (`examples/conv_time` measures both algorithms).
+    /// least 16 channels in and out and 32 tiles in the batch (one 7 × 7 image has 16: its
+    /// gemms are then too narrow to gain; `examples/conv_time` measures both algorithms).
     pub(crate) fn winograd(&self) -> bool {
         let applies = self.groups == 1
             && self.kh == 3
@@ -66,7 +67,10 @@ impl Geometry {
             && self.c_out > 0;
         applies
             && match ALGORITHM.with(|a| a.get()) {
-                ConvAlgorithm::Auto => self.c_in >= 16 && self.c_out >= 16,
+                ConvAlgorithm::Auto => {
+                    let (th, tw) = self.tiles();
+                    self.c_in >= 16 && self.c_out >= 16 && self.n * th * tw >= 32
+                }
                 ConvAlgorithm::Im2col => false,
                 ConvAlgorithm::Winograd => true,
             }
