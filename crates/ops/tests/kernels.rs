@@ -248,3 +248,43 @@ fn winograd_matches_im2col() -> R<()> {
     }
     Ok(())
 }
+
+/// A batch's outputs and input gradients are each image's alone, bit for bit, on both paths of
+/// the dense convolution (on small maps the images' columns share one gemm in the forward, and
+/// Winograd's tiles of all images share its 16 gemms both ways).
+#[test]
+fn dense_batches_are_each_image_alone() -> R<()> {
+    // (c_in, c_out, size, kernel, stride, padding, algorithm)
+    let cases = [
+        (24, 40, 7, 1, 1, 0, ConvAlgorithm::Auto),
+        (16, 24, 14, 3, 2, 1, ConvAlgorithm::Auto),
+        (32, 16, 9, 1, 2, 0, ConvAlgorithm::Auto),
+        (16, 16, 7, 3, 1, 1, ConvAlgorithm::Im2col),
+        (16, 16, 7, 3, 1, 1, ConvAlgorithm::Winograd),
+    ];
+    for (k, &(c_in, c_out, size, kernel, stride, pad, algorithm)) in cases.iter().enumerate() {
+        let cfg = Conv2dConfig {
+            padding: Padding::uniform(pad),
+            stride,
+            ..Default::default()
+        };
+        let n = 3;
+        let x = rand(&[n, c_in, size, size], 120 + k as u64).to_dtype(DType::F32)?;
+        let wt = (rand(&[c_out, c_in, kernel, kernel], 130 + k as u64) * 0.2)?.to_dtype(DType::F32)?;
+        let b = rand(&[c_out], 140 + k as u64).to_dtype(DType::F32)?;
+        let oh = (size + 2 * pad - kernel) / stride + 1;
+        let r = rand(&[n, c_out, oh, oh], 150 + k as u64).to_dtype(DType::F32)?;
+        for act in [Activation::None, Activation::Relu] {
+            let run = (algorithm, Kernels::detected());
+            let (y, g) = conv_and_gradient(&x, &wt, Some(&b), &r, &cfg, act, run)?;
+            for i in 0..n {
+                let one = |t: &Tensor| t.narrow(0, i, 1);
+                let (yi, gi) = conv_and_gradient(&one(&x)?, &wt, Some(&b), &one(&r)?, &cfg, act, run)?;
+                let what = format!("case {k} {act:?} image {i}");
+                assert!(values(&one(&y)?) == values(&yi), "{what}: output differs");
+                assert!(values(&one(&g)?) == values(&gi), "{what}: input gradient differs");
+            }
+        }
+    }
+    Ok(())
+}
