@@ -11,7 +11,7 @@ use rayon::prelude::*;
 use crate::act::{activate, mask, take_gradient_rule, Activation, GradientRule};
 use crate::contiguous_slice;
 use crate::simd::Kernels;
-use crate::winograd;
+use crate::{weights, winograd};
 
 /// The sizes of one convolution.
 #[derive(Clone, Copy, Debug)]
@@ -495,6 +495,12 @@ impl DenseConvInputGrad {
         };
         let col_len = if pointwise { 0 } else { g.c_in * g.kh * g.kw * p };
         let mask_len = if output.is_some() { g.c_out * p } else { 0 };
+        // Wᵀ row-major (kept per weight tensor) where there is one group; else W through strides.
+        let transposed = (g.groups == 1).then(|| weights::transposed(self.weight.id(), w, g.c_out, kg));
+        let (lhs, lhs_rs, lhs_cs) = match &transposed {
+            Some(t) => (t.as_slice(), g.c_out as isize, 1),
+            None => (w, 1, kg as isize),
+        };
         with_scratch::<T, _>(col_len, mask_len, |col, masked| {
             for (i, (gy, gxi)) in grad_y
                 .chunks(g.c_out * p)
@@ -511,8 +517,9 @@ impl DenseConvInputGrad {
                 };
                 let dst: *mut T = if pointwise { gxi.as_mut_ptr() } else { col.as_mut_ptr() };
                 for gi in 0..g.groups {
-                    // SAFETY: group `gi`'s transposed weight (kg × cg, read through strides),
-                    // gradient rows (cg × p) and column rows (kg × p) lie inside their buffers.
+                    // SAFETY: group `gi`'s transposed weight (kg × cg: the row-major Wᵀ of one
+                    // group, or W's group rows read through strides), gradient rows (cg × p) and
+                    // column rows (kg × p) lie inside their buffers.
                     unsafe {
                         gemm(
                             kg,
@@ -520,9 +527,9 @@ impl DenseConvInputGrad {
                             cg,
                             dst.add(gi * kg * p),
                             false,
-                            w.as_ptr().add(gi * cg * kg),
-                            1,
-                            kg as isize,
+                            lhs.as_ptr().add(gi * cg * kg),
+                            lhs_rs,
+                            lhs_cs,
                             gy.as_ptr().add(gi * cg * p),
                         )
                     }

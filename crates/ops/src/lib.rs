@@ -54,6 +54,7 @@ mod resize;
 mod separable;
 mod simd;
 mod threads;
+mod weights;
 mod winograd;
 
 pub use act::{

@@ -4,16 +4,14 @@
 //! output channel where the direct form takes 36. The input tiles are transformed (`Bᵀ d B`),
 //! multiplied by the transformed filters (`G g Gᵀ`) in 16 gemms, one per position of the
 //! 4 × 4 tile, and transformed back (`Aᵀ m A`). The filters' transforms are computed once per
-//! weight tensor (in f64) and kept.
+//! weight tensor (in f64) and kept ([`crate::weights`]).
 //!
 //! The values differ from the im2col + gemm path's in the last bits (the sums are reassociated),
 //! as PyTorch's CPU convolutions differ from each other; the input gradient of a 3×3 stride-1
 //! convolution is itself one (the flipped, transposed filters over the output gradient).
 
-use std::any::Any;
 use std::cell::Cell;
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use candle_core::{TensorId, WithDType};
 use rayon::prelude::*;
@@ -21,6 +19,7 @@ use rayon::prelude::*;
 use crate::act::{activate_serial, Activation};
 use crate::dense::{with_scratch, Geometry};
 use crate::simd::Kernels;
+use crate::weights::{self, Layout};
 
 /// Values per tile: a 4 × 4 input patch (and its 4 × 4 product before the output transform).
 const TILE: usize = 16;
@@ -105,50 +104,17 @@ impl Geometry {
     }
 }
 
-/// The transformed filters of each weight tensor seen (by id: candle's ids are never reused,
-/// and a constant tensor's values never change), plain and transposed.
-struct Cache {
-    entries: HashMap<(TensorId, bool), Arc<dyn Any + Send + Sync>>,
-    bytes: usize,
-}
-
-/// Past this many bytes of transformed filters the cache starts over (weights built per call,
-/// as excitation backprop's clamped ones are, would otherwise pile up).
-const CACHE_BYTES: usize = 1 << 30;
-
-static CACHE: Mutex<Option<Cache>> = Mutex::new(None);
-
 /// The transformed filters `U` of `w` (`c_out × c_in × 3 × 3`, the tensor `id`): 16 matrices
 /// (one per tile position), each `c_out × c_in`, interleaved by rows (`c_out × 16 × c_in`), or
 /// with `transposed` those of the input gradient's convolution (each filter flipped,
-/// `c_in × 16 × c_out`).
+/// `c_in × 16 × c_out`). Computed once per weight tensor ([`weights::derived`]).
 pub(crate) fn filters<T: WithDType>(id: TensorId, w: &[T], c_out: usize, c_in: usize, transposed: bool) -> Arc<Vec<T>> {
-    let key = (id, transposed);
-    if let Some(hit) = lock().as_ref().and_then(|c| c.entries.get(&key).cloned()) {
-        if let Ok(u) = hit.downcast::<Vec<T>>() {
-            return u;
-        }
-    }
-    let u = Arc::new(transform_filters(w, c_out, c_in, transposed));
-    let bytes = u.len() * std::mem::size_of::<T>();
-    let mut guard = lock();
-    let cache = guard.get_or_insert_with(|| Cache {
-        entries: HashMap::new(),
-        bytes: 0,
-    });
-    if cache.bytes + bytes > CACHE_BYTES {
-        cache.entries.clear();
-        cache.bytes = 0;
-    }
-    cache.entries.insert(key, u.clone());
-    cache.bytes += bytes;
-    u
-}
-
-/// The cache, recovered if a thread panicked while holding it (it holds no invariant a panic
-/// could break halfway: an entry is inserted whole).
-fn lock() -> std::sync::MutexGuard<'static, Option<Cache>> {
-    CACHE.lock().unwrap_or_else(|e| e.into_inner())
+    let layout = if transposed {
+        Layout::WinogradTransposed
+    } else {
+        Layout::Winograd
+    };
+    weights::derived(id, layout, || transform_filters(w, c_out, c_in, transposed))
 }
 
 /// `G g Gᵀ` of every filter, in f64, `G = [1 0 0; ½ ½ ½; ½ −½ ½; 0 0 1]`, laid out per output
