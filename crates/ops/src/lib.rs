@@ -10,7 +10,9 @@
 //!   (possibly asymmetric) padding, stride, dilation and groups, any input size. On the CPU with
 //!   constant weights: im2col + gemm forward, gemm + col2im input gradient and no weight
 //!   gradient, or for 3×3 stride-1 convolutions Winograd's F(2×2, 3×3) both ways (16
-//!   multiplies per 2×2 outputs instead of 36; [`ConvAlgorithm`]); depthwise convolutions use a
+//!   multiplies per 2×2 outputs instead of 36; [`ConvAlgorithm`]); what these derive from the
+//!   weights (Winograd's transformed filters, the transposed weights of the gradient's gemm)
+//!   is computed once per weight tensor and kept; depthwise convolutions use a
 //!   direct kernel, built for AVX-512, AVX2 + FMA and
 //!   portable code and chosen at run time ([`Kernels`]; the same values with each), its
 //!   forward one plane at a time or, for strided and small planes, sixteen planes interleaved
