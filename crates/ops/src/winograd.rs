@@ -372,8 +372,8 @@ fn output_tiles<T: WithDType>(g: &Geometry, mk: &[T], t: usize, first: usize, bi
     }
 }
 
-/// The tile transforms built for each instruction set ([`Kernels`]): the same
-/// additions in the same order in every build (no multiply to fuse), so the same values.
+/// The tile transforms built for each instruction set ([`Kernels`]): the same additions in the
+/// same order in every build (no multiply to fuse), so the same values.
 mod transforms {
     use candle_core::WithDType;
 
@@ -381,87 +381,43 @@ mod transforms {
     use crate::dense::Geometry;
     use crate::simd::Kernels;
 
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx512f,avx2,fma")]
-    unsafe fn input_avx512<T: WithDType>(g: &Geometry, p: &[T], vc: &mut [T], t: usize, first: usize, rows: &mut [T]) {
-        input_tiles(g, p, vc, t, first, rows)
+    /// `$name(kernels, args…)`: `$inner(args…)` compiled for AVX-512, for AVX2 + FMA and
+    /// portably, run in `kernels`' build (at most the detected one).
+    macro_rules! builds {
+        ($(#[$doc:meta])* $name:ident => $inner:ident($($arg:ident: $ty:ty),*)) => {
+            $(#[$doc])*
+            #[allow(clippy::too_many_arguments)]
+            pub(super) fn $name<T: WithDType>(kernels: Kernels, $($arg: $ty),*) {
+                #[cfg(target_arch = "x86_64")]
+                #[target_feature(enable = "avx512f,avx2,fma")]
+                #[allow(clippy::too_many_arguments)]
+                unsafe fn avx512<T: WithDType>($($arg: $ty),*) {
+                    $inner($($arg),*)
+                }
+                #[cfg(target_arch = "x86_64")]
+                #[target_feature(enable = "avx2,fma")]
+                #[allow(clippy::too_many_arguments)]
+                unsafe fn avx2<T: WithDType>($($arg: $ty),*) {
+                    $inner($($arg),*)
+                }
+                match kernels.min(Kernels::detected()) {
+                    // SAFETY: the build's instructions were detected on this CPU.
+                    #[cfg(target_arch = "x86_64")]
+                    Kernels::Avx512 => unsafe { avx512($($arg),*) },
+                    #[cfg(target_arch = "x86_64")]
+                    Kernels::Avx2 => unsafe { avx2($($arg),*) },
+                    _ => $inner($($arg),*),
+                }
+            }
+        };
     }
 
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn input_avx2<T: WithDType>(g: &Geometry, p: &[T], vc: &mut [T], t: usize, first: usize, rows: &mut [T]) {
-        input_tiles(g, p, vc, t, first, rows)
-    }
-
-    /// [`input_tiles`] in `kernels`' build (at most the detected one).
-    pub(super) fn input<T: WithDType>(
-        kernels: Kernels,
-        g: &Geometry,
-        p: &[T],
-        vc: &mut [T],
-        t: usize,
-        first: usize,
-        rows: &mut [T],
-    ) {
-        match kernels.min(Kernels::detected()) {
-            // SAFETY: the build's instructions were detected on this CPU.
-            #[cfg(target_arch = "x86_64")]
-            Kernels::Avx512 => unsafe { input_avx512(g, p, vc, t, first, rows) },
-            #[cfg(target_arch = "x86_64")]
-            Kernels::Avx2 => unsafe { input_avx2(g, p, vc, t, first, rows) },
-            _ => input_tiles(g, p, vc, t, first, rows),
-        }
-    }
-
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx512f,avx2,fma")]
-    #[allow(clippy::too_many_arguments)]
-    unsafe fn output_avx512<T: WithDType>(
-        g: &Geometry,
-        mk: &[T],
-        t: usize,
-        first: usize,
-        bias: T,
-        out: &mut [T],
-        rows: &mut [T],
-    ) {
-        output_tiles(g, mk, t, first, bias, out, rows)
-    }
-
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2,fma")]
-    #[allow(clippy::too_many_arguments)]
-    unsafe fn output_avx2<T: WithDType>(
-        g: &Geometry,
-        mk: &[T],
-        t: usize,
-        first: usize,
-        bias: T,
-        out: &mut [T],
-        rows: &mut [T],
-    ) {
-        output_tiles(g, mk, t, first, bias, out, rows)
-    }
-
-    /// [`output_tiles`] in `kernels`' build (at most the detected one).
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn output<T: WithDType>(
-        kernels: Kernels,
-        g: &Geometry,
-        mk: &[T],
-        t: usize,
-        first: usize,
-        bias: T,
-        out: &mut [T],
-        rows: &mut [T],
-    ) {
-        match kernels.min(Kernels::detected()) {
-            // SAFETY: the build's instructions were detected on this CPU.
-            #[cfg(target_arch = "x86_64")]
-            Kernels::Avx512 => unsafe { output_avx512(g, mk, t, first, bias, out, rows) },
-            #[cfg(target_arch = "x86_64")]
-            Kernels::Avx2 => unsafe { output_avx2(g, mk, t, first, bias, out, rows) },
-            _ => output_tiles(g, mk, t, first, bias, out, rows),
-        }
-    }
+    builds!(
+        /// [`input_tiles`] in `kernels`' build.
+        input => input_tiles(g: &Geometry, p: &[T], vc: &mut [T], t: usize, first: usize, rows: &mut [T])
+    );
+    builds!(
+        /// [`output_tiles`] in `kernels`' build.
+        output => output_tiles(g: &Geometry, mk: &[T], t: usize, first: usize, bias: T, out: &mut [T], rows: &mut [T])
+    );
 }
