@@ -1,7 +1,9 @@
 //! Dense and grouped convolution on the CPU: the forward pass is im2col + gemm, and the input
-//! gradient is a gemm with the transposed weight + col2im. The weights are constants of the op,
-//! so no weight gradient is computed (candle's backward computes it always, and runs the input
-//! gradient as a naive transposed convolution). Bias and activation are fused into the op.
+//! gradient is a gemm with the transposed weight (row-major, kept per weight tensor by
+//! [`crate::weights`], when there is one group) + col2im; 3×3 stride-1 convolutions run
+//! Winograd's F(2×2, 3×3) both ways instead ([`crate::winograd`]). The weights are constants of
+//! the op, so no weight gradient is computed (candle's backward computes it always, and runs the
+//! input gradient as a naive transposed convolution). Bias and activation are fused into the op.
 
 use std::cell::RefCell;
 
