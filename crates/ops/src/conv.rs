@@ -128,15 +128,16 @@ pub fn conv2d_fused_with(
     kernels: Kernels,
 ) -> Result<Tensor> {
     if crate::excitation_backprop() {
-        return conv2d_excitation(x, weight, bias, cfg, act, &weight.relu()?);
+        return conv2d_excitation(x, weight, bias, cfg, act, &crate::weights::positive(weight)?);
     }
     conv2d_plain(x, weight, bias, cfg, act, kernels.min(Kernels::detected()))
 }
 
 /// [`conv2d_fused`] under excitation backprop's rule (see [`crate::excite`]), with `positive`
-/// as the non-negative weights of the rule. [`conv2d_fused`] uses `weight.relu()`; a
-/// convolution with a batch norm folded in passes its unfolded weights' clamp (scaled by the
-/// norm's `|γ/σ|`), so that a negative `γ` does not flip which weights count as excitatory.
+/// as the non-negative weights of the rule. [`conv2d_fused`] uses `weight.relu()` (kept per
+/// constant weight tensor); a convolution with a batch norm folded in passes its unfolded
+/// weights' clamp (scaled by the norm's `|γ/σ|`), so that a negative `γ` does not flip which
+/// weights count as excitatory.
 ///
 /// # Shapes
 /// - as [`conv2d_fused`]; `positive` has the shape of `weight`.

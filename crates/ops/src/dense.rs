@@ -497,8 +497,11 @@ impl DenseConvInputGrad {
         };
         let col_len = if pointwise { 0 } else { g.c_in * g.kh * g.kw * p };
         let mask_len = if output.is_some() { g.c_out * p } else { 0 };
-        // Wᵀ row-major (kept per weight tensor) where there is one group; else W through strides.
-        let transposed = (g.groups == 1).then(|| weights::transposed(self.weight.id(), w, g.c_out, kg));
+        // Wᵀ row-major (kept per weight tensor, from its second backward on) where there is one
+        // group; else W through strides. The same values either way.
+        let transposed = (g.groups == 1)
+            .then(|| weights::transposed(self.weight.id(), w, g.c_out, kg))
+            .flatten();
         let (lhs, lhs_rs, lhs_cs) = match &transposed {
             Some(t) => (t.as_slice(), g.c_out as isize, 1),
             None => (w, 1, kg as isize),

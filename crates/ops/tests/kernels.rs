@@ -288,3 +288,36 @@ fn dense_batches_are_each_image_alone() -> R<()> {
     }
     Ok(())
 }
+
+/// The input gradient of a convolution is the same, bit for bit, on the first backward through
+/// its weight (the gemm reads `W` through strides) and on later ones (a row-major `Wᵀ` kept for
+/// the weight), for 1×1, strided and dilated convolutions.
+#[test]
+fn kept_transposed_weights_give_the_same_gradient() -> R<()> {
+    // (c_in, c_out, size, kernel, stride, dilation)
+    let cases = [(40, 24, 7, 1, 1, 1), (16, 32, 12, 3, 2, 1), (8, 12, 9, 3, 1, 2)];
+    for (k, &(c_in, c_out, size, kernel, stride, dilation)) in cases.iter().enumerate() {
+        let cfg = Conv2dConfig {
+            padding: Padding::uniform(1),
+            stride,
+            dilation,
+            ..Default::default()
+        };
+        let x = rand(&[2, c_in, size, size], 160 + k as u64).to_dtype(DType::F32)?;
+        let wt = rand(&[c_out, c_in, kernel, kernel], 170 + k as u64).to_dtype(DType::F32)?;
+        let b = rand(&[c_out], 180 + k as u64).to_dtype(DType::F32)?;
+        let y = conv2d_fused(&x, &wt, Some(&b), &cfg, Activation::Relu)?;
+        let r = rand(y.dims(), 190 + k as u64).to_dtype(DType::F32)?;
+        let run = (ConvAlgorithm::Im2col, Kernels::detected());
+        let (_, first) = conv_and_gradient(&x, &wt, Some(&b), &r, &cfg, Activation::Relu, run)?;
+        for again in 0..2 {
+            let (_, later) = conv_and_gradient(&x, &wt, Some(&b), &r, &cfg, Activation::Relu, run)?;
+            assert!(
+                values(&later) == values(&first),
+                "case {k}, backward {}: differs",
+                again + 2
+            );
+        }
+    }
+    Ok(())
+}
