@@ -177,13 +177,16 @@ pub(crate) fn forward<T: WithDType>(
         let t = nb * per_image;
         with_scratch::<T, _>(TILE * g.c_in * t, TILE * g.c_out * t, |v, m| {
             // V: per input channel, 16 rows (tile positions) of `t` tiles.
-            v.par_chunks_mut(TILE * t).enumerate().for_each(|(c, vc)| {
-                let mut rows = vec![T::zero(); 8 * (tw + 1)];
-                for i in 0..nb {
-                    let p = &xs[(i * g.c_in + c) * g.h * g.w..][..g.h * g.w];
-                    transforms::input(kernels, g, p, vc, t, i * per_image, &mut rows);
-                }
-            });
+            // (Each rayon task's row scratch is allocated once, not once per channel.)
+            v.par_chunks_mut(TILE * t).enumerate().for_each_init(
+                || vec![T::zero(); 8 * (tw + 1)],
+                |rows, (c, vc)| {
+                    for i in 0..nb {
+                        let p = &xs[(i * g.c_in + c) * g.h * g.w..][..g.h * g.w];
+                        transforms::input(kernels, g, p, vc, t, i * per_image, rows);
+                    }
+                },
+            );
             // M = U V, one gemm per tile position: M is, per output channel, 16 rows of `t`.
             let (m_at, v_at, u_at) = (m.as_mut_ptr() as usize, v.as_ptr() as usize, u.as_ptr() as usize);
             (0..TILE).into_par_iter().for_each(|xi| {
@@ -216,22 +219,16 @@ pub(crate) fn forward<T: WithDType>(
                 }
             });
             let m: &[T] = m;
-            ys.par_chunks_mut(plane).enumerate().for_each(|(ik, out)| {
-                let (i, k) = (ik / g.c_out, ik % g.c_out);
-                let b = bias.map_or(T::zero(), |b| b[k]);
-                let mut rows = vec![T::zero(); 12 * tw];
-                transforms::output(
-                    kernels,
-                    g,
-                    &m[k * TILE * t..][..TILE * t],
-                    t,
-                    i * per_image,
-                    b,
-                    out,
-                    &mut rows,
-                );
-                activate_serial(out, act);
-            });
+            ys.par_chunks_mut(plane).enumerate().for_each_init(
+                || vec![T::zero(); 12 * tw],
+                |rows, (ik, out)| {
+                    let (i, k) = (ik / g.c_out, ik % g.c_out);
+                    let b = bias.map_or(T::zero(), |b| b[k]);
+                    let mk = &m[k * TILE * t..][..TILE * t];
+                    transforms::output(kernels, g, mk, t, i * per_image, b, out, rows);
+                    activate_serial(out, act);
+                },
+            );
         });
     }
 }
@@ -250,15 +247,13 @@ fn input_tiles<T: WithDType>(g: &Geometry, p: &[T], vc: &mut [T], t: usize, firs
         // = padded column 2j + 1 (padded column q is input column q − left).
         for a in 0..4 {
             let (e, o) = (&mut even[a * half..][..half], &mut odd[a * half..][..half]);
+            e.fill(T::zero());
+            o.fill(T::zero());
             let r = (2 * ty + a) as isize - g.top as isize;
             if r < 0 || r >= g.h as isize {
-                e.fill(T::zero());
-                o.fill(T::zero());
                 continue;
             }
             let src = &p[r as usize * g.w..][..g.w];
-            e.fill(T::zero());
-            o.fill(T::zero());
             // Input column q is padded column q + left: pairs (2i, 2i + 1) go to even and odd
             // slot i + left/2 for an even `left`, to odd slot i + left/2 and even slot
             // i + left/2 + 1 for an odd one.
@@ -306,13 +301,8 @@ fn input_tiles<T: WithDType>(g: &Geometry, p: &[T], vc: &mut [T], t: usize, firs
             let (row0, rest) = vc[(4 * a) * t..(4 * a + 4) * t].split_at_mut(t);
             let (row1, rest) = rest.split_at_mut(t);
             let (row2, row3) = rest.split_at_mut(t);
-            let out = [
-                &mut row0[at..at + tw],
-                &mut row1[at..at + tw],
-                &mut row2[at..at + tw],
-                &mut row3[at..at + tw],
-            ];
-            let [v0, v1, v2, v3] = out;
+            let (v0, v1) = (&mut row0[at..at + tw], &mut row1[at..at + tw]);
+            let (v2, v3) = (&mut row2[at..at + tw], &mut row3[at..at + tw]);
             for tx in 0..tw {
                 let (c0, c1, c2, c3) = (e[tx], o[tx], e[tx + 1], o[tx + 1]);
                 v0[tx] = c0 - c2;
