@@ -90,6 +90,7 @@ def run(binary, args):
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("old", help="the earlier build's extremal binary")
+    p.add_argument("--new", default=NEW, help="the build to compare (default: this checkout's release build)")
     p.add_argument("--greedy", action="store_true")
     p.add_argument("--greedy-25", action="store_true")
     p.add_argument("--torch", action="store_true")
@@ -111,7 +112,7 @@ def main():
             for image in IMAGES:
                 args = ["channels", image, "--layer", layer, "--keep", str(keep)] + extra
                 old_s, old = run(a.old, args)
-                new_s, new = run(NEW, args)
+                new_s, new = run(a.new, args)
                 ratio = new["kept_score"] / old["kept_score"] if old["kept_score"] else float("nan")
                 worst = min(worst, ratio)
                 print(f"{model:<19}{layer:<7}{keep:>5}  {os.path.basename(image):<12}{old_s:>8.2f}{new_s:>8.2f}"
@@ -134,7 +135,7 @@ def main():
     if a.sweep:
         extra = ["--model", "resnet50", "--weights", resnet, "--layer", "layer3"]
         print()
-        for name, binary in (("old", a.old), ("new", NEW)):
+        for name, binary in (("old", a.old), ("new", a.new)):
             single_s, _ = run(binary, ["channels", "assets/chelsea.png", "--keep", "25"] + extra)
             sweep_s, sweep = run(binary, ["channels", "assets/chelsea.png", "--sweep", "1,2,5,10,25,50"] + extra)
             curve = ", ".join(f"{p['keep']}: {p['kept_score']:.1f}" for p in sweep["sweep"])
@@ -143,10 +144,10 @@ def main():
                   flush=True)
 
     if a.torch:
-        torch_loop(resnet)
+        torch_loop(resnet, a.new)
 
 
-def torch_loop(weights):
+def torch_loop(weights, binary):
     """The paper's schedule in PyTorch, a forward hook masking ResNet-50's layer3, the whole
     network each of 300 iterations, beside this build's whole command on the same input."""
     import torch
@@ -178,7 +179,7 @@ def torch_loop(weights):
         with torch.no_grad():
             mask.clamp_(0, 1)
     torch_s = time.time() - t0
-    ours_s, r = run(NEW, ["channels", os.path.join(WORK, "resnet50-seed0-input.safetensors"), "--model", "resnet50",
+    ours_s, r = run(binary, ["channels", os.path.join(WORK, "resnet50-seed0-input.safetensors"), "--model", "resnet50",
                           "--weights", weights, "--layer", "layer3", "--keep", "25"])
     print(f"\nResNet-50 layer3 keep 25: PyTorch forward-hook loop, 300 iterations (model loaded) {torch_s:.2f} s; "
           f"extremal channels, whole command {ours_s:.2f} s (kept {r['kept_score']:.1f}, original "

@@ -8,7 +8,7 @@
 //!
 //! ```text
 //! cargo run --release --example render_correlation [-- --iterations N] [--out DIR] [--parameterisation fourier]
-//!     [--lr R] [--init-scale S] [--tv W] [--now-only]
+//!     [--lr R] [--init-scale S] [--tv W] [--jitter PX] [--scale F] [--rotate DEG] [--now-only]
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -47,6 +47,9 @@ fn main() -> anyhow::Result<()> {
             .map(|v| v.parse())
             .transpose()?
             .unwrap_or(now.init_scale),
+        jitter: flag("--jitter").map(|v| v.parse()).transpose()?.unwrap_or(now.jitter),
+        scale: flag("--scale").map(|v| v.parse()).transpose()?.unwrap_or(now.scale),
+        rotate: flag("--rotate").map(|v| v.parse()).transpose()?.unwrap_or(now.rotate),
         ..now
     };
     println!(
