@@ -78,8 +78,8 @@ fn main() -> candle_core::Result<()> {
                 }
             }
             set_conv_algorithm(ConvAlgorithm::Auto);
-            // `Auto`'s rule (16+ channels, 32+ tiles of 2 × 2 outputs in the batch).
-            let auto = if n * size.div_ceil(2).pow(2) >= 32 {
+            // `Auto`'s rule (16+ channels, 16+ tiles of 2 × 2 outputs per image).
+            let auto = if size.div_ceil(2).pow(2) >= 16 {
                 "winograd"
             } else {
                 "im2col"

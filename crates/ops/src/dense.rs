@@ -181,33 +181,91 @@ unsafe fn gemm<T: WithDType>(
     lhs_cs: isize,
     rhs: *const T,
 ) {
+    gemm_in_blocks(m, n, depth_blocks(k), dst, accumulate, lhs, lhs_rs, lhs_cs, rhs)
+}
+
+/// [`gemm`] with the depth summed in the given blocks `(first, length)`, in order (empty ones
+/// skipped: they add nothing).
+///
+/// # Safety
+/// As [`gemm`], with the blocks inside the depth.
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_in_blocks<T: WithDType>(
+    m: usize,
+    n: usize,
+    blocks: impl IntoIterator<Item = (usize, usize)>,
+    dst: *mut T,
+    accumulate: bool,
+    lhs: *const T,
+    lhs_rs: isize,
+    lhs_cs: isize,
+    rhs: *const T,
+) {
     let threads = rayon::current_num_threads();
     let parallelism = if threads > 1 {
         gemm::Parallelism::Rayon(threads)
     } else {
         gemm::Parallelism::None
     };
-    gemm::gemm(
-        m,
-        n,
-        k,
-        dst,
-        1,
-        n as isize,
-        accumulate,
-        lhs,
-        lhs_cs,
-        lhs_rs,
-        rhs,
-        1,
-        n as isize,
-        T::one(),
-        T::one(),
-        false,
-        false,
-        false,
-        parallelism,
-    )
+    let mut blocks: Vec<(usize, usize)> = blocks.into_iter().filter(|b| b.1 > 0).collect();
+    if blocks.is_empty() {
+        // No depth: the product is zero (a fill unless accumulating).
+        blocks.push((0, 0));
+    }
+    for (i, (from, depth)) in blocks.into_iter().enumerate() {
+        gemm::gemm(
+            m,
+            n,
+            depth,
+            dst,
+            1,
+            n as isize,
+            accumulate || i > 0,
+            lhs.offset(from as isize * lhs_cs),
+            lhs_cs,
+            lhs_rs,
+            rhs.add(from * n),
+            1,
+            n as isize,
+            T::one(),
+            T::one(),
+            false,
+            false,
+            false,
+            parallelism,
+        )
+    }
+}
+
+/// The most products one gemm call sums per output. `gemm` splits a longer depth into blocks
+/// whose size depends on the other two dimensions (`gemm-common` 0.19: `min(k, 512)` when both
+/// are at most 64, else balanced blocks of at most 512 here), so the rounding of one image's
+/// output would depend on how many images share the gemm.
+const GEMM_DEPTH: usize = 512;
+
+/// The depth `k` of a product in balanced blocks of at most [`GEMM_DEPTH`], as `(first,
+/// length)`, chosen from `k` alone: each is one `gemm` call that sums its block in order, and
+/// the blocks are added in order (what `gemm` does itself for a wide product, so its results
+/// there are unchanged). One block when `k` is 0.
+pub(crate) fn depth_blocks(k: usize) -> impl Iterator<Item = (usize, usize)> {
+    let blocks = k.div_ceil(GEMM_DEPTH).max(1);
+    let size = k.div_ceil(blocks);
+    (0..blocks).map(move |b| (b * size, size.min(k - b * size)))
+}
+
+/// The depth blocks of a convolution's product over the input channels `live` only (each
+/// `taps` deep): the blocks the whole product would have ([`depth_blocks`] of `c_in · taps`),
+/// each kept to the live channels' part of it. An image's nonzero products are then summed in
+/// the same groups whichever channels its batch-mates keep alive.
+fn live_blocks(live: &[usize], c_in: usize, taps: usize) -> Vec<(usize, usize)> {
+    // Compacted depth before the whole product's index `at`.
+    let before = |at: usize| -> usize { live.iter().map(|&c| at.saturating_sub(c * taps).min(taps)).sum() };
+    depth_blocks(c_in * taps)
+        .map(|(from, len)| {
+            let (a, b) = (before(from), before(from + len));
+            (a, b - a)
+        })
+        .collect()
 }
 
 /// The contiguous values of a CPU tensor.
@@ -244,15 +302,44 @@ impl DenseConv {
         // Every element is written by the bias fill or by a gemm that does not read it.
         let mut y = crate::output_vec(g.n * g.c_out * p);
         if g.groups == 1 {
-            let per = (BATCH_POSITIONS / p).max(1);
             let image = g.c_in * g.h * g.w;
-            if g.winograd() && sparse_channels(&g, x).is_none() {
-                let u = winograd::filters(self.weight.id(), w, g.c_out, g.c_in, false);
-                winograd::forward(&g, x, &u, bias.as_deref(), self.act, self.kernels, &mut y);
+            if !g.winograd() {
+                self.forward_batches(x, w, bias.as_deref(), &mut y);
                 return Ok(y);
             }
-            for (xs, ys) in x.chunks(per * image).zip(y.chunks_mut(per * g.c_out * p)) {
-                self.forward_batch(xs, w, bias.as_deref(), ys);
+            // Winograd, but not for an image with most input channels zero: im2col leaves them
+            // out of its gemm. Decided per image, so that an image's output does not depend on
+            // its batch-mates.
+            let one = Geometry { n: 1, ..g };
+            let sparse: Vec<bool> = x
+                .chunks(image)
+                .map(|img| sparse_channels(&one, img).is_some())
+                .collect();
+            let u = || winograd::filters(self.weight.id(), w, g.c_out, g.c_in, false);
+            if !sparse.contains(&true) {
+                winograd::forward(&g, x, &u(), bias.as_deref(), self.act, self.kernels, &mut y);
+            } else if !sparse.contains(&false) {
+                self.forward_batches(x, w, bias.as_deref(), &mut y);
+            } else {
+                // A mixed batch: each kind gathered, run, and scattered back.
+                let out = g.c_out * p;
+                for kind in [false, true] {
+                    let picked: Vec<usize> = (0..g.n).filter(|&i| sparse[i] == kind).collect();
+                    let mut xs = Vec::with_capacity(picked.len() * image);
+                    for &i in &picked {
+                        xs.extend_from_slice(&x[i * image..(i + 1) * image]);
+                    }
+                    let mut ys = crate::output_vec(picked.len() * out);
+                    if kind {
+                        self.forward_batches(&xs, w, bias.as_deref(), &mut ys);
+                    } else {
+                        let gk = Geometry { n: picked.len(), ..g };
+                        winograd::forward(&gk, &xs, &u(), bias.as_deref(), self.act, self.kernels, &mut ys);
+                    }
+                    for (&i, yi) in picked.iter().zip(ys.chunks(out)) {
+                        y[i * out..(i + 1) * out].copy_from_slice(yi);
+                    }
+                }
             }
             return Ok(y);
         }
@@ -317,6 +404,17 @@ fn sparse_channels<T: WithDType>(g: &Geometry, xs: &[T]) -> Option<Vec<usize>> {
 }
 
 impl DenseConv {
+    /// The im2col path over whole images `xs`: [`DenseConv::forward_batch`] on runs of images
+    /// that together make a gemm about [`BATCH_POSITIONS`] wide.
+    fn forward_batches<T: WithDType>(&self, xs: &[T], w: &[T], bias: Option<&[T]>, ys: &mut [T]) {
+        let g = self.g;
+        let (p, image) = (g.positions(), g.c_in * g.h * g.w);
+        let per = (BATCH_POSITIONS / p).max(1);
+        for (x, y) in xs.chunks(per * image).zip(ys.chunks_mut(per * g.c_out * p)) {
+            self.forward_batch(x, w, bias, y);
+        }
+    }
+
     /// Several images (`xs`, whole images; one when each fills a gemm alone) through one gemm:
     /// their column matrices side by side, `W · [col₀ col₁ …]`, the output scattered back per
     /// image (one image's is written in place, and a 1×1 convolution's column matrix is the
@@ -328,8 +426,10 @@ impl DenseConv {
         let nb = xs.len() / image;
         let p = g.positions();
         let khw = g.kh * g.kw;
+        let mut blocks = None;
         let (gc, xc, wc): (Geometry, std::borrow::Cow<[T]>, std::borrow::Cow<[T]>) =
             if let Some(live) = sparse_channels(&g, xs) {
+                blocks = Some(live_blocks(&live, g.c_in, khw));
                 let gc = Geometry {
                     c_in: live.len(),
                     n: nb,
@@ -388,10 +488,10 @@ impl DenseConv {
                 // SAFETY: the weight (c_out × k), the column matrix (k × wide) and the output
                 // (c_out × wide) are buffers of exactly those sizes.
                 unsafe {
-                    gemm(
+                    gemm_in_blocks(
                         g.c_out,
                         wide,
-                        k,
+                        blocks.take().unwrap_or_else(|| depth_blocks(k).collect()),
                         out.as_mut_ptr(),
                         bias.is_some(),
                         wc.as_ptr(),

@@ -17,7 +17,7 @@ use candle_core::{TensorId, WithDType};
 use rayon::prelude::*;
 
 use crate::act::{activate_serial, Activation};
-use crate::dense::{with_scratch, Geometry};
+use crate::dense::{depth_blocks, with_scratch, Geometry};
 use crate::simd::Kernels;
 use crate::weights::{self, Layout};
 
@@ -27,8 +27,11 @@ const TILE: usize = 16;
 /// How a dense convolution is computed on the CPU.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum ConvAlgorithm {
-    /// [`ConvAlgorithm::Winograd`] where it applies and is faster, else
-    /// [`ConvAlgorithm::Im2col`].
+    /// [`ConvAlgorithm::Winograd`] where it applies, with 16 or more channels in and out and
+    /// a 7 × 7 or larger output, else [`ConvAlgorithm::Im2col`]; an image with most input
+    /// channels zero goes to im2col, which leaves them out of its gemm. Decided per image, from
+    /// the geometry and the image alone, so that an image's result does not depend on its
+    /// batch.
     #[default]
     Auto,
     /// The column matrix of every kernel offset, one gemm with the weights.
@@ -49,11 +52,17 @@ pub fn set_conv_algorithm(algorithm: ConvAlgorithm) -> ConvAlgorithm {
     ALGORITHM.with(|a| a.replace(algorithm))
 }
 
+/// Tiles per image from which `Auto` takes Winograd: a 7 × 7 output has 16. (One 7 × 7 image
+/// alone ran 0.88–1.03× im2col's time forward and 0.93–1.12× with the input gradient in seven
+/// `examples/conv_time` runs, and batches of them 0.57–0.65×.)
+pub(crate) const MIN_TILES: usize = 16;
+
 impl Geometry {
     /// Whether this convolution runs as F(2×2, 3×3): a 3×3, stride-1, undilated, ungrouped
     /// one with at most 2 rows and columns of padding before the input, and under `Auto` at
-    /// least 16 channels in and out and 32 tiles in the batch (one 7 × 7 image has 16: its
-    /// gemms are then too narrow to gain; `examples/conv_time` measures both algorithms).
+    /// least 16 channels in and out and [`MIN_TILES`] tiles per image. Nothing here depends on
+    /// the batch's size, so an image's result does not either (a channel search scores one
+    /// set alone and in batches, and a sweep's masks must be those of each keep alone).
     pub(crate) fn winograd(&self) -> bool {
         let applies = self.groups == 1
             && self.kh == 3
@@ -68,7 +77,7 @@ impl Geometry {
             && match ALGORITHM.with(|a| a.get()) {
                 ConvAlgorithm::Auto => {
                     let (th, tw) = self.tiles();
-                    self.c_in >= 16 && self.c_out >= 16 && self.n * th * tw >= 32
+                    self.c_in >= 16 && self.c_out >= 16 && th * tw >= MIN_TILES
                 }
                 ConvAlgorithm::Im2col => false,
                 ConvAlgorithm::Winograd => true,
@@ -194,28 +203,32 @@ pub(crate) fn forward<T: WithDType>(
                 // of `c_in` at a pitch of 16·c_in), V's (`c_in` rows of `t` at a pitch of 16·t)
                 // and M's (`c_out` rows of `t`, the same pitch); the gemms write disjoint rows
                 // of M.
-                unsafe {
-                    gemm::gemm(
-                        g.c_out,
-                        t,
-                        g.c_in,
-                        (m_at as *mut T).add(xi * t),
-                        1,
-                        (TILE * t) as isize,
-                        false,
-                        (u_at as *const T).add(xi * g.c_in),
-                        1,
-                        (TILE * g.c_in) as isize,
-                        (v_at as *const T).add(xi * t),
-                        1,
-                        (TILE * t) as isize,
-                        T::zero(),
-                        T::one(),
-                        false,
-                        false,
-                        false,
-                        gemm::Parallelism::None,
-                    )
+                // The depth in blocks chosen from `c_in` alone (`dense::depth_blocks`), so that
+                // an image's result does not depend on how many share the gemm.
+                for (i, (from, depth)) in depth_blocks(g.c_in).enumerate() {
+                    unsafe {
+                        gemm::gemm(
+                            g.c_out,
+                            t,
+                            depth,
+                            (m_at as *mut T).add(xi * t),
+                            1,
+                            (TILE * t) as isize,
+                            i > 0,
+                            (u_at as *const T).add(xi * g.c_in + from),
+                            1,
+                            (TILE * g.c_in) as isize,
+                            (v_at as *const T).add((from * TILE + xi) * t),
+                            1,
+                            (TILE * t) as isize,
+                            T::one(),
+                            T::one(),
+                            false,
+                            false,
+                            false,
+                            gemm::Parallelism::None,
+                        )
+                    }
                 }
             });
             let m: &[T] = m;

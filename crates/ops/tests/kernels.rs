@@ -261,6 +261,8 @@ fn dense_batches_are_each_image_alone() -> R<()> {
         (32, 16, 9, 1, 2, 0, ConvAlgorithm::Auto),
         (16, 16, 7, 3, 1, 1, ConvAlgorithm::Im2col),
         (16, 16, 7, 3, 1, 1, ConvAlgorithm::Winograd),
+        (64, 16, 5, 3, 1, 1, ConvAlgorithm::Im2col),
+        (256, 16, 5, 3, 1, 1, ConvAlgorithm::Im2col),
     ];
     for (k, &(c_in, c_out, size, kernel, stride, pad, algorithm)) in cases.iter().enumerate() {
         let cfg = Conv2dConfig {
@@ -284,6 +286,42 @@ fn dense_batches_are_each_image_alone() -> R<()> {
                 assert!(values(&one(&y)?) == values(&yi), "{what}: output differs");
                 assert!(values(&one(&g)?) == values(&gi), "{what}: input gradient differs");
             }
+        }
+    }
+    Ok(())
+}
+
+/// Under the default algorithm choice an image's output and input gradient do not depend on
+/// its batch either: not on the batch's size (a 7 × 7 map alone and in a batch of 3 or 32), nor
+/// on whether its batch-mates have most input channels zero (a hard channel mask upstream, as
+/// a channel search scores batches of sets), with zero channels of its own or none.
+#[test]
+fn the_default_algorithm_does_not_depend_on_the_batch() -> R<()> {
+    // (c_in, c_out, size, images)
+    let cases = [(16, 16, 7, 3), (32, 24, 7, 32), (16, 32, 14, 2), (64, 16, 5, 4)];
+    for (k, &(c_in, c_out, size, n)) in cases.iter().enumerate() {
+        let cfg = Conv2dConfig {
+            padding: Padding::uniform(1),
+            ..Default::default()
+        };
+        let mut x = rand(&[n, c_in, size, size], 200 + k as u64).to_dtype(DType::F32)?;
+        // Every other image keeps an eighth of its channels (a different eighth each), as a
+        // hard channel mask would; the others keep all.
+        let keep: Vec<f32> = (0..n)
+            .flat_map(|i| (0..c_in).map(move |c| if i % 2 == 0 || (c + i) % 8 == 0 { 1.0 } else { 0.0 }))
+            .collect();
+        x = x.broadcast_mul(&Tensor::from_vec(keep, (n, c_in, 1, 1), &Device::Cpu)?)?;
+        let wt = (rand(&[c_out, c_in, 3, 3], 210 + k as u64) * 0.2)?.to_dtype(DType::F32)?;
+        let b = rand(&[c_out], 220 + k as u64).to_dtype(DType::F32)?;
+        let r = rand(&[n, c_out, size, size], 230 + k as u64).to_dtype(DType::F32)?;
+        let run = (ConvAlgorithm::Auto, Kernels::detected());
+        let (y, g) = conv_and_gradient(&x, &wt, Some(&b), &r, &cfg, Activation::Relu, run)?;
+        for i in 0..n {
+            let one = |t: &Tensor| t.narrow(0, i, 1);
+            let (yi, gi) = conv_and_gradient(&one(&x)?, &wt, Some(&b), &one(&r)?, &cfg, Activation::Relu, run)?;
+            let what = format!("case {k} image {i} of {n}");
+            assert!(values(&one(&y)?) == values(&yi), "{what}: output differs");
+            assert!(values(&one(&g)?) == values(&gi), "{what}: input gradient differs");
         }
     }
     Ok(())
