@@ -165,32 +165,15 @@ pub(crate) fn with_scratch<T: WithDType, R>(a: usize, b: usize, f: impl FnOnce(&
     })
 }
 
-/// `dst (m×n, row-major) [+]= lhs (m×k, strides lhs_rs/lhs_cs) · rhs (k×n, row-major)`.
+/// `dst (m×n, row-major) [+]= lhs (m×k, strides lhs_rs/lhs_cs) · rhs (k×n, row-major)`, the
+/// depth summed in `blocks` ([`gemm_in_blocks`]; [`depth_blocks`]`(k)` unless the channels
+/// were compacted), on all of rayon's threads.
 ///
 /// # Safety
-/// The pointers must address matrices of these sizes and strides, `dst` not overlapping.
+/// The pointers must address matrices of these sizes and strides, the blocks inside the depth,
+/// `dst` not overlapping.
 #[allow(clippy::too_many_arguments)]
 unsafe fn gemm<T: WithDType>(
-    m: usize,
-    n: usize,
-    k: usize,
-    dst: *mut T,
-    accumulate: bool,
-    lhs: *const T,
-    lhs_rs: isize,
-    lhs_cs: isize,
-    rhs: *const T,
-) {
-    gemm_in_blocks(m, n, depth_blocks(k), dst, accumulate, lhs, lhs_rs, lhs_cs, rhs)
-}
-
-/// [`gemm`] with the depth summed in the given blocks `(first, length)`, in order (empty ones
-/// skipped: they add nothing).
-///
-/// # Safety
-/// As [`gemm`], with the blocks inside the depth.
-#[allow(clippy::too_many_arguments)]
-unsafe fn gemm_in_blocks<T: WithDType>(
     m: usize,
     n: usize,
     blocks: impl IntoIterator<Item = (usize, usize)>,
@@ -207,6 +190,29 @@ unsafe fn gemm_in_blocks<T: WithDType>(
     } else {
         gemm::Parallelism::None
     };
+    let (dst, rhs) = ((dst, n as isize), (rhs, n as isize));
+    gemm_in_blocks(m, n, blocks, dst, accumulate, (lhs, lhs_rs, lhs_cs), rhs, parallelism)
+}
+
+/// `dst (m×n, row stride dst.1) [+]= lhs (m×k, strides lhs.1/lhs.2) · rhs (k×n, row stride
+/// rhs.1)`, columns contiguous in `dst` and `rhs`, with the depth summed in the given blocks
+/// `(first, length)` in order, one `gemm` call each (empty ones skipped: they add nothing):
+/// [`depth_blocks`] for a sum whose rounding depends on `k` alone.
+///
+/// # Safety
+/// The pointers must address matrices of these sizes and strides, the blocks inside the depth,
+/// `dst` not overlapping.
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn gemm_in_blocks<T: WithDType>(
+    m: usize,
+    n: usize,
+    blocks: impl IntoIterator<Item = (usize, usize)>,
+    (dst, dst_rs): (*mut T, isize),
+    accumulate: bool,
+    (lhs, lhs_rs, lhs_cs): (*const T, isize, isize),
+    (rhs, rhs_rs): (*const T, isize),
+    parallelism: gemm::Parallelism,
+) {
     let mut blocks: Vec<(usize, usize)> = blocks.into_iter().filter(|b| b.1 > 0).collect();
     if blocks.is_empty() {
         // No depth: the product is zero (a fill unless accumulating).
@@ -219,14 +225,14 @@ unsafe fn gemm_in_blocks<T: WithDType>(
             depth,
             dst,
             1,
-            n as isize,
+            dst_rs,
             accumulate || i > 0,
             lhs.offset(from as isize * lhs_cs),
             lhs_cs,
             lhs_rs,
-            rhs.add(from * n),
+            rhs.offset(from as isize * rhs_rs),
             1,
-            n as isize,
+            rhs_rs,
             T::one(),
             T::one(),
             false,
@@ -315,11 +321,19 @@ impl DenseConv {
                 .chunks(image)
                 .map(|img| sparse_channels(&one, img).is_some())
                 .collect();
-            let u = || winograd::filters(self.weight.id(), w, g.c_out, g.c_in, false);
-            if !sparse.contains(&true) {
-                winograd::forward(&g, x, &u(), bias.as_deref(), self.act, self.kernels, &mut y);
-            } else if !sparse.contains(&false) {
-                self.forward_batches(x, w, bias.as_deref(), &mut y);
+            // Whole images of one kind: im2col for mostly-zero ones, else Winograd.
+            let run = |sparse: bool, n: usize, xs: &[T], ys: &mut [T]| {
+                if sparse {
+                    self.forward_batches(xs, w, bias.as_deref(), ys);
+                } else {
+                    let u = winograd::filters(self.weight.id(), w, g.c_out, g.c_in, false);
+                    let gk = Geometry { n, ..g };
+                    winograd::forward(&gk, xs, &u, bias.as_deref(), self.act, self.kernels, ys);
+                }
+            };
+            let first = sparse.first().copied().unwrap_or(false);
+            if sparse.iter().all(|&s| s == first) {
+                run(first, g.n, x, &mut y);
             } else {
                 // A mixed batch: each kind gathered, run, and scattered back.
                 let out = g.c_out * p;
@@ -330,12 +344,7 @@ impl DenseConv {
                         xs.extend_from_slice(&x[i * image..(i + 1) * image]);
                     }
                     let mut ys = crate::output_vec(picked.len() * out);
-                    if kind {
-                        self.forward_batches(&xs, w, bias.as_deref(), &mut ys);
-                    } else {
-                        let gk = Geometry { n: picked.len(), ..g };
-                        winograd::forward(&gk, &xs, &u(), bias.as_deref(), self.act, self.kernels, &mut ys);
-                    }
+                    run(kind, picked.len(), &xs, &mut ys);
                     for (&i, yi) in picked.iter().zip(ys.chunks(out)) {
                         y[i * out..(i + 1) * out].copy_from_slice(yi);
                     }
@@ -364,7 +373,7 @@ impl DenseConv {
                         gemm(
                             cg,
                             p,
-                            kg,
+                            depth_blocks(kg),
                             out.as_mut_ptr().add(gi * cg * p),
                             bias.is_some(),
                             w.as_ptr().add(gi * cg * kg),
@@ -426,32 +435,34 @@ impl DenseConv {
         let nb = xs.len() / image;
         let p = g.positions();
         let khw = g.kh * g.kw;
-        let mut blocks = None;
-        let (gc, xc, wc): (Geometry, std::borrow::Cow<[T]>, std::borrow::Cow<[T]>) =
-            if let Some(live) = sparse_channels(&g, xs) {
-                blocks = Some(live_blocks(&live, g.c_in, khw));
-                let gc = Geometry {
-                    c_in: live.len(),
-                    n: nb,
-                    ..g
-                };
-                let plane = g.h * g.w;
-                let mut xc = Vec::with_capacity(nb * live.len() * plane);
-                for img in xs.chunks(image) {
-                    for &c in &live {
-                        xc.extend_from_slice(&img[c * plane..(c + 1) * plane]);
-                    }
-                }
-                let mut wc = Vec::with_capacity(g.c_out * live.len() * khw);
-                for row in w.chunks(g.k_group()).take(g.c_out) {
-                    for &c in &live {
-                        wc.extend_from_slice(&row[c * khw..(c + 1) * khw]);
-                    }
-                }
-                (gc, xc.into(), wc.into())
-            } else {
-                (Geometry { n: nb, ..g }, xs.into(), w.into())
+        let live = sparse_channels(&g, xs);
+        let blocks = match &live {
+            Some(live) => live_blocks(live, g.c_in, khw),
+            None => depth_blocks(g.c_in * khw).collect(),
+        };
+        let (gc, xc, wc): (Geometry, std::borrow::Cow<[T]>, std::borrow::Cow<[T]>) = if let Some(live) = live {
+            let gc = Geometry {
+                c_in: live.len(),
+                n: nb,
+                ..g
             };
+            let plane = g.h * g.w;
+            let mut xc = Vec::with_capacity(nb * live.len() * plane);
+            for img in xs.chunks(image) {
+                for &c in &live {
+                    xc.extend_from_slice(&img[c * plane..(c + 1) * plane]);
+                }
+            }
+            let mut wc = Vec::with_capacity(g.c_out * live.len() * khw);
+            for row in w.chunks(g.k_group()).take(g.c_out) {
+                for &c in &live {
+                    wc.extend_from_slice(&row[c * khw..(c + 1) * khw]);
+                }
+            }
+            (gc, xc.into(), wc.into())
+        } else {
+            (Geometry { n: nb, ..g }, xs.into(), w.into())
+        };
         let k = gc.c_in * khw;
         let wide = nb * p;
         // One image: its column matrix is the image itself for a 1×1 convolution, and the
@@ -488,10 +499,10 @@ impl DenseConv {
                 // SAFETY: the weight (c_out × k), the column matrix (k × wide) and the output
                 // (c_out × wide) are buffers of exactly those sizes.
                 unsafe {
-                    gemm_in_blocks(
+                    gemm(
                         g.c_out,
                         wide,
-                        blocks.take().unwrap_or_else(|| depth_blocks(k).collect()),
+                        blocks,
                         out.as_mut_ptr(),
                         bias.is_some(),
                         wc.as_ptr(),
@@ -629,7 +640,7 @@ impl DenseConvInputGrad {
                         gemm(
                             kg,
                             p,
-                            cg,
+                            depth_blocks(cg),
                             dst.add(gi * kg * p),
                             false,
                             lhs.as_ptr().add(gi * cg * kg),

@@ -17,7 +17,7 @@ use candle_core::{TensorId, WithDType};
 use rayon::prelude::*;
 
 use crate::act::{activate_serial, Activation};
-use crate::dense::{depth_blocks, with_scratch, Geometry};
+use crate::dense::{depth_blocks, gemm_in_blocks, with_scratch, Geometry};
 use crate::simd::Kernels;
 use crate::weights::{self, Layout};
 
@@ -202,33 +202,19 @@ pub(crate) fn forward<T: WithDType>(
                 // SAFETY: position `xi`'s matrices lie inside their buffers: U's (`c_out` rows
                 // of `c_in` at a pitch of 16·c_in), V's (`c_in` rows of `t` at a pitch of 16·t)
                 // and M's (`c_out` rows of `t`, the same pitch); the gemms write disjoint rows
-                // of M.
-                // The depth in blocks chosen from `c_in` alone (`dense::depth_blocks`), so that
-                // an image's result does not depend on how many share the gemm.
-                for (i, (from, depth)) in depth_blocks(g.c_in).enumerate() {
-                    unsafe {
-                        gemm::gemm(
-                            g.c_out,
-                            t,
-                            depth,
-                            (m_at as *mut T).add(xi * t),
-                            1,
-                            (TILE * t) as isize,
-                            i > 0,
-                            (u_at as *const T).add(xi * g.c_in + from),
-                            1,
-                            (TILE * g.c_in) as isize,
-                            (v_at as *const T).add((from * TILE + xi) * t),
-                            1,
-                            (TILE * t) as isize,
-                            T::one(),
-                            T::one(),
-                            false,
-                            false,
-                            false,
-                            gemm::Parallelism::None,
-                        )
-                    }
+                // of M. The depth is summed in blocks chosen from `c_in` alone, so that an
+                // image's result does not depend on how many share the gemm.
+                unsafe {
+                    gemm_in_blocks(
+                        g.c_out,
+                        t,
+                        depth_blocks(g.c_in),
+                        ((m_at as *mut T).add(xi * t), (TILE * t) as isize),
+                        false,
+                        ((u_at as *const T).add(xi * g.c_in), (TILE * g.c_in) as isize, 1),
+                        ((v_at as *const T).add(xi * t), (TILE * t) as isize),
+                        gemm::Parallelism::None,
+                    )
                 }
             });
             let m: &[T] = m;

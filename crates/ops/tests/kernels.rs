@@ -249,6 +249,32 @@ fn winograd_matches_im2col() -> R<()> {
     Ok(())
 }
 
+/// Asserts that the batch `x`'s output and input gradient (against `r`) equal each image's
+/// alone, bit for bit.
+#[allow(clippy::too_many_arguments)]
+fn each_image_alone(
+    x: &Tensor,
+    wt: &Tensor,
+    b: &Tensor,
+    r: &Tensor,
+    cfg: &Conv2dConfig,
+    act: Activation,
+    run: (ConvAlgorithm, Kernels),
+    what: &str,
+) -> R<()> {
+    let (y, g) = conv_and_gradient(x, wt, Some(b), r, cfg, act, run)?;
+    for i in 0..x.dim(0)? {
+        let one = |t: &Tensor| t.narrow(0, i, 1);
+        let (yi, gi) = conv_and_gradient(&one(x)?, wt, Some(b), &one(r)?, cfg, act, run)?;
+        assert!(values(&one(&y)?) == values(&yi), "{what}, image {i}: output differs");
+        assert!(
+            values(&one(&g)?) == values(&gi),
+            "{what}, image {i}: input gradient differs"
+        );
+    }
+    Ok(())
+}
+
 /// A batch's outputs and input gradients are each image's alone, bit for bit, on both paths of
 /// the dense convolution (on small maps the images' columns share one gemm in the forward, and
 /// Winograd's tiles of all images share its 16 gemms both ways).
@@ -278,14 +304,7 @@ fn dense_batches_are_each_image_alone() -> R<()> {
         let r = rand(&[n, c_out, oh, oh], 150 + k as u64).to_dtype(DType::F32)?;
         for act in [Activation::None, Activation::Relu] {
             let run = (algorithm, Kernels::detected());
-            let (y, g) = conv_and_gradient(&x, &wt, Some(&b), &r, &cfg, act, run)?;
-            for i in 0..n {
-                let one = |t: &Tensor| t.narrow(0, i, 1);
-                let (yi, gi) = conv_and_gradient(&one(&x)?, &wt, Some(&b), &one(&r)?, &cfg, act, run)?;
-                let what = format!("case {k} {act:?} image {i}");
-                assert!(values(&one(&y)?) == values(&yi), "{what}: output differs");
-                assert!(values(&one(&g)?) == values(&gi), "{what}: input gradient differs");
-            }
+            each_image_alone(&x, &wt, &b, &r, &cfg, act, run, &format!("case {k} {act:?}"))?;
         }
     }
     Ok(())
@@ -315,14 +334,16 @@ fn the_default_algorithm_does_not_depend_on_the_batch() -> R<()> {
         let b = rand(&[c_out], 220 + k as u64).to_dtype(DType::F32)?;
         let r = rand(&[n, c_out, size, size], 230 + k as u64).to_dtype(DType::F32)?;
         let run = (ConvAlgorithm::Auto, Kernels::detected());
-        let (y, g) = conv_and_gradient(&x, &wt, Some(&b), &r, &cfg, Activation::Relu, run)?;
-        for i in 0..n {
-            let one = |t: &Tensor| t.narrow(0, i, 1);
-            let (yi, gi) = conv_and_gradient(&one(&x)?, &wt, Some(&b), &one(&r)?, &cfg, Activation::Relu, run)?;
-            let what = format!("case {k} image {i} of {n}");
-            assert!(values(&one(&y)?) == values(&yi), "{what}: output differs");
-            assert!(values(&one(&g)?) == values(&gi), "{what}: input gradient differs");
-        }
+        each_image_alone(
+            &x,
+            &wt,
+            &b,
+            &r,
+            &cfg,
+            Activation::Relu,
+            run,
+            &format!("case {k} of {n} images"),
+        )?;
     }
     Ok(())
 }
