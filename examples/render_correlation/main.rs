@@ -9,6 +9,7 @@
 //! ```text
 //! cargo run --release --example render_correlation [-- --iterations N] [--out DIR] [--parameterisation fourier]
 //!     [--lr R] [--init-scale S] [--tv W] [--jitter PX] [--scale F] [--rotate DEG] [--now-only]
+//!     [--optimiser adam|momentum] [--redirect-until F]
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -50,6 +51,14 @@ fn main() -> anyhow::Result<()> {
         jitter: flag("--jitter").map(|v| v.parse()).transpose()?.unwrap_or(now.jitter),
         scale: flag("--scale").map(|v| v.parse()).transpose()?.unwrap_or(now.scale),
         rotate: flag("--rotate").map(|v| v.parse()).transpose()?.unwrap_or(now.rotate),
+        optimiser: flag("--optimiser")
+            .map(|v| v.parse())
+            .transpose()?
+            .unwrap_or(now.optimiser),
+        redirect_until: flag("--redirect-until")
+            .map(|v| v.parse())
+            .transpose()?
+            .unwrap_or(now.redirect_until),
         ..now
     };
     println!(

@@ -29,7 +29,8 @@ pub mod spatial;
 pub use channels::{
     channel_masks, channel_masks_at, channel_sweep, class_tables, conditional_heatmaps, explain_channels,
     greedy_selection, Baselines, ChannelConfig, ChannelContribution, ChannelMask, ChannelRecord, ChannelReport,
-    ChannelSite, ChannelSweep, ClassChannel, ClassTable, ExplainMethod, RankedChannel, Schedule, SweepPoint, Timings,
+    ChannelSite, ChannelSweep, ClassChannel, ClassTable, ExplainMethod, RankedChannel, Schedule, Starts, SweepPoint,
+    Timings,
 };
 pub use engine::{
     game_scores, optimise, AreaWeight, ClassEvidence, Evidence, History, Iteration, MaskParameterisation, MaskValues,

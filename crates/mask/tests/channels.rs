@@ -2,7 +2,10 @@
 
 use candle_core::{Device, Module, Tensor};
 use extremal_hook::{Graph, Node};
-use extremal_mask::{area_penalty, channel_masks, greedy_selection, ChannelConfig, ChannelSite, Game, Schedule};
+use extremal_mask::{
+    area_penalty, channel_masks, greedy_selection, ChannelConfig, ChannelSite, Game, Schedule, Starts,
+};
+use extremal_ops::random::SeededRng;
 
 /// 8 channels at site `features`; class 0's logit is `p2·p5` (both channels are needed, an AND),
 /// class 1's is `p0 + p1`, where `p` is the spatial mean. Channels 0 and 1 have the largest
@@ -77,6 +80,88 @@ fn greedy_selection_misses_the_pair_the_search_finds() {
     assert!(r.kept_score > 8.9);
     assert!(r.timings.refine >= 0.0 && r.timings.soft > 0.0);
     assert!(greedy_selection(&site, 9, 8).is_err());
+}
+
+/// 10 channels at site `features` (2 × 2 positions, seeded random values) and a suffix that is
+/// not linear in them: three classes from a hidden ReLU layer of 16 units on the channels'
+/// spatial means, seeded random weights.
+fn relu_network(seed: u64) -> (Graph, Tensor) {
+    struct Head {
+        w1: Tensor,
+        b1: Tensor,
+        w2: Tensor,
+    }
+    impl Module for Head {
+        fn forward(&self, a: &Tensor) -> candle_core::Result<Tensor> {
+            let p = a.mean(3)?.mean(2)?; // (N, 10)
+            let h = p.matmul(&self.w1)?.broadcast_add(&self.b1)?.relu()?;
+            h.matmul(&self.w2)
+        }
+    }
+    let mut rng = SeededRng::new(seed);
+    let dev = Device::Cpu;
+    let head = Head {
+        w1: rng.normal_tensor(&[10, 16], 1.0, &dev).unwrap(),
+        b1: rng.normal_tensor(&[16], 0.5, &dev).unwrap(),
+        w2: rng.normal_tensor(&[16, 3], 1.0, &dev).unwrap(),
+    };
+    let x = rng.uniform_tensor(&[1, 10, 2, 2], 0.0, 2.0, &dev).unwrap();
+    let graph = Graph::new(Node::seq(
+        "",
+        vec![
+            Node::layer("features", |x: &Tensor| Ok(x.clone())),
+            Node::layer("head", head),
+        ],
+    ));
+    (graph, x)
+}
+
+/// With 10 channels and keep 2 the refinement's window (the 8 kept channels of lowest and the 8
+/// others of highest gradient) holds every swap, so the refined set must be a local optimum of
+/// the whole swap neighbourhood, and it must keep at least what each of its starts keeps,
+/// from all three starts or from the best one.
+#[test]
+fn the_refined_set_is_a_local_optimum_above_its_starts() {
+    for (seed, starts) in (0..6).flat_map(|seed| [(seed, Starts::All), (seed, Starts::Best)]) {
+        let (net, x) = relu_network(seed);
+        let cfg = ChannelConfig {
+            keep: 2,
+            starts,
+            ..Default::default()
+        };
+        let r = channel_masks(&net, &x, "features", &cfg).unwrap();
+        let site = ChannelSite::new(&net, &x, "features", None).unwrap();
+        let kept = r.ranking[..2].to_vec();
+        let others: Vec<usize> = (0..10).filter(|c| !kept.contains(c)).collect();
+        let swaps: Vec<Vec<usize>> = [kept[0], kept[1]]
+            .iter()
+            .flat_map(|&stays| others.iter().map(move |&i| vec![stays, i]))
+            .collect();
+        assert_eq!(swaps.len(), 16);
+        let best_swap = site
+            .hard_scores(&swaps, true, 8)
+            .unwrap()
+            .into_iter()
+            .fold(f64::NEG_INFINITY, f64::max);
+        let tolerance = 1e-6 * r.kept_score.abs().max(1.0);
+        assert!(
+            best_swap <= r.kept_score + tolerance,
+            "seed {seed}: a swap reaches {best_swap} > {}",
+            r.kept_score
+        );
+        for start in [
+            r.soft_kept_score,
+            r.baselines.top_activation,
+            r.baselines.activation_x_gradient,
+        ] {
+            assert!(
+                r.kept_score >= start - tolerance,
+                "seed {seed}: {} < a start's {start}",
+                r.kept_score
+            );
+        }
+        assert!(r.timings.refine_sets > 0, "seed {seed}");
+    }
 }
 
 #[test]

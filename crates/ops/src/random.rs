@@ -27,6 +27,13 @@ impl SeededRng {
         z ^ (z >> 31)
     }
 
+    /// Shuffles `v` in place (Fisher–Yates, from the last element down).
+    pub fn shuffle<T>(&mut self, v: &mut [T]) {
+        for i in (1..v.len()).rev() {
+            v.swap(i, (self.next_u64() % (i as u64 + 1)) as usize);
+        }
+    }
+
     /// Uniform in `[0, 1)` with 53 random bits.
     pub fn uniform(&mut self) -> f64 {
         (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
@@ -88,5 +95,26 @@ impl SeededRng {
             }
         }
         b
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::SeededRng;
+
+    #[test]
+    fn a_shuffle_is_a_permutation_fixed_by_the_seed() {
+        let shuffled = |seed| {
+            let mut v: Vec<usize> = (0..25).collect();
+            SeededRng::new(seed).shuffle(&mut v);
+            v
+        };
+        let a = shuffled(7);
+        let mut sorted = a.clone();
+        sorted.sort();
+        assert_eq!(sorted, (0..25).collect::<Vec<_>>());
+        assert_eq!(a, shuffled(7));
+        assert_ne!(a, shuffled(8));
+        assert_ne!(a, (0..25).collect::<Vec<_>>());
     }
 }

@@ -171,9 +171,7 @@ fn shapley(cs: &ChannelSite, set: &[usize], full: f64, empty: f64, batch: usize)
     let mut orders: Vec<Vec<usize>> = Vec::with_capacity(SHAPLEY_PERMUTATIONS);
     while orders.len() < SHAPLEY_PERMUTATIONS {
         let mut order: Vec<usize> = (0..k).collect();
-        for i in (1..k).rev() {
-            order.swap(i, (rng.next_u64() % (i as u64 + 1)) as usize);
-        }
+        rng.shuffle(&mut order);
         let reversed: Vec<usize> = order.iter().rev().copied().collect();
         orders.push(order);
         orders.push(reversed);

@@ -53,7 +53,8 @@ pub struct ChannelReport {
     /// Kept score of the best top-`keep` set of the soft mask (checked every 10 iterations),
     /// before refinement.
     pub soft_kept_score: f64,
-    /// Accepted swaps during refinement.
+    /// Swaps on the refined set's path, from the start its search began at (the final full
+    /// rounds included).
     pub swaps: usize,
     /// The soft optimisation's iterations.
     pub history: History,
