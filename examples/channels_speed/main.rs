@@ -143,7 +143,9 @@ fn shapley_check_json(
         .flat_map(|o| (1..k).map(move |len| o[..len].iter().map(|&i| kept[i]).collect()))
         .collect();
     let v = site.hard_scores(&prefixes, true, batch)?;
-    let empty = site.hard_scores(&[Vec::new()], true, 1)?[0];
+    // The report's own values, with the drops and the empty set's score they come with.
+    let ours = contributions(site, kept, kept_score, batch)?;
+    let empty = ours.empty_score;
     // Marginal gains per permutation.
     let gains: Vec<Vec<f64>> = orders
         .iter()
@@ -187,17 +189,8 @@ fn shapley_check_json(
     }
     let all: Vec<&Vec<f64>> = gains.iter().collect();
     let reference = mean(&all);
-    let ours = contributions(site, kept, kept_score, batch)?;
+    let drops: Vec<f64> = kept.iter().map(|&c| ours.drops[c].expect("a kept channel")).collect();
     let ours: Vec<f64> = kept.iter().map(|&c| ours.values[c]).collect();
-    let drops = site.hard_scores(
-        &kept
-            .iter()
-            .map(|&c| kept.iter().copied().filter(|&j| j != c).collect())
-            .collect::<Vec<Vec<usize>>>(),
-        true,
-        batch,
-    )?;
-    let drops: Vec<f64> = drops.iter().map(|d| kept_score - d).collect();
     // Paired KernelSHAP (Lundberg & Lee 2017; paired sampling, Covert & Lee 2021): coalitions
     // drawn from the Shapley kernel's size distribution with their complements, the values the
     // constrained least-squares fit; 8 seeded runs per budget of scored sets.
