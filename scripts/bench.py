@@ -1,11 +1,13 @@
 """Side-by-side timing of forward and forward+backward-to-the-input passes: PyTorch and extremal.
 
-Development-time only (needs torch and torchvision). Runs `extremal bench --json` for each model
-and batch, then the same passes in PyTorch (same threads, same warm-up, median of the same number
-of passes), and prints both and their ratio (extremal / PyTorch: below 1 is faster).
+Development-time only (needs torch and torchvision). For each model and batch, in `--rounds`
+alternating rounds, runs `extremal bench --json` and then the same passes in PyTorch (same
+threads, same warm-up, median of the same number of passes), and prints the median over rounds
+of each side's time and their ratio (extremal / PyTorch: below 1 is faster), with the range of
+the rounds' own ratios. Alternating puts the machine's slow spells on both sides.
 
     cargo build --release -p extremal-cli
-    python3 scripts/bench.py [--models resnet50,efficientnet-lite0] [--batches 1,3] [--passes 5]
+    python3 scripts/bench.py [--models resnet50,efficientnet-lite0] [--batches 1,3] [--passes 5] [--rounds 3]
 
 The PyTorch EfficientNet-Lite0 is the functional one of scripts/golden.py (TF SAME padding).
 """
@@ -82,8 +84,7 @@ def median_time(passes, f):
     return sorted(times)[len(times) // 2]
 
 
-def torch_bench(name, batch, passes, size):
-    net = torch_model(name)
+def torch_bench(net, batch, passes, size):
     x = torch.randn(batch, 3, size, size)
 
     def fwd():
@@ -105,24 +106,37 @@ def main():
     ap.add_argument("--batches", default="1,3")
     ap.add_argument("--passes", type=int, default=5)
     ap.add_argument("--binary", default="target/release/extremal")
+    ap.add_argument("--rounds", type=int, default=3, help="alternating rounds of both sides (medians printed)")
     args = ap.parse_args()
     threads = os.cpu_count()
     torch.set_num_threads(threads)
-    print(f"{threads} threads, PyTorch {torch.__version__}, median of {args.passes} passes after one warm-up, 224x224")
+    print(f"{threads} threads, PyTorch {torch.__version__}, median of {args.passes} passes after one warm-up, "
+          f"224x224; {args.rounds} alternating rounds: median over rounds (range of the rounds' ratios)")
     print("| model | batch | forward: extremal | PyTorch | ratio | fwd+bwd: extremal | PyTorch | ratio |")
     print("|---|---|---|---|---|---|---|---|")
     kernels = "?"
+
+    def median(v):
+        v = sorted(v)
+        return v[len(v) // 2] if len(v) % 2 else (v[len(v) // 2 - 1] + v[len(v) // 2]) / 2
+
     for name in args.models.split(","):
+        net = torch_model(name)
         for batch in [int(b) for b in args.batches.split(",")]:
-            out = subprocess.run([args.binary, "bench", "--model", name, "--batch", str(batch),
-                                  "--passes", str(args.passes), "--json"],
-                                 check=True, capture_output=True, text=True).stdout
-            ours = json.loads(out)
-            tf, tb = torch_bench(name, batch, args.passes, 224)
-            of, ob = ours["forward_s"], ours["forward_backward_s"]
-            print(f"| {name} | {batch} | {of:.3f} s | {tf:.3f} s | {of / tf:.2f}x "
-                  f"| {ob:.3f} s | {tb:.3f} s | {ob / tb:.2f}x |", flush=True)
-            kernels = ours.get("kernels", "?")
+            rounds = []
+            for _ in range(args.rounds):
+                out = subprocess.run([args.binary, "bench", "--model", name, "--batch", str(batch),
+                                      "--passes", str(args.passes), "--json"],
+                                     check=True, capture_output=True, text=True).stdout
+                ours = json.loads(out)
+                tf, tb = torch_bench(net, batch, args.passes, 224)
+                rounds.append((ours["forward_s"], tf, ours["forward_backward_s"], tb))
+                kernels = ours.get("kernels", "?")
+            of, tf, ob, tb = (median([r[i] for r in rounds]) for i in range(4))
+            rf = [r[0] / r[1] for r in rounds]
+            rb = [r[2] / r[3] for r in rounds]
+            print(f"| {name} | {batch} | {of:.3f} s | {tf:.3f} s | {of / tf:.2f}x ({min(rf):.2f}-{max(rf):.2f}) "
+                  f"| {ob:.3f} s | {tb:.3f} s | {ob / tb:.2f}x ({min(rb):.2f}-{max(rb):.2f}) |", flush=True)
     # Which CPU, and which kernel builds each side ran (the ratios depend on both).
     cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
                "unknown CPU") if os.path.exists("/proc/cpuinfo") else "unknown CPU"

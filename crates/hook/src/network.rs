@@ -46,7 +46,10 @@ impl Prefix {
 /// Implementors provide [`Network::sites`] and [`Network::forward_hooked`]; the default
 /// [`Network::prefix`] and [`Network::suffix`] are correct but re-run the whole network, so
 /// implementations that can resume from a site (every [`crate::Graph`]) override them.
-pub trait Network {
+///
+/// A network is shared between threads (`Send + Sync`): a channel search scores its sets in
+/// runs side by side, one per thread.
+pub trait Network: Send + Sync {
     /// Every site, in the order a forward pass reaches them (`input` first).
     fn sites(&self) -> Vec<String>;
 

@@ -450,3 +450,84 @@ fn conditional_heatmaps_lie_where_each_channel_draws_its_support() {
     assert!(ChannelContribution::new(&site, &[1], 0).is_err());
     assert!(conditional_heatmaps(&site, &[0], &[5]).is_err());
 }
+
+/// 32 channels at site `features` (6 × 6, seeded) and a convolutional suffix: a 3 × 3
+/// convolution to 24 channels with ReLU (its input mostly zero under a hard mask of a few
+/// channels, so its gemm leaves the dead ones out), a 1 × 1 one to 4 classes, the mean.
+fn conv_network(seed: u64) -> (Graph, Tensor) {
+    struct Head {
+        w1: Tensor,
+        w2: Tensor,
+    }
+    impl Module for Head {
+        fn forward(&self, a: &Tensor) -> candle_core::Result<Tensor> {
+            let cfg = extremal_ops::Conv2dConfig {
+                padding: extremal_ops::Padding {
+                    top: 1,
+                    bottom: 1,
+                    left: 1,
+                    right: 1,
+                },
+                ..Default::default()
+            };
+            let h = extremal_ops::conv2d_fused(a, &self.w1, None, &cfg, extremal_ops::Activation::Relu)?;
+            let y = extremal_ops::conv2d(&h, &self.w2, None, &Default::default())?;
+            y.mean(3)?.mean(2)
+        }
+    }
+    let mut rng = SeededRng::new(seed);
+    let dev = Device::Cpu;
+    let head = Head {
+        w1: rng.normal_tensor(&[24, 32, 3, 3], 0.2, &dev).unwrap(),
+        w2: rng.normal_tensor(&[4, 24, 1, 1], 0.5, &dev).unwrap(),
+    };
+    let x = rng.uniform_tensor(&[1, 32, 6, 6], 0.0, 2.0, &dev).unwrap();
+    let graph = Graph::new(Node::seq(
+        "",
+        vec![
+            Node::layer("features", |x: &Tensor| Ok(x.clone())),
+            Node::layer("head", head),
+        ],
+    ));
+    (graph, x)
+}
+
+/// `hard_scores` cuts its sets into one run per thread, scored side by side: each set's score
+/// must be the same bits with 1, 2 or 3 threads and any batch size, and the same as alone.
+#[test]
+fn hard_scores_do_not_depend_on_threads_or_batches() {
+    let (net, x) = conv_network(3);
+    let cs = ChannelSite::new(&net, &x, "features", None).unwrap();
+    let mut rng = SeededRng::new(11);
+    let sets: Vec<Vec<usize>> = (0..23)
+        .map(|i| {
+            let mut all: Vec<usize> = (0..32).collect();
+            rng.shuffle(&mut all);
+            all.truncate(1 + i % 7);
+            all
+        })
+        .collect();
+    let alone: Vec<f64> = sets
+        .iter()
+        .map(|s| cs.hard_scores(std::slice::from_ref(s), true, 1).unwrap()[0])
+        .collect();
+    for threads in [1, 2, 3] {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+        for batch in [1, 4, 32] {
+            for keep_only in [true, false] {
+                let scores = pool.install(|| cs.hard_scores(&sets, keep_only, batch)).unwrap();
+                let serial: Vec<f64> = sets
+                    .iter()
+                    .map(|s| cs.hard_scores(std::slice::from_ref(s), keep_only, 1).unwrap()[0])
+                    .collect();
+                assert_eq!(
+                    scores, serial,
+                    "{threads} threads, batch {batch}, keep_only {keep_only}"
+                );
+                if keep_only {
+                    assert_eq!(scores, alone);
+                }
+            }
+        }
+    }
+}

@@ -135,7 +135,7 @@ pub struct Prediction {
 pub struct Model {
     name: String,
     kind: Option<ModelKind>,
-    net: Box<dyn Network + Send + Sync>,
+    net: Box<dyn Network>,
     preprocess: Preprocess,
     labels: Vec<String>,
     device: Device,
@@ -173,7 +173,7 @@ impl Model {
     /// [`Model::with_labels`]).
     pub fn from_network(
         name: &str,
-        net: impl Network + Send + Sync + 'static,
+        net: impl Network + 'static,
         preprocess: Preprocess,
         classes: usize,
         dtype: DType,
@@ -287,7 +287,7 @@ impl Model {
     }
 
     /// The network.
-    pub fn network(&self) -> &(dyn Network + Send + Sync) {
+    pub fn network(&self) -> &dyn Network {
         self.net.as_ref()
     }
 

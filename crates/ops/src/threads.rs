@@ -39,3 +39,51 @@ pub fn on_thread_pool<T: Send>(work: impl FnOnce() -> T + Send) -> T {
         Err(_) => work(),
     }
 }
+
+/// The calling thread's choices for this crate's forward kernels ([`crate::set_conv_algorithm`],
+/// [`crate::set_depthwise_layout`]), to be made again on another thread.
+#[derive(Debug, Clone, Copy)]
+struct ForwardSettings {
+    algorithm: crate::ConvAlgorithm,
+    layout: crate::DepthwiseLayout,
+}
+
+impl ForwardSettings {
+    fn current() -> Self {
+        let algorithm = crate::set_conv_algorithm(crate::ConvAlgorithm::Auto);
+        crate::set_conv_algorithm(algorithm);
+        let layout = crate::set_depthwise_layout(crate::DepthwiseLayout::Auto);
+        crate::set_depthwise_layout(layout);
+        Self { algorithm, layout }
+    }
+
+    /// Runs `work` on this thread under these settings, then restores the thread's own.
+    fn run<T>(self, work: impl FnOnce() -> T) -> T {
+        let algorithm = crate::set_conv_algorithm(self.algorithm);
+        let layout = crate::set_depthwise_layout(self.layout);
+        let out = work();
+        crate::set_conv_algorithm(algorithm);
+        crate::set_depthwise_layout(layout);
+        out
+    }
+}
+
+/// Runs `a` and `b` as [`rayon::join`] does, possibly at the same time on two threads, each
+/// under the calling thread's convolution algorithm and depthwise layout, and returns both
+/// results.
+///
+/// For forward passes over independent parts of a batch: candle's element-wise operations run
+/// on the calling thread ([`one_elementwise_thread`]), so one batch's element-wise work
+/// leaves the other core idle, and two halves run side by side fill it (a channel search at
+/// EfficientNet-Lite0 `layer3` scores its sets this way). The gradient rule and excitation
+/// backprop stay with the calling thread: backward passes must not be split this way.
+pub fn join<A, B, RA, RB>(a: A, b: B) -> (RA, RB)
+where
+    A: FnOnce() -> RA + Send,
+    B: FnOnce() -> RB + Send,
+    RA: Send,
+    RB: Send,
+{
+    let settings = ForwardSettings::current();
+    rayon::join(move || settings.run(a), move || settings.run(b))
+}

@@ -380,3 +380,49 @@ fn kept_transposed_weights_give_the_same_gradient() -> R<()> {
     }
     Ok(())
 }
+
+/// `join`'s two sides run under the calling thread's convolution algorithm and depthwise
+/// layout, on whichever thread runs them, and leave every thread's own settings as they were.
+#[test]
+fn join_carries_the_forward_settings_to_the_other_thread() {
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+    // The settings a side sees: `set_*` returns the current one; set it back at once.
+    let seen = || {
+        let algorithm = set_conv_algorithm(ConvAlgorithm::Auto);
+        set_conv_algorithm(algorithm);
+        let layout = set_depthwise_layout(DepthwiseLayout::Auto);
+        set_depthwise_layout(layout);
+        (algorithm, layout, std::thread::current().id())
+    };
+    let elsewhere = pool.install(|| {
+        set_conv_algorithm(ConvAlgorithm::Winograd);
+        set_depthwise_layout(DepthwiseLayout::Planes);
+        let caller = std::thread::current().id();
+        let mut elsewhere = 0;
+        for _ in 0..10 {
+            let (a, b) = join(
+                || {
+                    // Long enough for the other thread to take `b`.
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                    seen()
+                },
+                seen,
+            );
+            for (algorithm, layout, _) in [a, b] {
+                assert_eq!(algorithm, ConvAlgorithm::Winograd);
+                assert_eq!(layout, DepthwiseLayout::Planes);
+            }
+            elsewhere += usize::from(b.2 != caller);
+        }
+        assert_eq!(seen().0, ConvAlgorithm::Winograd);
+        set_conv_algorithm(ConvAlgorithm::Auto);
+        set_depthwise_layout(DepthwiseLayout::Auto);
+        elsewhere
+    });
+    // The other thread's own settings are restored.
+    let others = pool.broadcast(|_| seen());
+    assert!(others
+        .iter()
+        .all(|&(a, l, _)| a == ConvAlgorithm::Auto && l == DepthwiseLayout::Auto));
+    assert!(elsewhere > 0, "the second side never ran on the other thread");
+}

@@ -165,6 +165,30 @@ impl<'a> ChannelSite<'a> {
     /// Target logits with hard masks: for each set, exactly its channels kept (`keep_only`)
     /// or exactly its channels removed.
     pub fn hard_scores(&self, sets: &[Vec<usize>], keep_only: bool, batch: usize) -> Result<Vec<f64>> {
+        self.hard_scores_in(sets, keep_only, batch, rayon::current_num_threads())
+    }
+
+    /// [`ChannelSite::hard_scores`] with the sets cut into `parts` runs scored side by side
+    /// ([`extremal_ops::join`]): candle's element-wise operations run on the calling thread, so
+    /// one run at a time leaves cores idle (EfficientNet-Lite0 `layer3` keep 25 took 0.85× the
+    /// time this way, ResNet-50 `layer3` 0.91×). A set's score does not depend on its batch.
+    fn hard_scores_in(&self, sets: &[Vec<usize>], keep_only: bool, batch: usize, parts: usize) -> Result<Vec<f64>> {
+        if parts < 2 || sets.len() < 2 {
+            return self.hard_scores_serial(sets, keep_only, batch);
+        }
+        let half = parts / 2;
+        let (a, b) = sets.split_at(sets.len() * half / parts);
+        let (a, b) = extremal_ops::join(
+            || self.hard_scores_in(a, keep_only, batch, half),
+            || self.hard_scores_in(b, keep_only, batch, parts - half),
+        );
+        let mut out = a?;
+        out.extend(b?);
+        Ok(out)
+    }
+
+    /// [`ChannelSite::hard_scores`] on this thread, `batch` sets per suffix pass.
+    fn hard_scores_serial(&self, sets: &[Vec<usize>], keep_only: bool, batch: usize) -> Result<Vec<f64>> {
         let mut out = Vec::with_capacity(sets.len());
         for chunk in sets.chunks(batch.max(1)) {
             let mut m = vec![if keep_only { 0f32 } else { 1.0 }; chunk.len() * self.channels];
