@@ -60,7 +60,16 @@ impl CustomOp1 for ConstMatmul {
             CpuStorage::F64(v) => Tensor::from_slice(&v[a..b], l.shape(), &Device::Cpu)?,
             _ => candle_core::bail!("linear: only f32 and f64 are supported"),
         };
-        let y = x.matmul(&self.rhs)?;
+        // One row would go to gemm's matrix-vector path, which sums in another order than its
+        // kernels for two rows or more: an image's output would then depend on its batch. A
+        // zero second row keeps it on the kernels (a classifier's cost; the row is dropped).
+        let y = if x.dim(0)? == 1 {
+            Tensor::cat(&[&x, &x.zeros_like()?], 0)?
+                .matmul(&self.rhs)?
+                .narrow(0, 0, 1)?
+        } else {
+            x.matmul(&self.rhs)?
+        };
         let shape = y.shape().clone();
         let storage = match s {
             CpuStorage::F32(_) => CpuStorage::F32(y.flatten_all()?.to_vec1::<f32>()?),

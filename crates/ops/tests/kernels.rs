@@ -426,3 +426,40 @@ fn join_carries_the_forward_settings_to_the_other_thread() {
         .all(|&(a, l, _)| a == ConvAlgorithm::Auto && l == DepthwiseLayout::Auto));
     assert!(elsewhere > 0, "the second side never ran on the other thread");
 }
+
+/// An image's output must not depend on its batch where `gemm` would take another path for it
+/// alone: a classifier's single row (its matrix-vector path) and a convolution whose compacted
+/// input keeps one or two channels (its path for depths of at most 2), beside images that keep
+/// more.
+#[test]
+fn single_rows_and_shallow_products_do_not_depend_on_the_batch() -> R<()> {
+    // The classifier: one row alone, and the same row among three.
+    let x = rand(&[3, 1280], 1).to_dtype(DType::F32)?;
+    let w = rand(&[1280, 1000], 2).to_dtype(DType::F32)?;
+    let b = rand(&[1000], 3).to_dtype(DType::F32)?;
+    for i in 0..3 {
+        let alone = linear(&x.narrow(0, i, 1)?, &w, Some(&b))?;
+        let among = linear(&x, &w, Some(&b))?.narrow(0, i, 1)?;
+        assert_eq!(values(&alone), values(&among), "classifier row {i}");
+    }
+    // A 1×1 convolution over 112 channels of which an image keeps 1 or 2 (compacted to that
+    // depth) beside one that keeps 25.
+    let w = rand(&[672, 112, 1, 1], 4).to_dtype(DType::F32)?;
+    let b = rand(&[672], 5).to_dtype(DType::F32)?;
+    let x = rand(&[1, 112, 14, 14], 6).to_dtype(DType::F32)?;
+    let keep = |live: &[usize]| -> R<Tensor> {
+        let mut m = vec![0f32; 112];
+        live.iter().for_each(|&c| m[c] = 1.0);
+        Ok(x.broadcast_mul(&Tensor::new(m, &Device::Cpu)?.reshape((1, 112, 1, 1))?)?)
+    };
+    let wide = keep(&(0..25).map(|i| i * 4).collect::<Vec<_>>())?;
+    for live in [vec![70], vec![96, 70], vec![3, 5]] {
+        let img = keep(&live)?;
+        let cfg = Conv2dConfig::default();
+        let alone = conv2d_fused(&img, &w, Some(&b), &cfg, Activation::Relu)?;
+        let among =
+            conv2d_fused(&Tensor::cat(&[&wide, &img], 0)?, &w, Some(&b), &cfg, Activation::Relu)?.narrow(0, 1, 1)?;
+        assert_eq!(values(&alone), values(&among), "channels {live:?}");
+    }
+    Ok(())
+}

@@ -117,10 +117,8 @@ const QUICK_CHECKS: usize = 8;
 /// of the window scored, 64 sets) until none raises it, so the result is a local optimum of
 /// the window. Given one start, only the full rounds run. A climb that reaches a set an
 /// earlier one passed through stops there (it would follow the same path), and no set is
-/// scored twice: its first score is reused. (That first score is not always the one a set
-/// gets in another batch: at EfficientNet-Lite0 `layer3` a kept pair scored 0.507451773 alone
-/// and 0.507452011 beside other sets, so reuse can move a near-tie; the rows checked kept the
-/// same scores with and without the memo.) Returns the set
+/// scored twice: its first score is reused, which is exact because a set's score is the same
+/// bits in any batch and on any thread ([`ChannelSite::hard_scores`]). Returns the set
 /// (sorted), the swaps on its path (from its start, the full rounds included) and the sets
 /// scored.
 ///
