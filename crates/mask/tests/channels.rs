@@ -7,6 +7,17 @@ use extremal_mask::{
 };
 use extremal_ops::random::SeededRng;
 
+/// A network whose site `features` passes its input through, then `head`.
+fn features_then(head: impl Module + Send + Sync + 'static) -> Graph {
+    Graph::new(Node::seq(
+        "",
+        vec![
+            Node::layer("features", |x: &Tensor| Ok(x.clone())),
+            Node::layer("head", head),
+        ],
+    ))
+}
+
 /// 8 channels at site `features`; class 0's logit is `p2·p5` (both channels are needed, an AND),
 /// class 1's is `p0 + p1`, where `p` is the spatial mean. Channels 0 and 1 have the largest
 /// activations, so the top-activation heuristic picks them and loses class 0 entirely.
@@ -21,13 +32,7 @@ fn and_network() -> (Graph, Tensor) {
             Tensor::cat(&[c0, c1], 1)
         }
     }
-    let graph = Graph::new(Node::seq(
-        "",
-        vec![
-            Node::layer("features", |x: &Tensor| Ok(x.clone())),
-            Node::layer("head", Head),
-        ],
-    ));
+    let graph = features_then(Head);
     let means = [9.0f32, 8.0, 3.0, 1.0, 2.0, 3.0, 0.5, 2.5];
     let mut v = Vec::new();
     for m in means {
@@ -106,13 +111,7 @@ fn relu_network(seed: u64) -> (Graph, Tensor) {
         w2: rng.normal_tensor(&[16, 3], 1.0, &dev).unwrap(),
     };
     let x = rng.uniform_tensor(&[1, 10, 2, 2], 0.0, 2.0, &dev).unwrap();
-    let graph = Graph::new(Node::seq(
-        "",
-        vec![
-            Node::layer("features", |x: &Tensor| Ok(x.clone())),
-            Node::layer("head", head),
-        ],
-    ));
+    let graph = features_then(head);
     (graph, x)
 }
 
@@ -347,13 +346,7 @@ fn contributions_on_a_linear_suffix_are_activation_times_weight() {
     let weights = [0.5f32, -1.0, 2.0, 0.25, 3.0, 1.0, -0.5, 1.5];
     let means = [4.0f32, 1.0, 1.0, 8.0, 2.0, 0.5, 2.0, 1.0];
     let w = Tensor::new(&[weights, [0.0; 8]], &Device::Cpu).unwrap();
-    let net = Graph::new(Node::seq(
-        "",
-        vec![
-            Node::layer("features", |x: &Tensor| Ok(x.clone())),
-            Node::layer("head", move |a: &Tensor| a.mean(3)?.mean(2)?.matmul(&w.t()?)),
-        ],
-    ));
+    let net = features_then(move |a: &Tensor| a.mean(3)?.mean(2)?.matmul(&w.t()?));
     let mut v = Vec::new();
     for m in means {
         v.extend([m, m, m, m]);
@@ -492,13 +485,7 @@ fn conv_network(seed: u64) -> (Graph, Tensor) {
         b3: rng.normal_tensor(&[4], 0.3, &dev).unwrap(),
     };
     let x = rng.uniform_tensor(&[1, 32, 6, 6], 0.0, 2.0, &dev).unwrap();
-    let graph = Graph::new(Node::seq(
-        "",
-        vec![
-            Node::layer("features", |x: &Tensor| Ok(x.clone())),
-            Node::layer("head", head),
-        ],
-    ));
+    let graph = features_then(head);
     (graph, x)
 }
 
