@@ -356,6 +356,12 @@ pub fn set_depthwise_layout(layout: DepthwiseLayout) -> DepthwiseLayout {
     LAYOUT.with(|l| l.replace(layout))
 }
 
+/// The depthwise forward's layout for the convolutions this thread starts
+/// ([`set_depthwise_layout`]).
+pub fn depthwise_layout() -> DepthwiseLayout {
+    LAYOUT.with(|l| l.get())
+}
+
 impl Geometry {
     /// Whether the forward runs [`LANES`] planes at a time, channel-interleaved
     /// ([`DepthwiseLayout`]): under `Auto`, for output planes of at most 28 × 28 that are
@@ -367,7 +373,7 @@ impl Geometry {
     fn interleaved(&self) -> bool {
         let out = self.oh * self.ow;
         let fits = self.n * self.c * self.h * self.w <= 1 << 20;
-        match LAYOUT.with(|l| l.get()) {
+        match depthwise_layout() {
             DepthwiseLayout::Auto => {
                 out <= 28 * 28 && (self.stride > 1 || out <= 64 || fits) && self.n * self.c >= LANES
             }

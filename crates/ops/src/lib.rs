@@ -64,7 +64,7 @@ pub use act::{
     GradientRule, RuleGuard,
 };
 pub use conv::{conv2d, conv2d_excitation, conv2d_fused, conv2d_fused_with, same_padding, Conv2dConfig, Padding};
-pub use depthwise::{set_depthwise_layout, DepthwiseLayout};
+pub use depthwise::{depthwise_layout, set_depthwise_layout, DepthwiseLayout};
 pub use excite::{
     excitation_backprop, excite, excite_identity, excite_sum, last_classifier, set_excitation_backprop, Classifier,
     ExcitationGuard,
@@ -77,7 +77,7 @@ pub use resize::{interpolation_matrix, resize_bilinear};
 pub use separable::{avg_pool2d, gaussian_blur, gaussian_kernel, Border};
 pub use simd::{has_avx2, Kernels};
 pub use threads::{join, on_thread_pool, one_elementwise_thread};
-pub use winograd::{set_conv_algorithm, ConvAlgorithm};
+pub use winograd::{conv_algorithm, set_conv_algorithm, ConvAlgorithm};
 
 /// Errors of the kernels in this crate.
 #[derive(Debug, thiserror::Error)]

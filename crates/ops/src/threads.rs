@@ -50,11 +50,10 @@ struct ForwardSettings {
 
 impl ForwardSettings {
     fn current() -> Self {
-        let algorithm = crate::set_conv_algorithm(crate::ConvAlgorithm::Auto);
-        crate::set_conv_algorithm(algorithm);
-        let layout = crate::set_depthwise_layout(crate::DepthwiseLayout::Auto);
-        crate::set_depthwise_layout(layout);
-        Self { algorithm, layout }
+        Self {
+            algorithm: crate::conv_algorithm(),
+            layout: crate::depthwise_layout(),
+        }
     }
 
     /// Runs `work` on this thread under these settings, then restores the thread's own.

@@ -52,6 +52,11 @@ pub fn set_conv_algorithm(algorithm: ConvAlgorithm) -> ConvAlgorithm {
     ALGORITHM.with(|a| a.replace(algorithm))
 }
 
+/// The algorithm of the dense convolutions this thread starts ([`set_conv_algorithm`]).
+pub fn conv_algorithm() -> ConvAlgorithm {
+    ALGORITHM.with(|a| a.get())
+}
+
 /// Tiles per image from which `Auto` takes Winograd: a 7 × 7 output has 16. (One 7 × 7 image
 /// alone ran 0.88–1.03× im2col's time forward and 0.93–1.12× with the input gradient in seven
 /// `examples/conv_time` runs, and batches of them 0.57–0.65×.)
@@ -74,7 +79,7 @@ impl Geometry {
             && self.c_in > 0
             && self.c_out > 0;
         applies
-            && match ALGORITHM.with(|a| a.get()) {
+            && match conv_algorithm() {
                 ConvAlgorithm::Auto => {
                     let (th, tw) = self.tiles();
                     self.c_in >= 16 && self.c_out >= 16 && th * tw >= MIN_TILES

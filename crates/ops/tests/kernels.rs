@@ -386,14 +386,8 @@ fn kept_transposed_weights_give_the_same_gradient() -> R<()> {
 #[test]
 fn join_carries_the_forward_settings_to_the_other_thread() {
     let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
-    // The settings a side sees: `set_*` returns the current one; set it back at once.
-    let seen = || {
-        let algorithm = set_conv_algorithm(ConvAlgorithm::Auto);
-        set_conv_algorithm(algorithm);
-        let layout = set_depthwise_layout(DepthwiseLayout::Auto);
-        set_depthwise_layout(layout);
-        (algorithm, layout, std::thread::current().id())
-    };
+    // The settings a side sees, and its thread.
+    let seen = || (conv_algorithm(), depthwise_layout(), std::thread::current().id());
     let elsewhere = pool.install(|| {
         set_conv_algorithm(ConvAlgorithm::Winograd);
         set_depthwise_layout(DepthwiseLayout::Planes);
