@@ -226,8 +226,9 @@ fn climb(
         let mut ins: Vec<usize> = (0..c).filter(|&i| !inside[i]).collect();
         ins.sort_by(|&a, &b| g[b].total_cmp(&g[a]).then(a.cmp(&b)));
         ins.truncate(WINDOW);
+        let without = |o: usize| -> Vec<usize> { set.iter().copied().filter(|&k| k != o).collect() };
         let swap = |o: usize, i: usize| -> Vec<usize> {
-            let mut s: Vec<usize> = set.iter().copied().filter(|&k| k != o).collect();
+            let mut s = without(o);
             s.push(i);
             s
         };
@@ -236,10 +237,7 @@ fn climb(
             break;
         }
         if round == Round::Quick {
-            let mut singles: Vec<Vec<usize>> = outs
-                .iter()
-                .map(|&o| set.iter().copied().filter(|&k| k != o).collect())
-                .collect();
+            let mut singles: Vec<Vec<usize>> = outs.iter().map(|&o| without(o)).collect();
             singles.extend(ins.iter().map(|&i| set.iter().copied().chain([i]).collect()));
             let single = memo.scores(&singles)?;
             let estimate = |(o, i): (usize, usize)| {
