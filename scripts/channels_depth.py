@@ -10,7 +10,9 @@ keep times; `extremal::mask::greedy_selection`) on chelsea.png for each site at 
 25 with --greedy-25), beside this build's kept score (minutes: it scores keep x channels sets). With --torch, the PyTorch
 forward-hook loop of the paper's schedule (300 iterations, the whole network each step, the
 mask at ResNet-50 `layer3`) beside this build's whole command on the same weights and input.
-With --sweep, `--sweep 1,2,5,10,25,50` at ResNet-50 `layer3` against keep 25 alone.
+With --sweep, `--sweep 1,2,5,10,25,50` at ResNet-50 `layer3` against keep 25 alone. With
+--sweep-points, that sweep (`1,2,5,10,25` at Lite0 `layer2`, which has 40 channels) at each
+site but ResNet-50 `layer2`, on both images, with both builds: every point's kept score.
 
     git worktree add /tmp/before <old-commit>
     (cd /tmp/before && CARGO_TARGET_DIR=/tmp/before-target cargo build --release -p extremal-cli)
@@ -24,6 +26,7 @@ Development time only (--torch needs torch, torchvision and safetensors).
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -95,7 +98,10 @@ def main():
     p.add_argument("--greedy-25", action="store_true")
     p.add_argument("--torch", action="store_true")
     p.add_argument("--sweep", action="store_true")
-    p.add_argument("--no-table", action="store_true", help="only the parts asked for (--greedy, --sweep, --torch)")
+    p.add_argument("--sweep-rounds", type=int, default=3, help="alternating rounds of --sweep (default 3)")
+    p.add_argument("--sweep-points", action="store_true")
+    p.add_argument("--no-table", action="store_true",
+                   help="only the parts asked for (--greedy, --sweep, --sweep-points, --torch)")
     a = p.parse_args()
     resnet = resnet_weights()
     sites = [
@@ -136,15 +142,46 @@ def main():
         extra = ["--model", "resnet50", "--weights", resnet, "--layer", "layer3"]
         print()
         for name, binary in (("old", a.old), ("new", a.new)):
-            single_s, _ = run(binary, ["channels", "assets/chelsea.png", "--keep", "25"] + extra)
-            sweep_s, sweep = run(binary, ["channels", "assets/chelsea.png", "--sweep", "1,2,5,10,25,50"] + extra)
+            # Alternating rounds, medians: one pair of runs is not a measurement on a busy machine.
+            singles, sweeps = [], []
+            for _ in range(a.sweep_rounds):
+                singles.append(run(binary, ["channels", "assets/chelsea.png", "--keep", "25"] + extra)[0])
+                sweep_s, sweep = run(binary, ["channels", "assets/chelsea.png", "--sweep", "1,2,5,10,25,50"] + extra)
+                sweeps.append(sweep_s)
+            single_s, sweep_s = statistics.median(singles), statistics.median(sweeps)
             curve = ", ".join(f"{p['keep']}: {p['kept_score']:.1f}" for p in sweep["sweep"])
+            rounds = f" (medians of {a.sweep_rounds} alternating rounds, ratios of the rounds " + ", ".join(
+                f"{w / k:.2f}" for w, k in zip(sweeps, singles)) + ")" if a.sweep_rounds > 1 else ""
             print(f"{name}: ResNet-50 layer3: --sweep 1,2,5,10,25,50 {sweep_s:.2f} s, --keep 25 {single_s:.2f} s: "
-                  f"{sweep_s / single_s:.2f}x (kept scores {curve}; extremal keep {sweep['extremal_keep']})",
+                  f"{sweep_s / single_s:.2f}x{rounds} (kept scores {curve}; extremal keep {sweep['extremal_keep']})",
                   flush=True)
+
+    if a.sweep_points:
+        sweep_points(a.old, a.new, [site for site in sites if site[0] != "resnet50" or site[2] != "layer2"])
 
     if a.torch:
         torch_loop(resnet, a.new)
+
+
+def sweep_points(old, new, sites):
+    """Each sweep point's kept score with both builds, and how many points the new one keeps
+    as much or more of."""
+    print(f"\n{'model':<19}{'site':<7}{'image':<12}{'old s':>8}{'new s':>8}  keep: old kept -> new kept (new/old)")
+    ratios = []
+    for model, extra, layer in sites:
+        keeps = "1,2,5,10,25" if model == "efficientnet-lite0" and layer == "layer2" else "1,2,5,10,25,50"
+        for image in IMAGES:
+            args = ["channels", image, "--layer", layer, "--sweep", keeps] + extra
+            old_s, o = run(old, args)
+            new_s, n = run(new, args)
+            points = []
+            for p, q in zip(o["sweep"], n["sweep"]):
+                r = q["kept_score"] / p["kept_score"]
+                ratios.append(r)
+                points.append(f"{p['keep']}: {p['kept_score']:.4g} -> {q['kept_score']:.4g} ({r:.3f})")
+            print(f"{model:<19}{layer:<7}{os.path.basename(image):<12}{old_s:>8.2f}{new_s:>8.2f}  " + ", ".join(points),
+                  flush=True)
+    print(f"new kept >= old kept on {sum(r >= 1 for r in ratios)} of {len(ratios)} points; lowest new/old {min(ratios):.3f}")
 
 
 def torch_loop(weights, binary):

@@ -217,7 +217,16 @@ pub(crate) fn run(args: &ChannelsArgs) -> Result<()> {
         obj["sweep"] = json!(sweep
             .points
             .iter()
-            .map(|r| json!({"keep": r.keep, "kept_score": r.kept_score}))
+            .map(|r| {
+                json!({
+                    "keep": r.keep,
+                    "kept_score": r.kept_score,
+                    "kept": r.kept,
+                    "deleted_score": r.deleted_score,
+                    "soft_kept_score": r.soft_kept_score,
+                    "swaps": r.swaps,
+                })
+            })
             .collect::<Vec<_>>());
         obj["extremal_keep"] = json!(sweep.extremal_keep);
     }

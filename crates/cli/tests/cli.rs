@@ -171,6 +171,10 @@ fn channels_sweep_writes_its_outputs() {
     ]);
     let sweep = v["sweep"].as_array().unwrap();
     assert_eq!(sweep.len(), 3);
+    // Each point names its channels; the one of 1280 keeps all of them.
+    for (p, keep) in sweep.iter().zip([1, 5, 1280]) {
+        assert_eq!(p["kept"].as_array().unwrap().len(), keep, "{p}");
+    }
     // Keeping every channel reproduces the original score.
     assert!(v["extremal_keep"].as_u64().is_some());
     for f in ["channels.json", "saliency.png", "sweep.png"] {

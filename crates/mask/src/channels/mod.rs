@@ -25,7 +25,7 @@ pub use report::{Baselines, ChannelReport, RankedChannel, Timings};
 pub use search::greedy_selection;
 pub use site::{ChannelMask, ChannelSite};
 
-use crate::engine::{optimise, AreaWeight, History, Iteration, Objective};
+use crate::engine::{optimise, AreaWeight, History, Objective};
 use crate::{Error, Game, Result, TieOrder};
 
 /// How the soft mask is optimised.
@@ -235,17 +235,22 @@ struct Found {
     timings: Timings,
 }
 
-/// The channel search for each of `keeps` (checked, distinct) with `cfg`'s other settings:
-/// one soft phase for all of them (one mask per keep, optimised together: the rows do not
-/// interact, so each is the mask a search for its keep alone would find), then per keep the
-/// baselines and the refinement.
+/// The channel search for each of `keeps` (checked, distinct, ascending) with `cfg`'s other
+/// settings: one soft phase for all of them (one mask, optimised for the largest keep's area,
+/// each keep's best top-`keep` set tracked along it), then per keep the baselines and the
+/// refinement. For one keep this is that keep's search.
+///
+/// Why one mask for a sweep: the soft phase is a forward and backward pass per iteration and
+/// mask, so a mask per keep made it most of a sweep's cost (14 of 42 s at ResNet-50 `layer3`,
+/// `--sweep 1,2,5,10,25,50`), while the refinement, which climbs from two more starts besides
+/// the soft set, ended as high or higher from the largest keep's mask on 33 of the 34 points
+/// measured (`docs/reference.md`, "One soft mask for a sweep").
 fn search_keeps(
     cs: &ChannelSite,
     keeps: &[usize],
     cfg: &ChannelConfig,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<Vec<Found>> {
-    let c = cs.channels;
     if cfg.iterations == Some(0) {
         return Err(Error::Invalid(
             "at least one iteration is needed (--iterations 1 or more)".into(),
@@ -277,21 +282,21 @@ fn search_keeps(
         batch: cfg.batch,
     };
     let iterations = cfg.iterations.unwrap_or(cfg.schedule.iterations());
-    let mut objective = cfg.schedule.objective(cs, cfg.game, keeps[0], iterations);
-    objective.areas = keeps.iter().map(|&k| k as f64 / c as f64).collect();
+    let largest = *keeps.iter().max().expect("at least one keep");
+    let objective = cfg.schedule.objective(cs, cfg.game, largest, iterations);
     let (init, mut optimiser) = cfg.schedule.start();
-    let param = cs.masks(init, keeps.len())?;
+    let param = cs.mask(init)?;
     let mut tracker = search::TopK::new(&hard, keeps, iterations, progress);
     let history = optimise(&cs.evidence(), &param, &objective, optimiser.as_mut(), &mut tracker)?;
     let soft_sets = tracker.finish(&param)?;
-    let masks = param.rows()?;
+    let mask = param.rows()?.swap_remove(0);
     let soft_scores = cs.hard_scores(&soft_sets, true, cfg.batch)?;
     let soft_seconds = lap(&mut mark) / keeps.len() as f64;
 
     let mean_activation = cs.mean_activation()?;
     let activation_x_gradient = cs.activation_x_gradient()?;
     let mut found = Vec::with_capacity(keeps.len());
-    for (b, (&keep, soft_set)) in keeps.iter().zip(soft_sets).enumerate() {
+    for ((&keep, soft_set), soft_score) in keeps.iter().zip(soft_sets).zip(soft_scores) {
         let mut timings = Timings {
             soft: soft_seconds,
             ..Timings::default()
@@ -330,19 +335,12 @@ fn search_keeps(
                 kept: set,
                 kept_score,
                 deleted_score,
-                mask: masks[b].clone(),
+                mask: mask.clone(),
                 baselines,
-                soft_kept_score: soft_scores[b],
+                soft_kept_score: soft_score,
                 swaps,
             },
-            history: history
-                .iter()
-                .map(|it| Iteration {
-                    rewards: vec![it.rewards[b]],
-                    penalties: vec![it.penalties[b]],
-                    area_weight: it.area_weight,
-                })
-                .collect(),
+            history: history.clone(),
             timings,
         });
     }
@@ -382,8 +380,10 @@ fn report(cs: &ChannelSite, found: Found, cfg: &ChannelConfig) -> Result<Channel
     })
 }
 
-/// One keep of a sweep: the set the search found for it and its scores, as
-/// [`channel_masks_at`] for that keep alone reports them.
+/// One keep of a sweep: the set the search found for it and its scores. The sweep's largest
+/// keep is the search [`channel_masks_at`] runs for it alone; a smaller keep's refinement
+/// starts from the best top-`keep` set of the largest keep's soft mask instead of a mask of its
+/// own.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SweepPoint {
     /// Channels kept.
@@ -394,11 +394,13 @@ pub struct SweepPoint {
     pub kept_score: f64,
     /// The target logit with the kept channels removed.
     pub deleted_score: f64,
-    /// The final soft mask, one value per channel.
+    /// The final soft mask, one value per channel (in a sweep, the one mask, optimised for the
+    /// largest keep's area).
     pub mask: Vec<f32>,
     /// The heuristics' kept scores.
     pub baselines: Baselines,
-    /// Kept score of the soft mask's best top-`keep` set, before refinement.
+    /// Kept score of the soft mask's best top-`keep` set seen while it was optimised, before
+    /// refinement.
     pub soft_kept_score: f64,
     /// Accepted swaps during refinement.
     pub swaps: usize,
@@ -413,15 +415,19 @@ pub struct ChannelSweep {
     /// The smallest keep whose kept score reaches the original score, if any.
     pub extremal_keep: Option<usize>,
     /// The report of the extremal keep, or of the largest keep when none reaches the
-    /// original score: the report [`channel_masks_at`] gives for that keep alone.
+    /// original score: its point's set, contributions and ranking, and the soft phase's
+    /// history.
     pub chosen: ChannelReport,
 }
 
-/// [`channel_masks_at`] for each of `keeps` (sorted and deduplicated; all are checked before
-/// any runs), with `cfg`'s other settings: one soft phase optimises a mask per keep together
-/// (each row the mask its keep alone would get), then each keep's set is refined; the
-/// contributions (most of a search's cost after the refinement) are computed for the chosen
-/// keep only. `progress(iteration, iterations)` is called every soft step.
+/// The channel search for each of `keeps` (sorted and deduplicated; all are checked before
+/// any runs), with `cfg`'s other settings: one soft phase optimises one mask at the largest
+/// keep's area, and tracks each keep's best top-`keep` set along it; then each keep's set is
+/// refined from that set and the two baselines' (so the largest keep's point is what
+/// [`channel_masks_at`] finds for it alone, and a smaller keep's may differ from its search
+/// alone, in either direction); the contributions (most of a search's cost after the
+/// refinement) are computed for the chosen keep only. `progress(iteration, iterations)` is
+/// called every soft step.
 pub fn channel_sweep(
     cs: &ChannelSite,
     keeps: &[usize],

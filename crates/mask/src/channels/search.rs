@@ -36,9 +36,9 @@ impl HardObjective<'_, '_> {
     }
 }
 
-/// An engine observer that checks each soft mask's top-`keep` set (row `b` of the masks keeps
-/// `keeps[b]`) every 10 iterations (and once at the end, [`TopK::finish`]), all rows' sets in
-/// one batch, and keeps each row's best; it also reports progress.
+/// An engine observer that checks the soft mask's top-`k` set for each `k` of `keeps` every 10
+/// iterations (and once at the end, [`TopK::finish`]), all keeps' sets in one batch, and keeps
+/// each keep's best; it also reports progress. The mask has one row.
 pub(super) struct TopK<'o, 's, 'a, 'p> {
     hard: &'o HardObjective<'s, 'a>,
     keeps: Vec<usize>,
@@ -65,7 +65,7 @@ impl<'o, 's, 'a, 'p> TopK<'o, 's, 'a, 'p> {
 
     fn check(&mut self, params: &Var) -> Result<()> {
         let rows = params.as_tensor().to_dtype(DType::F64)?.to_vec2::<f64>()?;
-        let sets: Vec<Vec<usize>> = rows.iter().zip(&self.keeps).map(|(v, &k)| top_k(v, k)).collect();
+        let sets: Vec<Vec<usize>> = self.keeps.iter().map(|&k| top_k(&rows[0], k)).collect();
         let scores = self.hard.scores(&sets)?;
         for ((best, set), s) in self.best.iter_mut().zip(sets).zip(scores) {
             if best.as_ref().map(|(b, _)| s > *b).unwrap_or(true) {
@@ -75,7 +75,7 @@ impl<'o, 's, 'a, 'p> TopK<'o, 's, 'a, 'p> {
         Ok(())
     }
 
-    /// The last check, on the final masks; returns each row's best set seen.
+    /// The last check, on the final mask; returns each keep's best set seen.
     pub fn finish(mut self, param: &ChannelMask) -> Result<Vec<Vec<usize>>> {
         self.check(param.params())?;
         Ok(self
