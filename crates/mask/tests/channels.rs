@@ -541,3 +541,41 @@ fn hard_scores_do_not_depend_on_threads_or_batches() {
         }
     }
 }
+
+/// The contributions of a search's set reuse the sets its refinement scored and score no set
+/// twice (a Shapley prefix one short of the set is a drop's set): the values are the same
+/// bits as contributions computed afresh, from fewer sets.
+#[test]
+fn contributions_reuse_the_searchs_scores_exactly() {
+    use extremal_mask::channel_masks_at;
+    use extremal_mask::channels::{contributions, SHAPLEY_PERMUTATIONS};
+    let (net, x) = conv_network(5);
+    let cs = ChannelSite::new(&net, &x, "features", None).unwrap();
+    let keep = 10;
+    let cfg = ChannelConfig {
+        keep,
+        ..Default::default()
+    };
+    let r = channel_masks_at(&cs, &cfg, &mut |_, _| {}).unwrap();
+    // The search's set, ascending, as the report's contributions were computed on it (the
+    // sampled permutations are of its positions).
+    let mut kept = r.kept().to_vec();
+    kept.sort();
+    let fresh = contributions(&cs, &kept, r.kept_score, cfg.batch).unwrap();
+    assert_eq!(
+        (&r.contributions, &r.drops, &r.exact, r.empty_score),
+        (&fresh.values, &fresh.drops, &fresh.exact, fresh.empty_score)
+    );
+    assert!(
+        r.exact.iter().any(|e| !e),
+        "sampled Shapley values: a set of {keep} on a ReLU suffix"
+    );
+    // Afresh: the drops and the empty set, 8 probes, the permutations' proper prefixes and the
+    // other gains on this narrow site.
+    let afresh = keep + 1 + 8 + SHAPLEY_PERMUTATIONS * (keep - 1) + (cs.channels - keep - 8);
+    assert!(
+        r.timings.contribution_sets > 0 && r.timings.contribution_sets <= afresh - SHAPLEY_PERMUTATIONS,
+        "{} sets scored, {afresh} afresh",
+        r.timings.contribution_sets
+    );
+}

@@ -4,6 +4,7 @@
 
 use extremal_ops::random::SeededRng;
 
+use super::search::SetScores;
 use super::ChannelSite;
 use crate::{Game, Result};
 
@@ -56,6 +57,20 @@ pub struct Contributions {
 /// [`EXACT_SHAPLEY_UP_TO`] channels) or from [`SHAPLEY_PERMUTATIONS`] seeded permutations,
 /// and the gains exactly on sites of at most [`EXACT_GAINS_UP_TO`] channels.
 pub fn contributions(cs: &ChannelSite, set: &[usize], kept_score: f64, batch: usize) -> Result<Contributions> {
+    contributions_with(cs, set, kept_score, batch, &mut SetScores::default())
+}
+
+/// [`contributions`], reusing the kept scores of sets in `scored` (a search's) and adding
+/// those it scores: no set is scored twice (the Shapley prefixes one short of the whole set
+/// are the drops' sets, and short prefixes repeat across permutations).
+pub(super) fn contributions_with(
+    cs: &ChannelSite,
+    set: &[usize],
+    kept_score: f64,
+    batch: usize,
+    scored: &mut SetScores,
+) -> Result<Contributions> {
+    let mut kept_scores = |sets: &[Vec<usize>]| scored.get_or_score(sets, |new| cs.hard_scores(new, true, batch));
     let c = cs.channels;
     let mut inside = vec![false; c];
     set.iter().for_each(|&k| inside[k] = true);
@@ -69,7 +84,7 @@ pub fn contributions(cs: &ChannelSite, set: &[usize], kept_score: f64, batch: us
         .collect();
     let mut sets = without;
     sets.push(Vec::new());
-    let scores = cs.hard_scores(&sets, true, batch)?;
+    let scores = kept_scores(&sets)?;
     let empty_score = scores[set.len()];
     for (i, &k) in set.iter().enumerate() {
         drops[k] = Some(kept_score - scores[i]);
@@ -91,7 +106,7 @@ pub fn contributions(cs: &ChannelSite, set: &[usize], kept_score: f64, batch: us
     let mut probes = others.clone();
     probes.sort_by(|&a, &b| g[b].abs().total_cmp(&g[a].abs()).then(a.cmp(&b)));
     probes.truncate(PROBES);
-    let checked = cs.hard_scores(&with(&probes), true, batch)?;
+    let checked = kept_scores(&with(&probes))?;
     let tolerance = 1e-4 * kept_score.abs().max(1.0);
     let drop = |k: usize| drops[k].unwrap_or(f64::NAN);
     let mut linear = set.iter().all(|&k| (drop(k) - g[k]).abs() <= tolerance);
@@ -107,7 +122,7 @@ pub fn contributions(cs: &ChannelSite, set: &[usize], kept_score: f64, batch: us
     if linear {
         set.iter().for_each(|&k| values[k] = drop(k));
     } else {
-        let (phi, all_subsets) = shapley(cs, set, kept_score, empty_score, batch)?;
+        let (phi, all_subsets) = shapley(set, kept_score, empty_score, &mut kept_scores)?;
         for (&k, v) in set.iter().zip(phi) {
             values[k] = v;
             exact[k] = all_subsets;
@@ -122,7 +137,7 @@ pub fn contributions(cs: &ChannelSite, set: &[usize], kept_score: f64, batch: us
     }
     if !linear && c <= EXACT_GAINS_UP_TO {
         let rest: Vec<usize> = others.iter().copied().filter(|j| !probes.contains(j)).collect();
-        let gains = cs.hard_scores(&with(&rest), true, batch)?;
+        let gains = kept_scores(&with(&rest))?;
         for (&j, s) in rest.iter().zip(gains) {
             values[j] = s - kept_score;
             exact[j] = true;
@@ -142,14 +157,19 @@ pub fn contributions(cs: &ChannelSite, set: &[usize], kept_score: f64, batch: us
 
 /// The Shapley values of the kept channels in the game `T ↦ s(T)`, `T ⊆ set`, and whether
 /// they are exact (every subset scored) rather than sampled.
-fn shapley(cs: &ChannelSite, set: &[usize], full: f64, empty: f64, batch: usize) -> Result<(Vec<f64>, bool)> {
+fn shapley(
+    set: &[usize],
+    full: f64,
+    empty: f64,
+    kept_scores: &mut impl FnMut(&[Vec<usize>]) -> Result<Vec<f64>>,
+) -> Result<(Vec<f64>, bool)> {
     let k = set.len();
     if k <= EXACT_SHAPLEY_UP_TO {
         // Every subset, by bit pattern over `set`.
         let subsets: Vec<Vec<usize>> = (0..1usize << k)
             .map(|bits| (0..k).filter(|i| bits >> i & 1 == 1).map(|i| set[i]).collect())
             .collect();
-        let v = cs.hard_scores(&subsets, true, batch)?;
+        let v = kept_scores(&subsets)?;
         let factorial = |n: usize| (1..=n).map(|i| i as f64).product::<f64>();
         let weight: Vec<f64> = (0..k)
             .map(|t| factorial(t) * factorial(k - t - 1) / factorial(k))
@@ -181,7 +201,7 @@ fn shapley(cs: &ChannelSite, set: &[usize], full: f64, empty: f64, batch: usize)
         .iter()
         .flat_map(|o| (1..k).map(move |len| o[..len].iter().map(|&i| set[i]).collect()))
         .collect();
-    let v = cs.hard_scores(&prefixes, true, batch)?;
+    let v = kept_scores(&prefixes)?;
     let mut phi = vec![0.0; k];
     for (p, order) in orders.iter().enumerate() {
         let mut before = empty;

@@ -233,6 +233,8 @@ struct Found {
     point: SweepPoint,
     history: History,
     timings: Timings,
+    /// Kept scores of the sets the refinement scored (the contributions reuse them).
+    scored: search::SetScores,
 }
 
 /// The channel search for each of `keeps` (checked, distinct, ascending) with `cfg`'s other
@@ -312,7 +314,7 @@ fn search_keeps(
         timings.baselines = lap(&mut mark);
 
         // Discrete refinement, from each of the candidate sets or from the best of them.
-        let (mut set, mut swaps) = (soft_set.clone(), 0);
+        let (mut set, mut swaps, mut scored) = (soft_set.clone(), 0, search::SetScores::default());
         if cfg.refine {
             let starts = vec![soft_set, by_axg, by_activation];
             let scores = hard.scores(&starts)?;
@@ -323,7 +325,12 @@ fn search_keeps(
                     .expect("three starts");
                 starts = vec![starts.swap_remove(best)];
             }
-            (set, swaps, timings.refine_sets) = search::refine(&hard, cfg.game, &starts)?;
+            (set, swaps, scored) = search::refine(&hard, cfg.game, &starts)?;
+            timings.refine_sets = scored.len();
+            if cfg.game != Game::Preserve {
+                // The refinement's objective values are kept scores only in the preserve game.
+                scored = search::SetScores::default();
+            }
         }
         let kept_score = cs.hard_scores(std::slice::from_ref(&set), true, 1)?[0];
         let deleted_score = cs.hard_scores(std::slice::from_ref(&set), false, 1)?[0];
@@ -342,6 +349,7 @@ fn search_keeps(
             },
             history: history.clone(),
             timings,
+            scored,
         });
     }
     Ok(found)
@@ -353,9 +361,12 @@ fn report(cs: &ChannelSite, found: Found, cfg: &ChannelConfig) -> Result<Channel
         point,
         history,
         mut timings,
+        mut scored,
     } = found;
     let clock = std::time::Instant::now();
-    let contribution = contributions(cs, &point.kept, point.kept_score, cfg.batch)?;
+    let before = scored.len();
+    let contribution = contribution::contributions_with(cs, &point.kept, point.kept_score, cfg.batch, &mut scored)?;
+    timings.contribution_sets = scored.len() - before;
     let ranking = rank(&point.kept, &contribution.values);
     timings.contributions = clock.elapsed().as_secs_f64();
     Ok(ChannelReport {

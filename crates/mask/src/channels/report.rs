@@ -76,6 +76,9 @@ pub struct Timings {
     pub contributions: f64,
     /// Hard sets scored by the refinement.
     pub refine_sets: usize,
+    /// Hard sets scored by the contributions, besides those the refinement had scored.
+    #[serde(default)]
+    pub contribution_sets: usize,
 }
 
 impl ChannelReport {

@@ -120,7 +120,7 @@ const QUICK_CHECKS: usize = 8;
 /// scored twice: its first score is reused, which is exact because a set's score is the same
 /// bits in any batch and on any thread ([`ChannelSite::hard_scores`]). Returns the set
 /// (sorted), the swaps on its path (from its start, the full rounds included) and the sets
-/// scored.
+/// scored, with their objective values.
 ///
 /// Why several starts: the result depends on where a local search starts. On the bundled
 /// images, at Lite0 and ResNet-50 `layer2`/`layer3` and keep 10 and 25
@@ -131,10 +131,10 @@ pub(super) fn refine(
     hard: &HardObjective,
     game: Game,
     starts: &[(Vec<usize>, f64)],
-) -> Result<(Vec<usize>, usize, usize)> {
+) -> Result<(Vec<usize>, usize, SetScores)> {
     let mut memo = Memo {
         hard,
-        scores: HashMap::new(),
+        scores: SetScores::default(),
         visited: HashSet::new(),
     };
     let mut best: Option<(Vec<usize>, f64, usize)> = None;
@@ -155,32 +155,57 @@ pub(super) fn refine(
     // The full rounds pass through the quick climbs' sets again: they must not stop there.
     memo.visited.clear();
     let (set, _, polish) = climb(&mut memo, game, set, score, Round::Full)?;
-    Ok((sorted(&set), swaps + polish, memo.scores.len()))
+    Ok((sorted(&set), swaps + polish, memo.scores))
 }
 
 /// The sets scored so far in a [`refine`] (by their sorted channels) and the sets its climbs
 /// have passed through.
 struct Memo<'h, 's, 'a> {
     hard: &'h HardObjective<'s, 'a>,
-    scores: HashMap<Vec<usize>, f64>,
+    scores: SetScores,
     visited: HashSet<Vec<usize>>,
 }
 
 impl Memo<'_, '_, '_> {
     /// The objective of each set, scoring (in batches) only the sets not scored before.
     fn scores(&mut self, sets: &[Vec<usize>]) -> Result<Vec<f64>> {
+        let hard = self.hard;
+        self.scores.get_or_score(sets, |new| hard.scores(new))
+    }
+}
+
+/// Scores of hard sets by their sorted channels, each set scored once: reusing a score is
+/// exact, because a set's score is the same bits in any batch and on any thread
+/// ([`ChannelSite::hard_scores`]).
+#[derive(Debug, Default)]
+pub(super) struct SetScores(HashMap<Vec<usize>, f64>);
+
+impl SetScores {
+    /// The score of each of `sets`, calling `score` once on those (deduplicated, sorted) not
+    /// scored before.
+    pub fn get_or_score(
+        &mut self,
+        sets: &[Vec<usize>],
+        score: impl FnOnce(&[Vec<usize>]) -> Result<Vec<f64>>,
+    ) -> Result<Vec<f64>> {
         let keys: Vec<Vec<usize>> = sets.iter().map(|s| sorted(s)).collect();
         let mut new: Vec<Vec<usize>> = Vec::new();
+        let mut queued = HashSet::new();
         for k in &keys {
-            if !self.scores.contains_key(k) && !new.contains(k) {
+            if !self.0.contains_key(k) && queued.insert(k) {
                 new.push(k.clone());
             }
         }
         if !new.is_empty() {
-            let scores = self.hard.scores(&new)?;
-            self.scores.extend(new.into_iter().zip(scores));
+            let scores = score(&new)?;
+            self.0.extend(new.into_iter().zip(scores));
         }
-        Ok(keys.iter().map(|k| self.scores[k]).collect())
+        Ok(keys.iter().map(|k| self.0[k]).collect())
+    }
+
+    /// How many sets have been scored.
+    pub fn len(&self) -> usize {
+        self.0.len()
     }
 }
 
