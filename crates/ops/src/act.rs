@@ -90,6 +90,11 @@ pub fn gradient_rule() -> GradientRule {
     })
 }
 
+/// This thread's rule and how many more activation gradients it applies to (`None`: all).
+pub(crate) fn gradient_rule_state() -> (GradientRule, Option<usize>) {
+    RULE.with(|r| r.get())
+}
+
 /// The rule for the activation gradient being built now; counts it against a limited rule.
 pub(crate) fn take_gradient_rule() -> GradientRule {
     RULE.with(|r| match r.get() {

@@ -86,3 +86,52 @@ where
     let settings = ForwardSettings::current();
     rayon::join(move || settings.run(a), move || settings.run(b))
 }
+
+/// Runs `work(i)` for each `i` in `0..jobs` side by side on the pool's threads, and returns the
+/// results in index order. Each thread takes the next job (in index order) when it finishes one,
+/// so put the longest jobs first. Every job runs under the calling thread's convolution
+/// algorithm, depthwise layout and gradient rule, so a job may run forward and backward
+/// passes; under a gradient rule limited to a count of activations
+/// ([`crate::set_gradient_rule_for`]), which cannot be shared between threads, the jobs run
+/// one after the other on the calling thread instead.
+///
+/// For independent pieces of work that each leave cores idle part of the time (a sweep's
+/// channel searches, one per keep, interleave batch-1 backward passes with batches of sets).
+pub fn side_by_side<T: Send>(jobs: usize, work: impl Fn(usize) -> T + Sync) -> Vec<T> {
+    let (rule, count) = crate::act::gradient_rule_state();
+    let workers = rayon::current_num_threads().min(jobs);
+    if workers < 2 || count.is_some() {
+        return (0..jobs).map(work).collect();
+    }
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let settings = ForwardSettings::current();
+    let worker = || {
+        let _rule = crate::set_gradient_rule(rule);
+        settings.run(|| {
+            let mut done = Vec::new();
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if i >= jobs {
+                    return done;
+                }
+                done.push((i, work(i)));
+            }
+        })
+    };
+    let mut done = workers_side_by_side(workers, &worker);
+    done.sort_by_key(|(i, _)| *i);
+    done.into_iter().map(|(_, t)| t).collect()
+}
+
+/// `workers` runs of `worker`, side by side ([`rayon::join`]), their outputs together.
+fn workers_side_by_side<T: Send>(workers: usize, worker: &(impl Fn() -> Vec<T> + Sync)) -> Vec<T> {
+    if workers < 2 {
+        return worker();
+    }
+    let (mut a, b) = rayon::join(
+        || workers_side_by_side(workers / 2, worker),
+        || workers_side_by_side(workers - workers / 2, worker),
+    );
+    a.extend(b);
+    a
+}

@@ -421,6 +421,57 @@ fn join_carries_the_forward_settings_to_the_other_thread() {
     assert!(elsewhere > 0, "the second side never ran on the other thread");
 }
 
+/// `side_by_side` returns its jobs' results in index order, runs them on both threads, each
+/// under the caller's forward settings and gradient rule, and runs them on the calling thread
+/// alone under a rule limited to a count (which cannot be shared between threads).
+#[test]
+fn side_by_side_runs_jobs_under_the_callers_settings() {
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+    let seen = |i: usize| {
+        // Long enough for the other thread to take a job.
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        (
+            i,
+            conv_algorithm(),
+            depthwise_layout(),
+            gradient_rule(),
+            std::thread::current().id(),
+        )
+    };
+    let (done, limited, caller) = pool.install(|| {
+        set_conv_algorithm(ConvAlgorithm::Winograd);
+        set_depthwise_layout(DepthwiseLayout::Planes);
+        let done = {
+            let _rule = set_gradient_rule(GradientRule::Guided);
+            side_by_side(12, seen)
+        };
+        let limited = {
+            let _rule = set_gradient_rule_for(GradientRule::Guided, 3);
+            side_by_side(4, seen)
+        };
+        set_conv_algorithm(ConvAlgorithm::Auto);
+        set_depthwise_layout(DepthwiseLayout::Auto);
+        (done, limited, std::thread::current().id())
+    });
+    assert_eq!(
+        done.iter().map(|d| d.0).collect::<Vec<_>>(),
+        (0..12).collect::<Vec<_>>()
+    );
+    for &(_, algorithm, layout, rule, _) in &done {
+        assert_eq!(
+            (algorithm, layout, rule),
+            (ConvAlgorithm::Winograd, DepthwiseLayout::Planes, GradientRule::Guided)
+        );
+    }
+    assert!(done.iter().any(|d| d.4 != caller), "no job ran on the other thread");
+    assert!(limited.iter().all(|d| d.4 == caller && d.3 == GradientRule::Guided));
+    // The other thread's own settings are restored.
+    let others = pool.broadcast(|_| (conv_algorithm(), depthwise_layout(), gradient_rule()));
+    assert!(others
+        .iter()
+        .all(|&s| s == (ConvAlgorithm::Auto, DepthwiseLayout::Auto, GradientRule::Standard)));
+}
+
 /// An image's output must not depend on its batch where `gemm` would take another path for it
 /// alone: a classifier's single row (its matrix-vector path) and a convolution whose compacted
 /// input keeps one or two channels (its path for depths of at most 2), beside images that keep

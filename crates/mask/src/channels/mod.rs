@@ -267,14 +267,7 @@ fn search_keeps(
             cs.target()
         )));
     }
-    let clock = std::time::Instant::now();
-    let lap = |from: &mut f64| {
-        let now = clock.elapsed().as_secs_f64();
-        let spent = now - *from;
-        *from = now;
-        spent
-    };
-    let mut mark = 0.0;
+    let mut watch = Stopwatch::new();
 
     // Soft optimisation, every keep at once; the best hard top-`keep` set seen along the way is
     // kept for each.
@@ -293,12 +286,12 @@ fn search_keeps(
     let soft_sets = tracker.finish(&param)?;
     let mask = param.rows()?.swap_remove(0);
     let soft_scores = cs.hard_scores(&soft_sets, true, cfg.batch)?;
-    let soft_seconds = lap(&mut mark) / keeps.len() as f64;
+    let soft_seconds = watch.lap() / keeps.len() as f64;
 
     let mean_activation = cs.mean_activation()?;
     let activation_x_gradient = cs.activation_x_gradient()?;
-    let mut found = Vec::with_capacity(keeps.len());
-    for ((&keep, soft_set), soft_score) in keeps.iter().zip(soft_sets).zip(soft_scores) {
+    let one = |keep: usize, soft_set: Vec<usize>, soft_score: f64| -> Result<Found> {
+        let mut watch = Stopwatch::new();
         let mut timings = Timings {
             soft: soft_seconds,
             ..Timings::default()
@@ -311,7 +304,7 @@ fn search_keeps(
             top_activation: base[0],
             activation_x_gradient: base[1],
         };
-        timings.baselines = lap(&mut mark);
+        timings.baselines = watch.lap();
 
         // Discrete refinement, from each of the candidate sets or from the best of them.
         let (mut set, mut swaps, mut scored) = (soft_set.clone(), 0, search::SetScores::default());
@@ -334,9 +327,9 @@ fn search_keeps(
         }
         let kept_score = cs.hard_scores(std::slice::from_ref(&set), true, 1)?[0];
         let deleted_score = cs.hard_scores(std::slice::from_ref(&set), false, 1)?[0];
-        timings.refine = lap(&mut mark);
+        timings.refine = watch.lap();
 
-        found.push(Found {
+        Ok(Found {
             point: SweepPoint {
                 keep,
                 kept: set,
@@ -350,9 +343,46 @@ fn search_keeps(
             history: history.clone(),
             timings,
             scored,
-        });
+        })
+    };
+    // The keeps' searches side by side, the largest (longest) first: each one's batch-1
+    // gradient passes and small batches leave a core idle part of the time.
+    let jobs: Vec<(usize, Vec<usize>, f64)> = keeps
+        .iter()
+        .copied()
+        .zip(soft_sets)
+        .zip(soft_scores)
+        .map(|((keep, set), score)| (keep, set, score))
+        .collect();
+    let mut order: Vec<usize> = (0..jobs.len()).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(jobs[i].0));
+    let mut found: Vec<Option<Found>> = (0..jobs.len()).map(|_| None).collect();
+    let done = extremal_ops::side_by_side(order.len(), |j| {
+        let (keep, set, score) = &jobs[order[j]];
+        one(*keep, set.clone(), *score)
+    });
+    for (j, f) in done.into_iter().enumerate() {
+        found[order[j]] = Some(f?);
     }
+    let found: Vec<Found> = found.into_iter().map(|f| f.expect("every keep searched")).collect();
     Ok(found)
+}
+
+/// Seconds since it was made or since the last lap.
+struct Stopwatch(std::time::Instant);
+
+impl Stopwatch {
+    fn new() -> Self {
+        Self(std::time::Instant::now())
+    }
+
+    /// The seconds since the last lap (or since it was made), and a new lap begins.
+    fn lap(&mut self) -> f64 {
+        let now = std::time::Instant::now();
+        let spent = (now - self.0).as_secs_f64();
+        self.0 = now;
+        spent
+    }
 }
 
 /// A found set's report: its contributions and the ranking by them.
@@ -363,12 +393,12 @@ fn report(cs: &ChannelSite, found: Found, cfg: &ChannelConfig) -> Result<Channel
         mut timings,
         mut scored,
     } = found;
-    let clock = std::time::Instant::now();
+    let mut watch = Stopwatch::new();
     let before = scored.len();
     let contribution = contribution::contributions_with(cs, &point.kept, point.kept_score, cfg.batch, &mut scored)?;
     timings.contribution_sets = scored.len() - before;
     let ranking = rank(&point.kept, &contribution.values);
-    timings.contributions = clock.elapsed().as_secs_f64();
+    timings.contributions = watch.lap();
     Ok(ChannelReport {
         site: cs.site().to_string(),
         channels_total: cs.channels,
