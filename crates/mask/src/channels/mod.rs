@@ -269,8 +269,8 @@ fn search_keeps(
     }
     let mut watch = Stopwatch::new();
 
-    // Soft optimisation, every keep at once; the best hard top-`keep` set seen along the way is
-    // kept for each.
+    // Soft optimisation, one mask for every keep; the best hard top-`keep` set seen along the
+    // way is kept for each keep.
     let hard = search::HardObjective {
         site: cs,
         game: cfg.game,
@@ -284,7 +284,7 @@ fn search_keeps(
     let mut tracker = search::TopK::new(&hard, keeps, iterations, progress);
     let history = optimise(&cs.evidence(), &param, &objective, optimiser.as_mut(), &mut tracker)?;
     let soft_sets = tracker.finish(&param)?;
-    let mask = param.rows()?.swap_remove(0);
+    let mask = param.mask_values()?;
     let soft_scores = cs.hard_scores(&soft_sets, true, cfg.batch)?;
     let soft_seconds = watch.lap() / keeps.len() as f64;
 
@@ -345,26 +345,23 @@ fn search_keeps(
             scored,
         })
     };
-    // The keeps' searches side by side, the largest (longest) first: each one's batch-1
+    // The keeps' searches side by side, the largest (the longest) first: each one's batch-1
     // gradient passes and small batches leave a core idle part of the time.
-    let jobs: Vec<(usize, Vec<usize>, f64)> = keeps
+    let mut jobs: Vec<(usize, Vec<usize>, f64)> = keeps
         .iter()
         .copied()
         .zip(soft_sets)
         .zip(soft_scores)
         .map(|((keep, set), score)| (keep, set, score))
         .collect();
-    let mut order: Vec<usize> = (0..jobs.len()).collect();
-    order.sort_by_key(|&i| std::cmp::Reverse(jobs[i].0));
-    let mut found: Vec<Option<Found>> = (0..jobs.len()).map(|_| None).collect();
-    let done = extremal_ops::side_by_side(order.len(), |j| {
-        let (keep, set, score) = &jobs[order[j]];
+    jobs.sort_by_key(|&(keep, _, _)| std::cmp::Reverse(keep));
+    let mut found = extremal_ops::side_by_side(jobs.len(), |j| {
+        let (keep, set, score) = &jobs[j];
         one(*keep, set.clone(), *score)
-    });
-    for (j, f) in done.into_iter().enumerate() {
-        found[order[j]] = Some(f?);
-    }
-    let found: Vec<Found> = found.into_iter().map(|f| f.expect("every keep searched")).collect();
+    })
+    .into_iter()
+    .collect::<Result<Vec<Found>>>()?;
+    found.sort_by_key(|f| f.point.keep);
     Ok(found)
 }
 
