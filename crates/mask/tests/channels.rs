@@ -302,6 +302,37 @@ fn sweeps_reports_as_json_and_the_sites_target() {
             r.kept_score
         );
     }
+    // Without the refinement a keep's set is its own soft mask's: each keep gets a mask at its
+    // own area, and every point is the search for that keep alone.
+    let unrefined = ChannelConfig {
+        refine: false,
+        ..cfg.clone()
+    };
+    let sweep_unrefined = channel_sweep(&site, &[1, 2, 4], &unrefined, &mut |_, _| {}).unwrap();
+    for r in &sweep_unrefined.points {
+        let alone = channel_masks_at(
+            &site,
+            &ChannelConfig {
+                keep: r.keep,
+                ..unrefined.clone()
+            },
+            &mut |_, _| {},
+        )
+        .unwrap();
+        assert_eq!(
+            (r.kept_score, r.soft_kept_score),
+            (alone.kept_score, alone.soft_kept_score),
+            "keep {}",
+            r.keep
+        );
+        let gap = r
+            .mask
+            .iter()
+            .zip(&alone.mask)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(gap < 1e-5, "keep {}: the soft masks differ by {gap}", r.keep);
+    }
     // The chosen keep's report is its point's, with the contributions of its set.
     let point = sweep.points.iter().find(|r| r.keep == sweep.chosen.keep).unwrap();
     let c = &sweep.chosen;

@@ -25,7 +25,7 @@ pub use report::{Baselines, ChannelReport, RankedChannel, Timings};
 pub use search::greedy_selection;
 pub use site::{ChannelMask, ChannelSite};
 
-use crate::engine::{optimise, AreaWeight, History, Objective};
+use crate::engine::{optimise, AreaWeight, History, Iteration, Objective};
 use crate::{Error, Game, Result, TieOrder};
 
 /// How the soft mask is optimised.
@@ -238,9 +238,10 @@ struct Found {
 }
 
 /// The channel search for each of `keeps` (checked, distinct, ascending) with `cfg`'s other
-/// settings: one soft phase for all of them (one mask, optimised for the largest keep's area,
-/// each keep's best top-`keep` set tracked along it), then per keep the baselines and the
-/// refinement. For one keep this is that keep's search.
+/// settings: one soft phase for all of them (with the refinement, one mask, optimised for the
+/// largest keep's area, each keep's best top-`keep` set tracked along it; without it, a mask
+/// per keep at its own area), then per keep (side by side) the baselines and the refinement.
+/// For one keep this is that keep's search.
 ///
 /// Why one mask for a sweep: the soft phase is a forward and backward pass per iteration and
 /// mask, so a mask per keep made it most of a sweep's cost (14 of 42 s at ResNet-50 `layer3`,
@@ -269,28 +270,38 @@ fn search_keeps(
     }
     let mut watch = Stopwatch::new();
 
-    // Soft optimisation, one mask for every keep; the best hard top-`keep` set seen along the
-    // way is kept for each keep.
+    // Soft optimisation, all keeps at once; the best hard top-`keep` set seen along the way is
+    // kept for each keep. With the refinement, one mask at the largest keep's area serves every
+    // keep; without it a keep's set is its soft mask's alone, so each keep has a mask of its
+    // own at its own area (the paper's method; the masks do not interact).
     let hard = search::HardObjective {
         site: cs,
         game: cfg.game,
         batch: cfg.batch,
     };
     let iterations = cfg.iterations.unwrap_or(cfg.schedule.iterations());
-    let largest = *keeps.iter().max().expect("at least one keep");
-    let objective = cfg.schedule.objective(cs, cfg.game, largest, iterations);
+    let (areas, rows): (Vec<usize>, Vec<usize>) = if cfg.refine {
+        (
+            vec![*keeps.iter().max().expect("at least one keep")],
+            vec![0; keeps.len()],
+        )
+    } else {
+        (keeps.to_vec(), (0..keeps.len()).collect())
+    };
+    let mut objective = cfg.schedule.objective(cs, cfg.game, areas[0], iterations);
+    objective.areas = areas.iter().map(|&k| k as f64 / cs.channels as f64).collect();
     let (init, mut optimiser) = cfg.schedule.start();
-    let param = cs.mask(init)?;
-    let mut tracker = search::TopK::new(&hard, keeps, iterations, progress);
+    let param = cs.masks(init, areas.len())?;
+    let mut tracker = search::TopK::new(&hard, keeps, &rows, iterations, progress);
     let history = optimise(&cs.evidence(), &param, &objective, optimiser.as_mut(), &mut tracker)?;
     let soft_sets = tracker.finish(&param)?;
-    let mask = param.mask_values()?;
+    let masks = param.rows()?;
     let soft_scores = cs.hard_scores(&soft_sets, true, cfg.batch)?;
     let soft_seconds = watch.lap() / keeps.len() as f64;
 
     let mean_activation = cs.mean_activation()?;
     let activation_x_gradient = cs.activation_x_gradient()?;
-    let one = |keep: usize, soft_set: Vec<usize>, soft_score: f64| -> Result<Found> {
+    let one = |keep: usize, row: usize, soft_set: Vec<usize>, soft_score: f64| -> Result<Found> {
         let mut watch = Stopwatch::new();
         let mut timings = Timings {
             soft: soft_seconds,
@@ -335,29 +346,36 @@ fn search_keeps(
                 kept: set,
                 kept_score,
                 deleted_score,
-                mask: mask.clone(),
+                mask: masks[row].clone(),
                 baselines,
                 soft_kept_score: soft_score,
                 swaps,
             },
-            history: history.clone(),
+            history: history
+                .iter()
+                .map(|it| Iteration {
+                    rewards: vec![it.rewards[row]],
+                    penalties: vec![it.penalties[row]],
+                    area_weight: it.area_weight,
+                })
+                .collect(),
             timings,
             scored,
         })
     };
     // The keeps' searches side by side, the largest (the longest) first: each one's batch-1
     // gradient passes and small batches leave a core idle part of the time.
-    let mut jobs: Vec<(usize, Vec<usize>, f64)> = keeps
+    let mut jobs: Vec<(usize, usize, Vec<usize>, f64)> = keeps
         .iter()
-        .copied()
+        .zip(rows)
         .zip(soft_sets)
         .zip(soft_scores)
-        .map(|((keep, set), score)| (keep, set, score))
+        .map(|(((&keep, row), set), score)| (keep, row, set, score))
         .collect();
-    jobs.sort_by_key(|&(keep, _, _)| std::cmp::Reverse(keep));
+    jobs.sort_by_key(|&(keep, ..)| std::cmp::Reverse(keep));
     let mut found = extremal_ops::side_by_side(jobs.len(), |j| {
-        let (keep, set, score) = &jobs[j];
-        one(*keep, set.clone(), *score)
+        let (keep, row, set, score) = &jobs[j];
+        one(*keep, *row, set.clone(), *score)
     })
     .into_iter()
     .collect::<Result<Vec<Found>>>()?;
@@ -421,7 +439,8 @@ fn report(cs: &ChannelSite, found: Found, cfg: &ChannelConfig) -> Result<Channel
 /// One keep of a sweep: the set the search found for it and its scores. The sweep's largest
 /// keep is the search [`channel_masks_at`] runs for it alone; a smaller keep's refinement
 /// starts from the best top-`keep` set of the largest keep's soft mask instead of a mask of its
-/// own.
+/// own (without the refinement, every keep has its own mask, and every point is its keep's
+/// search alone).
 #[derive(Debug, Clone, PartialEq)]
 pub struct SweepPoint {
     /// Channels kept.
@@ -432,8 +451,8 @@ pub struct SweepPoint {
     pub kept_score: f64,
     /// The target logit with the kept channels removed.
     pub deleted_score: f64,
-    /// The final soft mask, one value per channel (in a sweep, the one mask, optimised for the
-    /// largest keep's area).
+    /// The final soft mask, one value per channel (in a refined sweep, the one mask, optimised
+    /// for the largest keep's area).
     pub mask: Vec<f32>,
     /// The heuristics' kept scores.
     pub baselines: Baselines,
@@ -463,9 +482,11 @@ pub struct ChannelSweep {
 /// keep's area, and tracks each keep's best top-`keep` set along it; then each keep's set is
 /// refined from that set and the two baselines' (so the largest keep's point is what
 /// [`channel_masks_at`] finds for it alone, and a smaller keep's may differ from its search
-/// alone, in either direction); the contributions (most of a search's cost after the
-/// refinement) are computed for the chosen keep only. `progress(iteration, iterations)` is
-/// called every soft step.
+/// alone, in either direction), the keeps side by side. Without the refinement
+/// ([`ChannelConfig::refine`] off) a keep's set is its soft mask's top-`keep` alone, so each
+/// keep gets a mask of its own at its own area (the paper's method), optimised together. The
+/// contributions (most of a search's cost after the refinement) are computed for the chosen
+/// keep only. `progress(iteration, iterations)` is called every soft step.
 pub fn channel_sweep(
     cs: &ChannelSite,
     keeps: &[usize],

@@ -36,12 +36,14 @@ impl HardObjective<'_, '_> {
     }
 }
 
-/// An engine observer that checks the soft mask's top-`k` set for each `k` of `keeps` every 10
-/// iterations (and once at the end, [`TopK::finish`]), all keeps' sets in one batch, and keeps
-/// each keep's best; it also reports progress. The mask has one row.
+/// An engine observer that checks, for each `k` of `keeps`, the top-`k` set of its soft mask
+/// (row `rows[i]` of the masks for `keeps[i]`) every 10 iterations (and once at the end,
+/// [`TopK::finish`]), all keeps' sets in one batch, and keeps each keep's best; it also reports
+/// progress.
 pub(super) struct TopK<'o, 's, 'a, 'p> {
     hard: &'o HardObjective<'s, 'a>,
     keeps: Vec<usize>,
+    rows: Vec<usize>,
     iterations: usize,
     best: Vec<Option<(f64, Vec<usize>)>>,
     progress: &'p mut dyn FnMut(usize, usize),
@@ -51,12 +53,14 @@ impl<'o, 's, 'a, 'p> TopK<'o, 's, 'a, 'p> {
     pub fn new(
         hard: &'o HardObjective<'s, 'a>,
         keeps: &[usize],
+        rows: &[usize],
         iterations: usize,
         progress: &'p mut dyn FnMut(usize, usize),
     ) -> Self {
         Self {
             hard,
             keeps: keeps.to_vec(),
+            rows: rows.to_vec(),
             iterations,
             best: vec![None; keeps.len()],
             progress,
@@ -65,7 +69,12 @@ impl<'o, 's, 'a, 'p> TopK<'o, 's, 'a, 'p> {
 
     fn check(&mut self, params: &Var) -> Result<()> {
         let rows = params.as_tensor().to_dtype(DType::F64)?.to_vec2::<f64>()?;
-        let sets: Vec<Vec<usize>> = self.keeps.iter().map(|&k| top_k(&rows[0], k)).collect();
+        let sets: Vec<Vec<usize>> = self
+            .keeps
+            .iter()
+            .zip(&self.rows)
+            .map(|(&k, &r)| top_k(&rows[r], k))
+            .collect();
         let scores = self.hard.scores(&sets)?;
         for ((best, set), s) in self.best.iter_mut().zip(sets).zip(scores) {
             if best.as_ref().map(|(b, _)| s > *b).unwrap_or(true) {
@@ -75,7 +84,7 @@ impl<'o, 's, 'a, 'p> TopK<'o, 's, 'a, 'p> {
         Ok(())
     }
 
-    /// The last check, on the final mask; returns each keep's best set seen.
+    /// The last check, on the final masks; returns each keep's best set seen.
     pub fn finish(mut self, param: &ChannelMask) -> Result<Vec<Vec<usize>>> {
         self.check(param.params())?;
         Ok(self
