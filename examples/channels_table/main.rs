@@ -16,6 +16,15 @@ use extremal::mask::{ChannelConfig, Schedule};
 use extremal::models::{Model, ModelKind, load_input};
 
 fn main() -> anyhow::Result<()> {
+    // As the command-line tool runs: candle's element-wise operations on the calling thread,
+    // and the work on the pool's threads (`extremal::ops::on_thread_pool`), so that the
+    // seconds are a `channels` command's.
+    // SAFETY: first thing in main, before any other thread exists.
+    unsafe { extremal::ops::one_elementwise_thread() };
+    extremal::ops::on_thread_pool(table)
+}
+
+fn table() -> anyhow::Result<()> {
     let model = Model::load(ModelKind::EfficientnetLite0, None, DType::F32, &Device::Cpu)?;
     println!(
         "| image | layer | keep | original | top activation | activation×gradient | paper schedule | soft (default) | extremal (refined) | seconds |"

@@ -280,7 +280,7 @@ fn search_keeps(
         batch: cfg.batch,
     };
     let iterations = cfg.iterations.unwrap_or(cfg.schedule.iterations());
-    let (areas, rows): (Vec<usize>, Vec<usize>) = if cfg.refine {
+    let (mask_keeps, rows): (Vec<usize>, Vec<usize>) = if cfg.refine {
         (
             vec![*keeps.iter().max().expect("at least one keep")],
             vec![0; keeps.len()],
@@ -288,10 +288,10 @@ fn search_keeps(
     } else {
         (keeps.to_vec(), (0..keeps.len()).collect())
     };
-    let mut objective = cfg.schedule.objective(cs, cfg.game, areas[0], iterations);
-    objective.areas = areas.iter().map(|&k| k as f64 / cs.channels as f64).collect();
+    let mut objective = cfg.schedule.objective(cs, cfg.game, mask_keeps[0], iterations);
+    objective.areas = mask_keeps.iter().map(|&k| k as f64 / cs.channels as f64).collect();
     let (init, mut optimiser) = cfg.schedule.start();
-    let param = cs.masks(init, areas.len())?;
+    let param = cs.masks(init, mask_keeps.len())?;
     let mut tracker = search::TopK::new(&hard, keeps, &rows, iterations, progress);
     let history = optimise(&cs.evidence(), &param, &objective, optimiser.as_mut(), &mut tracker)?;
     let soft_sets = tracker.finish(&param)?;

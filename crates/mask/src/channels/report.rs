@@ -63,7 +63,8 @@ pub struct ChannelReport {
 }
 
 /// Where a channel search's time went, in seconds, and how many hard sets it scored (each a
-/// pass of the suffix).
+/// pass of the suffix). In a sweep the soft phase is shared (each keep is given its share) and
+/// the keeps' baselines and refinements run side by side, so their seconds overlap.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct Timings {
     /// The two heuristic baselines.
