@@ -261,16 +261,12 @@ fn sweeps_reports_as_json_and_the_sites_target() {
     // The largest keep's point is the search for that keep alone; every keep's refinement
     // starts from the best top-`keep` set seen along that keep's soft mask, the one mask of the
     // sweep, and ends at least as high as that set and the baselines.
+    // The search for one keep alone, with `cfg`'s other settings.
+    let search_alone = |keep: usize, cfg: &ChannelConfig| {
+        channel_masks_at(&site, &ChannelConfig { keep, ..cfg.clone() }, &mut |_, _| {}).unwrap()
+    };
     let largest = sweep.points.last().unwrap();
-    let alone = channel_masks_at(
-        &site,
-        &ChannelConfig {
-            keep: largest.keep,
-            ..cfg.clone()
-        },
-        &mut |_, _| {},
-    )
-    .unwrap();
+    let alone = search_alone(largest.keep, &cfg);
     let mut kept = alone.kept().to_vec();
     kept.sort();
     assert_eq!(
@@ -310,15 +306,7 @@ fn sweeps_reports_as_json_and_the_sites_target() {
     };
     let sweep_unrefined = channel_sweep(&site, &[1, 2, 4], &unrefined, &mut |_, _| {}).unwrap();
     for r in &sweep_unrefined.points {
-        let alone = channel_masks_at(
-            &site,
-            &ChannelConfig {
-                keep: r.keep,
-                ..unrefined.clone()
-            },
-            &mut |_, _| {},
-        )
-        .unwrap();
+        let alone = search_alone(r.keep, &unrefined);
         assert_eq!(
             (r.kept_score, r.soft_kept_score),
             (alone.kept_score, alone.soft_kept_score),
