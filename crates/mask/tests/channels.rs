@@ -160,6 +160,14 @@ fn the_refined_set_is_a_local_optimum_above_its_starts() {
             );
         }
         assert!(r.timings.refine_sets > 0, "seed {seed}");
+        // The scores the search reuses from its memo are each set's own, bit for bit.
+        let mut set = kept.clone();
+        set.sort();
+        assert_eq!(
+            r.kept_score,
+            site.hard_scores(&[set], true, 1).unwrap()[0],
+            "seed {seed}"
+        );
     }
 }
 

@@ -233,7 +233,8 @@ struct Found {
     point: SweepPoint,
     history: History,
     timings: Timings,
-    /// Kept scores of the sets the refinement scored (the contributions reuse them).
+    /// Kept scores of the sets the search scored (the soft set, the baselines' and, in the
+    /// preserve game, every set of the refinement): the contributions reuse them.
     scored: search::SetScores,
 }
 
@@ -294,23 +295,36 @@ fn search_keeps(
     let param = cs.masks(init, mask_keeps.len())?;
     let mut tracker = search::TopK::new(&hard, keeps, &rows, iterations, progress);
     let history = optimise(&cs.evidence(), &param, &objective, optimiser.as_mut(), &mut tracker)?;
-    let soft_sets = tracker.finish(&param)?;
+    let soft_best = tracker.finish(&param)?;
     let masks = param.rows()?;
-    let soft_scores = cs.hard_scores(&soft_sets, true, cfg.batch)?;
+    let (soft_sets, soft_objective): (Vec<Vec<usize>>, Vec<f64>) = soft_best.into_iter().unzip();
+    // In the preserve game the objective is the kept score: no set is scored again.
+    let preserve = cfg.game == Game::Preserve;
+    let soft_scores = if preserve {
+        soft_objective.clone()
+    } else {
+        cs.hard_scores(&soft_sets, true, cfg.batch)?
+    };
     let soft_seconds = watch.lap() / keeps.len() as f64;
 
     let mean_activation = cs.mean_activation()?;
     let activation_x_gradient = cs.activation_x_gradient()?;
-    let one = |keep: usize, row: usize, soft_set: Vec<usize>, soft_score: f64| -> Result<Found> {
+    let one = |keep: usize, row: usize, soft_set: Vec<usize>, soft_score: f64, soft_objective: f64| -> Result<Found> {
         let mut watch = Stopwatch::new();
         let mut timings = Timings {
             soft: soft_seconds,
             ..Timings::default()
         };
+        // Kept scores of the sets scored so far: the contributions reuse them, and in the
+        // preserve game they are the refinement's objective values too.
+        let mut scored = search::SetScores::default();
+        scored.insert(&soft_set, soft_score);
         // Baselines.
         let by_activation = top_k(&mean_activation, keep);
         let by_axg = top_k(&activation_x_gradient, keep);
-        let base = cs.hard_scores(&[by_activation.clone(), by_axg.clone()], true, 2)?;
+        let base = scored.get_or_score(&[by_activation.clone(), by_axg.clone()], |new| {
+            cs.hard_scores(new, true, 2)
+        })?;
         let baselines = Baselines {
             top_activation: base[0],
             activation_x_gradient: base[1],
@@ -318,10 +332,17 @@ fn search_keeps(
         timings.baselines = watch.lap();
 
         // Discrete refinement, from each of the candidate sets or from the best of them.
-        let (mut set, mut swaps, mut scored) = (soft_set.clone(), 0, search::SetScores::default());
+        let (mut set, mut swaps) = (soft_set.clone(), 0);
         if cfg.refine {
+            let mut objective = search::SetScores::default();
+            let memo = if preserve {
+                &mut scored
+            } else {
+                objective.insert(&soft_set, soft_objective);
+                &mut objective
+            };
             let starts = vec![soft_set, by_axg, by_activation];
-            let scores = hard.scores(&starts)?;
+            let scores = memo.get_or_score(&starts, |new| hard.scores(new))?;
             let mut starts: Vec<(Vec<usize>, f64)> = starts.into_iter().zip(scores).collect();
             if cfg.starts == Starts::Best {
                 let best = (0..starts.len())
@@ -329,14 +350,11 @@ fn search_keeps(
                     .expect("three starts");
                 starts = vec![starts.swap_remove(best)];
             }
-            (set, swaps, scored) = search::refine(&hard, cfg.game, &starts)?;
-            timings.refine_sets = scored.len();
-            if cfg.game != Game::Preserve {
-                // The refinement's objective values are kept scores only in the preserve game.
-                scored = search::SetScores::default();
-            }
+            let before = memo.len();
+            (set, swaps) = search::refine(&hard, cfg.game, &starts, memo)?;
+            timings.refine_sets = memo.len() - before;
         }
-        let kept_score = cs.hard_scores(std::slice::from_ref(&set), true, 1)?[0];
+        let kept_score = scored.get_or_score(std::slice::from_ref(&set), |new| cs.hard_scores(new, true, 1))?[0];
         let deleted_score = cs.hard_scores(std::slice::from_ref(&set), false, 1)?[0];
         timings.refine = watch.lap();
 
@@ -365,17 +383,17 @@ fn search_keeps(
     };
     // The keeps' searches side by side, the largest (the longest) first: each one's batch-1
     // gradient passes and small batches leave a core idle part of the time.
-    let mut jobs: Vec<(usize, usize, Vec<usize>, f64)> = keeps
+    let mut jobs: Vec<(usize, usize, Vec<usize>, f64, f64)> = keeps
         .iter()
         .zip(rows)
         .zip(soft_sets)
-        .zip(soft_scores)
-        .map(|(((&keep, row), set), score)| (keep, row, set, score))
+        .zip(soft_scores.into_iter().zip(soft_objective))
+        .map(|(((&keep, row), set), (score, objective))| (keep, row, set, score, objective))
         .collect();
     jobs.sort_by_key(|&(keep, ..)| std::cmp::Reverse(keep));
     let mut found = extremal_ops::side_by_side(jobs.len(), |j| {
-        let (keep, row, set, score) = &jobs[j];
-        one(*keep, *row, set.clone(), *score)
+        let (keep, row, set, score, objective) = &jobs[j];
+        one(*keep, *row, set.clone(), *score, *objective)
     })
     .into_iter()
     .collect::<Result<Vec<Found>>>()?;

@@ -84,13 +84,17 @@ impl<'o, 's, 'a, 'p> TopK<'o, 's, 'a, 'p> {
         Ok(())
     }
 
-    /// The last check, on the final masks; returns each keep's best set seen.
-    pub fn finish(mut self, param: &ChannelMask) -> Result<Vec<Vec<usize>>> {
+    /// The last check, on the final masks; returns each keep's best set seen and its
+    /// objective value.
+    pub fn finish(mut self, param: &ChannelMask) -> Result<Vec<(Vec<usize>, f64)>> {
         self.check(param.params())?;
         Ok(self
             .best
             .into_iter()
-            .map(|b| b.expect("checked at the end").1)
+            .map(|b| {
+                let (score, set) = b.expect("checked at the end");
+                (set, score)
+            })
             .collect())
     }
 }
@@ -127,9 +131,10 @@ const QUICK_CHECKS: usize = 8;
 /// the window. Given one start, only the full rounds run. A climb that reaches a set an
 /// earlier one passed through stops there (it would follow the same path), and no set is
 /// scored twice: its first score is reused, which is exact because a set's score is the same
-/// bits in any batch and on any thread ([`ChannelSite::hard_scores`]). Returns the set
-/// (sorted), the swaps on its path (from its start, the full rounds included) and the sets
-/// scored, with their objective values.
+/// bits in any batch and on any thread ([`ChannelSite::hard_scores`]). `scored` holds the
+/// objective values of sets scored before (the starts' among them); the refinement adds
+/// those it scores. Returns the set (sorted) and the swaps on its path (from its start, the
+/// full rounds included).
 ///
 /// Why several starts: the result depends on where a local search starts. On the bundled
 /// images, at Lite0 and ResNet-50 `layer2`/`layer3` and keep 10 and 25
@@ -140,10 +145,11 @@ pub(super) fn refine(
     hard: &HardObjective,
     game: Game,
     starts: &[(Vec<usize>, f64)],
-) -> Result<(Vec<usize>, usize, SetScores)> {
+    scored: &mut SetScores,
+) -> Result<(Vec<usize>, usize)> {
     let mut memo = Memo {
         hard,
-        scores: SetScores::default(),
+        scores: scored,
         visited: HashSet::new(),
     };
     let mut best: Option<(Vec<usize>, f64, usize)> = None;
@@ -164,18 +170,18 @@ pub(super) fn refine(
     // The full rounds pass through the quick climbs' sets again: they must not stop there.
     memo.visited.clear();
     let (set, _, polish) = climb(&mut memo, game, set, score, Round::Full)?;
-    Ok((sorted(&set), swaps + polish, memo.scores))
+    Ok((sorted(&set), swaps + polish))
 }
 
 /// The sets scored so far in a [`refine`] (by their sorted channels) and the sets its climbs
 /// have passed through.
-struct Memo<'h, 's, 'a> {
+struct Memo<'h, 's, 'a, 'm> {
     hard: &'h HardObjective<'s, 'a>,
-    scores: SetScores,
+    scores: &'m mut SetScores,
     visited: HashSet<Vec<usize>>,
 }
 
-impl Memo<'_, '_, '_> {
+impl Memo<'_, '_, '_, '_> {
     /// The objective of each set, scoring (in batches) only the sets not scored before.
     fn scores(&mut self, sets: &[Vec<usize>]) -> Result<Vec<f64>> {
         let hard = self.hard;
@@ -210,6 +216,11 @@ impl SetScores {
             self.0.extend(new.into_iter().zip(scores));
         }
         Ok(keys.iter().map(|k| self.0[k]).collect())
+    }
+
+    /// Records `score` for `set`, scored elsewhere (the same bits `get_or_score` would give).
+    pub fn insert(&mut self, set: &[usize], score: f64) {
+        self.0.insert(sorted(set), score);
     }
 
     /// How many sets have been scored.
