@@ -17,8 +17,9 @@ use extremal::models::{Model, ModelKind, load_input};
 
 fn main() -> anyhow::Result<()> {
     // As the command-line tool runs: candle's element-wise operations on the calling thread,
-    // and the work on the pool's threads (`extremal::ops::on_thread_pool`), so that the
-    // seconds are a `channels` command's.
+    // the work on the pool's threads (`extremal::ops::on_thread_pool`) and the searches with
+    // the other threads polling (`extremal::ops::polling`), so that the seconds are a
+    // `channels` command's.
     // SAFETY: first thing in main, before any other thread exists.
     unsafe { extremal::ops::one_elementwise_thread() };
     extremal::ops::on_thread_pool(table)
@@ -52,14 +53,16 @@ fn table() -> anyhow::Result<()> {
                     &mut |_, _| {},
                 )?;
                 let t = Instant::now();
-                let r = channel_masks_at(
-                    &site,
-                    &ChannelConfig {
-                        keep,
-                        ..Default::default()
-                    },
-                    &mut |_, _| {},
-                )?;
+                let r = extremal::ops::polling(|| {
+                    channel_masks_at(
+                        &site,
+                        &ChannelConfig {
+                            keep,
+                            ..Default::default()
+                        },
+                        &mut |_, _| {},
+                    )
+                })?;
                 let secs = t.elapsed().as_secs_f64();
                 println!(
                     "| {image} | {layer} (`{}`) | {keep} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | **{:.3}** | {secs:.1} |",

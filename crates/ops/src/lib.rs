@@ -76,7 +76,7 @@ pub use pool::{adaptive_avg_pool2d, max_pool2d, max_pool2d_primitive, Pool2d};
 pub use resize::{interpolation_matrix, resize_bilinear};
 pub use separable::{avg_pool2d, gaussian_blur, gaussian_kernel, Border};
 pub use simd::{has_avx2, Kernels};
-pub use threads::{join, on_thread_pool, one_elementwise_thread, side_by_side};
+pub use threads::{join, on_thread_pool, one_elementwise_thread, polling, side_by_side, IDLE_BEFORE_NAPS};
 pub use winograd::{conv_algorithm, set_conv_algorithm, ConvAlgorithm};
 
 /// Errors of the kernels in this crate.

@@ -40,6 +40,68 @@ pub fn on_thread_pool<T: Send>(work: impl FnOnce() -> T + Send) -> T {
     }
 }
 
+/// Runs `work` while the other threads of the current rayon pool wait for its parallel
+/// sections by polling instead of sleeping, and returns its result. Call it from a thread of
+/// the pool ([`on_thread_pool`]).
+///
+/// rayon puts a thread that finds no work to sleep, and each parallel section must then wake
+/// it: a system call, under a hypervisor an interrupt between cores. A forward and backward
+/// pass at batch 1 is hundreds of short sections, and perf put 15 % of the soft phase of a
+/// channel search (EfficientNet-Lite0 `layer3`) in the scheduler's wake-up and switch paths.
+/// Here the other threads poll ([`rayon::yield_now`], with [`std::thread::yield_now`] between
+/// polls so that other processes' threads still get the core), and nap between polls after
+/// [`IDLE_BEFORE_NAPS`] without work. On a 2-core Intel Xeon under KVM the channel search's
+/// soft phase took 0.74 s instead of 1.05 s and `extremal channels` at Lite0 `layer3` 0.86–0.91
+/// of its time, with the same results (`docs/reference.md`, "Waiting threads poll"). It is
+/// not the default of [`on_thread_pool`]: ResNet-50's forward and backward at batch 3, with
+/// longer sections, took longer in some processes (0.29–0.42 s against 0.32–0.35 s).
+///
+/// If `work` panics, the polling threads stop and the panic continues.
+pub fn polling<T: Send>(work: impl FnOnce() -> T + Send) -> T {
+    let others = rayon::current_num_threads().saturating_sub(1);
+    if others == 0 {
+        return work();
+    }
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    rayon::scope(|s| {
+        for _ in 0..others {
+            s.spawn(|_| wait_by_polling(&stop));
+        }
+        // Set on the way out, a panic included: the scope waits for the polling threads.
+        let _stop = StopOnDrop(&stop);
+        work()
+    })
+}
+
+/// How long a thread of [`polling`] polls without finding work before it naps between polls.
+pub const IDLE_BEFORE_NAPS: std::time::Duration = std::time::Duration::from_millis(20);
+
+/// A polling thread's nap once it has been idle for [`IDLE_BEFORE_NAPS`].
+const NAP: std::time::Duration = std::time::Duration::from_micros(200);
+
+/// Runs the pool's jobs as they come (rayon's work stealing) until `stop` is set.
+fn wait_by_polling(stop: &std::sync::atomic::AtomicBool) {
+    let mut last_work = std::time::Instant::now();
+    while !stop.load(std::sync::atomic::Ordering::Acquire) {
+        if rayon::yield_now() == Some(rayon::Yield::Executed) {
+            last_work = std::time::Instant::now();
+        } else if last_work.elapsed() < IDLE_BEFORE_NAPS {
+            std::thread::yield_now();
+        } else {
+            std::thread::sleep(NAP);
+        }
+    }
+}
+
+/// Sets its flag when dropped.
+struct StopOnDrop<'a>(&'a std::sync::atomic::AtomicBool);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::Release);
+    }
+}
+
 /// The calling thread's choices for this crate's forward kernels ([`crate::set_conv_algorithm`],
 /// [`crate::set_depthwise_layout`]), to be made again on another thread.
 #[derive(Debug, Clone, Copy)]

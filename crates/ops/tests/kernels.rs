@@ -421,6 +421,42 @@ fn join_carries_the_forward_settings_to_the_other_thread() {
     assert!(elsewhere > 0, "the second side never ran on the other thread");
 }
 
+/// `polling` runs its work while the pool's other threads poll for work: a parallel section's
+/// second half still runs elsewhere, convolutions give the same values as without it, the
+/// result comes back, and a panic in the work comes back as a panic instead of leaving the
+/// polling threads waiting (the call would not return).
+#[test]
+fn polling_runs_parallel_sections_elsewhere_and_stops() -> R<()> {
+    let (x, w) = (rand(&[2, 32, 15, 15], 1), rand(&[64, 32, 3, 3], 2));
+    let conv = || conv2d(&x, &w, None, &Conv2dConfig::default());
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+    let sleeping = values(&pool.install(conv)?);
+    let (elsewhere, polled) = pool.install(|| {
+        polling(|| -> candle_core::Result<_> {
+            let caller = std::thread::current().id();
+            let mut elsewhere = 0;
+            for _ in 0..20 {
+                let ((), other) = rayon::join(
+                    // Long enough for a polling thread to take the other half.
+                    || std::thread::sleep(std::time::Duration::from_millis(2)),
+                    || std::thread::current().id(),
+                );
+                elsewhere += usize::from(other != caller);
+            }
+            Ok((elsewhere, values(&conv()?)))
+        })
+    })?;
+    assert_eq!(polled, sleeping);
+    assert!(elsewhere > 0, "no second half ran on the other thread");
+    let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        pool.install(|| polling(|| panic!("inside the work")))
+    }));
+    assert!(panicked.is_err());
+    // The pool still works.
+    assert_eq!(pool.install(|| polling(|| rayon::join(|| 1, || 2))), (1, 2));
+    Ok(())
+}
+
 /// `side_by_side` returns its jobs' results in index order, runs them on both threads, each
 /// under the caller's forward settings and gradient rule, and runs them on the calling thread
 /// alone under a rule limited to a count (which cannot be shared between threads).
