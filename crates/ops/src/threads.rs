@@ -52,9 +52,10 @@ pub fn on_thread_pool<T: Send>(work: impl FnOnce() -> T + Send) -> T {
 /// polls so that other processes' threads still get the core), and nap between polls after
 /// [`IDLE_BEFORE_NAPS`] without work. On a 2-core Intel Xeon under KVM the channel search's
 /// soft phase took 0.74 s instead of 1.05 s and `extremal channels` at Lite0 `layer3` 0.86–0.91
-/// of its time, with the same results (`docs/reference.md`, "Waiting threads poll"). It is
-/// not the default of [`on_thread_pool`]: ResNet-50's forward and backward at batch 3, with
-/// longer sections, took longer in some processes (0.29–0.42 s against 0.32–0.35 s).
+/// of its time, with the same results (`docs/reference.md`, "Waiting threads poll during a
+/// channel search"). It is not the default of [`on_thread_pool`]: with glibc's arena per
+/// thread, ResNet-50's forward and backward at batch 3 then took 0.29–0.42 s from one process
+/// to the next (0.32–0.35 s sleeping), and with one arena the channel search lost its gain.
 ///
 /// If `work` panics, the polling threads stop and the panic continues.
 pub fn polling<T: Send>(work: impl FnOnce() -> T + Send) -> T {
