@@ -16,10 +16,11 @@ use extremal::mask::{ChannelConfig, Schedule};
 use extremal::models::{Model, ModelKind, load_input};
 
 fn main() -> anyhow::Result<()> {
-    // As the command-line tool runs: candle's element-wise operations on the calling thread,
-    // the work on the pool's threads (`extremal::ops::on_thread_pool`) and the searches with
-    // the other threads polling (`extremal::ops::polling`), so that the seconds are a
-    // `channels` command's.
+    // As the command-line tool runs its searches: candle's element-wise operations on the
+    // calling thread, the work on the pool's threads (`extremal::ops::on_thread_pool`) and the
+    // searches with the other threads polling (`extremal::ops::polling`), so that the seconds
+    // are a `channels` command's. (The tool polls for all of its work, with mimalloc as its
+    // allocator; for the searches alone that measured the same as glibc's malloc.)
     // SAFETY: first thing in main, before any other thread exists.
     unsafe { extremal::ops::one_elementwise_thread() };
     extremal::ops::on_thread_pool(table)

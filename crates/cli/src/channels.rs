@@ -204,9 +204,7 @@ pub(crate) fn run(args: &ChannelsArgs) -> Result<()> {
         "soft masks",
         " (then the refinement and contributions)",
     );
-    // The search is mostly batch-1 passes and short parallel sections: the other threads poll
-    // for them (`ops::polling`).
-    let sweep = extremal_ops::polling(|| channel_sweep(&site, &keeps, &cfg, &mut |t, _| bar.set_position(t as u64)));
+    let sweep = channel_sweep(&site, &keeps, &cfg, &mut |t, _| bar.set_position(t as u64));
     bar.finish_and_clear();
     let sweep = sweep?;
     let chosen = &sweep.chosen;
@@ -487,7 +485,7 @@ fn run_folder(args: &ChannelsArgs, inputs: &InputsArgs, layer: &str) -> Result<(
     let failed = folder.each(&args.model, &model, inputs, 1, "channels", |items, x| {
         let item = items[0];
         let site = ChannelSite::new(&model, x, layer, args.target)?;
-        let report = extremal_ops::polling(|| channel_masks_at(&site, &cfg, &mut |_, _| {}))?;
+        let report = channel_masks_at(&site, &cfg, &mut |_, _| {})?;
         let mut dir = OutDir::prepare(&image_folder(out, item))?;
         let mut obj = serde_json::to_value(&report)?;
         obj["model"] = json!(model.name());

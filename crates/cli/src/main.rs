@@ -308,16 +308,14 @@ fn run(cli: Cli) -> Result<()> {
     }
 }
 
-/// Every optimisation step allocates and frees the same large activations. glibc serves them
-/// with `mmap` and returns them to the kernel on free, so each step faults fresh zeroed pages
-/// in again (about 5 % of an inversion step at `layer2`). Keep them in the heap instead.
+/// Every optimisation step allocates and frees the same large activations. An allocator that
+/// returns freed memory to the kernel makes each step fault fresh zeroed pages in again (about
+/// 5 % of an inversion step at `layer2`, measured with glibc's `mmap` threshold). Keep them.
 fn keep_freed_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only changes allocator thresholds; called before any threads start.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, i32::MAX);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
-    }
+    /// `mi_option_purge_delay` in mimalloc's `mimalloc.h` (v2 and v3): -1 never purges.
+    const PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+    // SAFETY: sets one of mimalloc's options, which it reads when it next considers purging.
+    unsafe { libmimalloc_sys::mi_option_set(PURGE_DELAY, -1) }
 }
 
 /// The error and its causes on one line, each said once (an OS error wrapped transparently
@@ -332,6 +330,14 @@ pub(crate) fn one_line(e: &anyhow::Error) -> String {
     }
     parts.join(": ")
 }
+
+/// mimalloc: each thread allocates from pages of its own and frees another thread's blocks
+/// cheaply. Every command runs with the pool's threads polling ([`extremal_ops::polling`]);
+/// with glibc's malloc, an arena per thread then made ResNet-50's batch-3 pass slow in some
+/// processes and one arena took the channel search's gain away (`docs/reference.md`, "Every
+/// command polls, with mimalloc").
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     // SAFETY: no other thread exists yet.
@@ -352,7 +358,9 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match extremal_ops::on_thread_pool(|| run(cli)) {
+    // Every command is mostly short parallel sections (batch-1 and batch-3 passes): the pool's
+    // other threads poll for them instead of sleeping (`ops::polling`; with the allocator above).
+    match extremal_ops::on_thread_pool(|| extremal_ops::polling(|| run(cli))) {
         Ok(()) if STDOUT_ERROR.get().is_some() => {
             eprintln!("error: cannot write the output: {}", STDOUT_ERROR.get().expect("set"));
             ExitCode::FAILURE

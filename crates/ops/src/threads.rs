@@ -50,12 +50,15 @@ pub fn on_thread_pool<T: Send>(work: impl FnOnce() -> T + Send) -> T {
 /// channel search (EfficientNet-Lite0 `layer3`) in the scheduler's wake-up and switch paths.
 /// Here the other threads poll ([`rayon::yield_now`], with [`std::thread::yield_now`] between
 /// polls so that other processes' threads still get the core), and nap between polls after
-/// [`IDLE_BEFORE_NAPS`] without work. On a 2-core Intel Xeon under KVM the channel search's
-/// soft phase took 0.74 s instead of 1.05 s and `extremal channels` at Lite0 `layer3` 0.86–0.91
-/// of its time, with the same results (`docs/reference.md`, "Waiting threads poll during a
-/// channel search"). It is not the default of [`on_thread_pool`]: with glibc's arena per
-/// thread, ResNet-50's forward and backward at batch 3 then took 0.29–0.42 s from one process
-/// to the next (0.32–0.35 s sleeping), and with one arena the channel search lost its gain.
+/// [`IDLE_BEFORE_NAPS`] without work. The command-line tool runs every command this way, with
+/// mimalloc as its allocator: on a 2-core Intel Xeon under KVM the soft phase of a channel
+/// search took 0.74 s instead of 1.05 s, and `extremal bench` forward + backward to the input
+/// at batch 1 0.11 instead of 0.12 s (ResNet-50) and 0.028 instead of 0.038 s (Lite0), with
+/// the same results (`docs/reference.md`, "Waiting threads poll"). With glibc's malloc, an
+/// arena per thread made ResNet-50's batch-3 pass take 0.29–0.42 s from one process to the
+/// next (0.32–0.35 s sleeping), and one arena took the channel search's gain away: choose the
+/// allocator with it. It is not the default of [`on_thread_pool`], which leaves that choice to
+/// the program.
 ///
 /// If `work` panics, the polling threads stop and the panic continues.
 pub fn polling<T: Send>(work: impl FnOnce() -> T + Send) -> T {
