@@ -335,7 +335,9 @@ pub(crate) fn one_line(e: &anyhow::Error) -> String {
 /// cheaply. Every command runs with the pool's threads polling ([`extremal_ops::polling`]);
 /// with glibc's malloc, an arena per thread then made ResNet-50's batch-3 pass slow in some
 /// processes and one arena took the channel search's gain away (`docs/reference.md`, "Every
-/// command polls, with mimalloc").
+/// command polls, with mimalloc"). Built without its requests for transparent huge pages
+/// (`no_thp`): a fault in such a region may compact memory first, which slowed ResNet-50's
+/// `attribute` by a third right after another program had used much memory.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -53,7 +53,7 @@ pub fn on_thread_pool<T: Send>(work: impl FnOnce() -> T + Send) -> T {
 /// [`IDLE_BEFORE_NAPS`] without work. The command-line tool runs every command this way, with
 /// mimalloc as its allocator: on a 2-core Intel Xeon under KVM the soft phase of a channel
 /// search took 0.74 s instead of 1.05 s, and `extremal bench` forward + backward to the input
-/// at batch 1 0.11 instead of 0.12 s (ResNet-50) and 0.028 instead of 0.038 s (Lite0), with
+/// at batch 1 about 0.11 instead of 0.12 s (ResNet-50) and 0.03 instead of 0.038 s (Lite0), with
 /// the same results (`docs/reference.md`, "Waiting threads poll"). With glibc's malloc, an
 /// arena per thread made ResNet-50's batch-3 pass take 0.29–0.42 s from one process to the
 /// next (0.32–0.35 s sleeping), and one arena took the channel search's gain away: choose the
