@@ -25,9 +25,8 @@ fn exp_neg(x: f32) -> f32 {
     y * f32::from_bits(((n as i32 + 127) as u32) << 23)
 }
 
-/// Scratch of one output row: per tap and pixel the weighted parameter `m` (and, for the
-/// backward, its `e`), then per pixel the running max, Σe and Σm·e, and the
-/// nearest-upsampled parameter rows.
+/// Scratch of one output row: per tap and pixel the weighted parameter `m` and its `e`, then
+/// per pixel the running max, Σe and Σm·e, and the nearest-upsampled parameter rows.
 struct RowScratch {
     m: Vec<f32>,
     e: Vec<f32>,
@@ -45,7 +44,7 @@ impl RowScratch {
         let wp = g.shape_in.1 + 2 * g.padding;
         Self {
             m: vec![0.0; taps * taps * wo],
-            e: Vec::new(),
+            e: vec![0.0; taps * taps * wo],
             max: vec![0.0; wo],
             sum: vec![0.0; wo],
             dot: vec![0.0; wo],
@@ -56,12 +55,12 @@ impl RowScratch {
 }
 
 /// Pools output row `uy` of one mask from its padded parameters `pp` (row length `wp`):
-/// leaves `m`, `max`, `sum` (Σe) and `dot` (Σm·e) for every pixel of the row, and with
-/// `KEEP_E` every tap's `e = exp(20 (m − max))` in `e` (the backward's, which would otherwise
-/// compute each exponential again). Pixels are the inner loop, so each step is a contiguous
-/// vector operation; the taps are summed in order.
+/// leaves `m`, every tap's `e = exp(20 (m − max))` (which the backward reuses instead of
+/// computing each exponential again), `max`, `sum` (Σe) and `dot` (Σm·e) for every pixel of
+/// the row. Pixels are the inner loop, so each step is a contiguous vector operation; the taps
+/// are summed in order.
 #[inline(always)]
-fn pool_row<const KEEP_E: bool>(g: &MaskGenerator, pp: &[f32], wp: usize, uy: usize, s: &mut RowScratch) {
+fn pool_row(g: &MaskGenerator, pp: &[f32], wp: usize, uy: usize, s: &mut RowScratch) {
     let taps = 2 * g.radius + 1;
     let (wo, step) = (g.shape_out.1, g.step);
     let a = uy / step;
@@ -88,31 +87,19 @@ fn pool_row<const KEEP_E: bool>(g: &MaskGenerator, pp: &[f32], wp: usize, uy: us
     }
     s.sum.fill(0.0);
     s.dot.fill(0.0);
-    if KEEP_E {
-        s.e.resize(taps * taps * wo, 0.0);
-    }
     for t in 0..taps * taps {
-        let m = &s.m[t * wo..(t + 1) * wo];
-        if KEEP_E {
-            let es = &mut s.e[t * wo..(t + 1) * wo];
-            for ((((&m, &mx), sum), dot), es) in m
-                .iter()
-                .zip(&s.max)
-                .zip(s.sum.iter_mut())
-                .zip(s.dot.iter_mut())
-                .zip(es.iter_mut())
-            {
-                let e = exp_neg(COLDNESS * (m - mx));
-                *es = e;
-                *sum += e;
-                *dot += m * e;
-            }
-        } else {
-            for (((&m, &mx), sum), dot) in m.iter().zip(&s.max).zip(s.sum.iter_mut()).zip(s.dot.iter_mut()) {
-                let e = exp_neg(COLDNESS * (m - mx));
-                *sum += e;
-                *dot += m * e;
-            }
+        let (m, es) = (&s.m[t * wo..(t + 1) * wo], &mut s.e[t * wo..(t + 1) * wo]);
+        for ((((&m, &mx), sum), dot), es) in m
+            .iter()
+            .zip(&s.max)
+            .zip(s.sum.iter_mut())
+            .zip(s.dot.iter_mut())
+            .zip(es.iter_mut())
+        {
+            let e = exp_neg(COLDNESS * (m - mx));
+            *es = e;
+            *sum += e;
+            *dot += m * e;
         }
     }
 }
@@ -120,7 +107,7 @@ fn pool_row<const KEEP_E: bool>(g: &MaskGenerator, pp: &[f32], wp: usize, uy: us
 /// One output row of full masks.
 #[inline(always)]
 fn generate_row(g: &MaskGenerator, pp: &[f32], wp: usize, uy: usize, out: &mut [f32], s: &mut RowScratch) {
-    pool_row::<false>(g, pp, wp, uy, s);
+    pool_row(g, pp, wp, uy, s);
     for ((o, &d), &sum) in out.iter_mut().zip(&s.dot).zip(&s.sum) {
         *o = (d / sum).clamp(0.0, 1.0);
     }
@@ -141,7 +128,7 @@ fn generate_row_grad(
     let taps = 2 * g.radius + 1;
     let (wo, step) = (g.shape_out.1, g.step);
     let a = uy / step;
-    pool_row::<true>(g, pp, wp, uy, s);
+    pool_row(g, pp, wp, uy, s);
     // Per pixel: go / Σe where the clamp passes the gradient (0 ≤ v ≤ 1, PyTorch's rule at
     // the bounds), else 0; `dot` becomes v.
     for (((d, &sum), &go), c) in s.dot.iter_mut().zip(&s.sum).zip(grad).zip(s.coef.iter_mut()) {
