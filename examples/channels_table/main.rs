@@ -16,14 +16,14 @@ use extremal::mask::{ChannelConfig, Schedule};
 use extremal::models::{Model, ModelKind, load_input};
 
 fn main() -> anyhow::Result<()> {
-    // As the command-line tool runs its searches: candle's element-wise operations on the
-    // calling thread, the work on the pool's threads (`extremal::ops::on_thread_pool`) and the
-    // searches with the other threads polling (`extremal::ops::polling`), so that the seconds
-    // are a `channels` command's. (The tool polls for all of its work, with mimalloc as its
-    // allocator; for the searches alone that measured the same as glibc's malloc.)
+    // As the command-line tool runs: candle's element-wise operations on the calling thread,
+    // the work on the pool's threads (`extremal::ops::on_thread_pool`) and the other threads
+    // polling (`extremal::ops::polling`), so that the seconds are a `channels` command's. (The
+    // tool's allocator is mimalloc; for the channel searches that measured the same as
+    // glibc's malloc.)
     // SAFETY: first thing in main, before any other thread exists.
     unsafe { extremal::ops::one_elementwise_thread() };
-    extremal::ops::on_thread_pool(table)
+    extremal::ops::on_thread_pool(|| extremal::ops::polling(table))
 }
 
 fn table() -> anyhow::Result<()> {
@@ -54,16 +54,14 @@ fn table() -> anyhow::Result<()> {
                     &mut |_, _| {},
                 )?;
                 let t = Instant::now();
-                let r = extremal::ops::polling(|| {
-                    channel_masks_at(
-                        &site,
-                        &ChannelConfig {
-                            keep,
-                            ..Default::default()
-                        },
-                        &mut |_, _| {},
-                    )
-                })?;
+                let r = channel_masks_at(
+                    &site,
+                    &ChannelConfig {
+                        keep,
+                        ..Default::default()
+                    },
+                    &mut |_, _| {},
+                )?;
                 let secs = t.elapsed().as_secs_f64();
                 println!(
                     "| {image} | {layer} (`{}`) | {keep} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | **{:.3}** | {secs:.1} |",
