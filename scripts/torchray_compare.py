@@ -27,6 +27,11 @@ extremal's default 800-iteration means; then the wall times side by side, TorchR
 the image (--torchray-iterations N < 800 times N iterations and scales to 800):
 
     python3 scripts/torchray_compare.py --fast-table --results docs/parity [--torchray-iterations 800] [--no-timing]
+    python3 scripts/torchray_compare.py --fast-table --results docs/parity --no-timing --fast-seeds 5
+
+(--fast-seeds S runs the fast schedule on other one-ulp copies, seeds S, S+1, ..., as many as the
+parity runs have inputs, instead of the parity runs' own inputs: a check on inputs the schedule
+was not chosen on, against the same TorchRay means.)
     python3 scripts/torchray_compare.py --fast-table --model resnet50 [--torchray-iterations 800]
 
 ResNet-50 runs with torchvision's random weights saved to a safetensors file (speed only: the
@@ -104,6 +109,9 @@ def main():
                          "TorchRay's (with --model resnet50: the wall times only, random weights)")
     ap.add_argument("--torchray-iterations", type=int, default=800,
                     help="--fast-table: TorchRay's iterations timed (scaled to 800 when fewer)")
+    ap.add_argument("--fast-seeds", type=int, default=None, metavar="S",
+                    help="--fast-table: the fast schedule on the one-ulp copies with seeds S, S+1, ... instead "
+                         "of the parity runs' inputs")
     ap.add_argument("--no-timing", action="store_true",
                     help="--fast-table: the reward table only, without timing TorchRay (minutes, not ten: for "
                          "trying a variant of the schedule)")
@@ -564,6 +572,8 @@ def fast_table(args):
         r = json.load(open(p))
         x0 = parity_input(name)
         inputs = [x0] + [one_ulp(x0, seed) for seed in range(1, r["perturbations"] + 1)]
+        if args.fast_seeds is not None:
+            inputs = [one_ulp(x0, args.fast_seeds + i) for i in range(len(inputs))]
         fast = [extremal_fast(x, f"{name}{i}", target=r["target"]) for i, x in enumerate(inputs)]
         iterations = fast[0][0]["iterations"]
         fast_s = st.mean(s for _, s in fast)
@@ -577,7 +587,9 @@ def fast_table(args):
     if not rows:
         sys.exit(f"no parity-IMAGE.json in {args.results}: run --parity IMAGE first")
     n = len(rows[0][3])
-    print(f"EfficientNet-Lite0, top-1 class; mean (± sd) over the image and {n - 1} one-ulp copies; T: TorchRay, "
+    over = f"the image and {n - 1} one-ulp copies" if args.fast_seeds is None else \
+        f"{n} one-ulp copies (seeds {args.fast_seeds}..{args.fast_seeds + n - 1}; T and E: the parity runs' inputs)"
+    print(f"EfficientNet-Lite0, top-1 class; mean (± sd) over {over}; T: TorchRay, "
           f"800 iterations; E: extremal, TorchRay's schedule, 800 iterations; F: extremal --schedule fast, "
           f"{iterations} iterations")
     # TorchRay's own visible areas exceed the targets (its area constraint counts a margin around

@@ -105,14 +105,14 @@ fn fast_schedule_finds_the_evidence_in_an_eighth_of_the_iterations() -> Result<(
     assert_eq!((cfg.schedule, cfg.iterations), (ExtremalSchedule::Fast, 100));
     let r = extremal_perturbation(&net, &input, 0, &cfg, &mut |_| {})?;
     assert_eq!(r.history.len(), 100);
-    // The area weight crosses TorchRay's range (its first weight to its 800th) in the first
-    // 60 iterations, then holds.
-    let torchray_last = 300.0 * 1.0035f64.powi(800);
+    // The area weight grows from 0.3 of TorchRay's first weight to 0.7 of its 800th in the
+    // first 60 iterations, then holds.
+    let ceiling = 0.7 * 300.0 * 1.0035f64.powi(800);
     let lambda: Vec<f64> = r.history.iter().map(|i| i.area_weight).collect();
-    assert_eq!(lambda[0], 300.0);
+    assert!((lambda[0] - 90.0).abs() < 1e-9, "{}", lambda[0]);
     assert!(lambda[..59].windows(2).all(|p| p[1] > p[0]));
     assert!(
-        lambda[59..].iter().all(|&l| (l / torchray_last - 1.0).abs() < 1e-9),
+        lambda[59..].iter().all(|&l| (l / ceiling - 1.0).abs() < 1e-9),
         "{:?}",
         &lambda[55..65]
     );

@@ -1,6 +1,7 @@
 //! Optimisers of the mask and inversion loops, behind one trait ([`Optimiser`], as candle-nn's
-//! optimiser trait): [`Sgd`] and [`Adam`] with `torch.optim`'s update rules, and [`UnitRms`], which
-//! rescales each gradient to unit root-mean-square before another optimiser's step.
+//! optimiser trait): [`Sgd`] and [`Adam`] with `torch.optim`'s update rules, [`UnitRms`], which
+//! rescales each gradient to unit root-mean-square before another optimiser's step, and
+//! [`CosineDecay`], which anneals another optimiser's learning rate.
 
 use candle_core::{DType, Tensor, Var};
 
@@ -153,5 +154,56 @@ impl<O: Optimiser> Optimiser for UnitRms<O> {
     fn step(&mut self, param: &Var, grad: &Tensor) -> Result<()> {
         let rms = grad.sqr()?.mean_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?.sqrt();
         self.0.step(param, &(grad / rms.max(1e-30))?)
+    }
+}
+
+/// Another optimiser whose learning rate is held for the first `hold` steps and then follows a
+/// half cosine from it down to zero at step `steps` (SGDR's annealing, Loshchilov & Hutter,
+/// 2017, without restarts): a run that explores at a constant rate and then settles.
+#[derive(Debug)]
+pub struct CosineDecay<O> {
+    inner: O,
+    base: f64,
+    hold: usize,
+    steps: usize,
+    t: usize,
+}
+
+impl<O: Optimiser> CosineDecay<O> {
+    /// `inner` at its learning rate for `hold` steps, then annealed to zero at step `steps`.
+    pub fn new(inner: O, hold: usize, steps: usize) -> Self {
+        Self {
+            base: inner.learning_rate(),
+            inner,
+            hold,
+            steps,
+            t: 0,
+        }
+    }
+
+    /// The learning rate of step `t`.
+    pub fn learning_rate_at(&self, t: usize) -> f64 {
+        if t < self.hold || self.steps <= self.hold {
+            return self.base;
+        }
+        let v = ((t - self.hold) as f64 / (self.steps - self.hold) as f64).min(1.0);
+        self.base * 0.5 * (1.0 + (std::f64::consts::PI * v).cos())
+    }
+}
+
+impl<O: Optimiser> Optimiser for CosineDecay<O> {
+    fn learning_rate(&self) -> f64 {
+        self.learning_rate_at(self.t)
+    }
+
+    /// Sets the rate held before the annealing (the annealing scales it).
+    fn set_learning_rate(&mut self, lr: f64) {
+        self.base = lr;
+    }
+
+    fn step(&mut self, param: &Var, grad: &Tensor) -> Result<()> {
+        self.inner.set_learning_rate(self.learning_rate_at(self.t));
+        self.t += 1;
+        self.inner.step(param, grad)
     }
 }

@@ -1,7 +1,7 @@
 //! The optimisers follow torch.optim's update rules.
 
 use candle_core::{Device, Tensor, Var};
-use extremal_ops::{Adam, Optimiser, Sgd};
+use extremal_ops::{Adam, CosineDecay, Optimiser, Sgd};
 
 #[test]
 fn sgd_with_momentum_and_dampening_is_pytorchs() {
@@ -27,4 +27,25 @@ fn adam_first_step_moves_by_the_learning_rate() {
         .unwrap();
     let v = p.as_tensor().to_vec1::<f64>().unwrap();
     assert!((v[0] - 0.45).abs() < 1e-6 && (v[1] - 0.55).abs() < 1e-5, "{v:?}");
+}
+
+#[test]
+fn cosine_decay_holds_then_anneals_to_zero() {
+    // Plain SGD at 0.1 under the schedule: steps 0 and 1 at 0.1, then 0.1·(1 + cos(π·k/4))/2
+    // for k = 0, 1, 2, 3 (hold 2, 6 steps): 0.1, 0.0854, 0.05, 0.0146; gradient 1 each step.
+    let p = Var::new(&[0f64], &Device::Cpu).unwrap();
+    let mut opt = CosineDecay::new(Sgd::new(0.1, 0.0, 0.0), 2, 6);
+    let rates: Vec<f64> = (0..7).map(|t| opt.learning_rate_at(t)).collect();
+    let expected = [0.1, 0.1, 0.1, 0.085355339, 0.05, 0.014644661, 0.0];
+    for (r, e) in rates.iter().zip(expected) {
+        assert!((r - e).abs() < 1e-8, "{rates:?}");
+    }
+    let mut moved = 0.0;
+    for t in 0..6 {
+        assert!((opt.learning_rate() - expected[t]).abs() < 1e-8);
+        opt.step(&p, &Tensor::new(&[1.0f64], &Device::Cpu).unwrap()).unwrap();
+        moved += rates[t];
+        let v = p.as_tensor().to_vec1::<f64>().unwrap()[0];
+        assert!((v + moved).abs() < 1e-12, "{v} after step {t}");
+    }
 }
