@@ -262,6 +262,7 @@ def random_torchvision(name, tmp):
     """torchvision's `name` with its random initial weights, those weights saved for extremal
     (`--weights FILE` arguments), and chelsea normalised as torchvision's models expect."""
     import torchvision
+    torch.manual_seed(0)  # the same random weights (and so the same top class) on every run
     net = getattr(torchvision.models, name)(weights=None).eval()
     wpath = os.path.join(tmp, "weights.safetensors")
     save_file({k: v.contiguous() for k, v in net.state_dict().items() if not k.endswith("num_batches_tracked")},
