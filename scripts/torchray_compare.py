@@ -27,12 +27,15 @@ extremal's default 800-iteration means; then the wall times side by side, TorchR
 the image (--torchray-iterations N < 800 times N iterations and scales to 800):
 
     python3 scripts/torchray_compare.py --fast-table --results docs/parity [--torchray-iterations 800] [--no-timing]
+    python3 scripts/torchray_compare.py --fast-table --model resnet50 [--torchray-iterations 800]
     python3 scripts/torchray_compare.py --fast-table --results docs/parity --no-timing --fast-seeds 5
+    python3 scripts/torchray_compare.py --fast-versus OLD_BINARY [--images FILE ...]
 
 (--fast-seeds S runs the fast schedule on other one-ulp copies, seeds S, S+1, ..., as many as the
 parity runs have inputs, instead of the parity runs' own inputs: a check on inputs the schedule
-was not chosen on, against the same TorchRay means.)
-    python3 scripts/torchray_compare.py --fast-table --model resnet50 [--torchray-iterations 800]
+was not chosen on, against the same TorchRay means. --fast-versus runs two builds' fast
+schedules on other images, the bundled CC0 images other than camera by default, and compares
+their rewards without TorchRay.)
 
 ResNet-50 runs with torchvision's random weights saved to a safetensors file (speed only: the
 masks of a random network mean little).
@@ -52,6 +55,8 @@ from torchray.attribution.extremal_perturbation import extremal_perturbation
 
 sys.path.insert(0, os.path.dirname(__file__))
 import golden  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 torch.set_grad_enabled(True)
 
@@ -115,7 +120,15 @@ def main():
     ap.add_argument("--no-timing", action="store_true",
                     help="--fast-table: the reward table only, without timing TorchRay (minutes, not ten: for "
                          "trying a variant of the schedule)")
+    ap.add_argument("--fast-versus", metavar="OLD_BINARY",
+                    help="the fast schedule of --binary against OLD_BINARY's on --images (no TorchRay): each "
+                         "image's rewards and visible areas with both builds, and the summed difference")
+    ap.add_argument("--images", nargs="+", default=[],
+                    help="--fast-versus: image files (default: the bundled CC0 images other than camera)")
     args = ap.parse_args()
+    if args.fast_versus:
+        fast_versus(args)
+        return
     if args.fast_table:
         fast_table(args)
         return
@@ -619,6 +632,33 @@ def fast_table(args):
     print("|---|---|---|---|")
     for name, _, e, f, it in timings:
         print(f"| {name} | {f:.1f} s ({it} iterations) | {f / torchray_s:.3f}x | {e:.1f} s |")
+
+
+def fast_versus(args):
+    """`attribute --schedule fast` with two builds on the same images: a check of a change to the
+    fast schedule on images it was not chosen on."""
+    images = args.images or sorted(
+        p for p in glob.glob(os.path.join(ROOT, "assets", "cc0", "*.jpg")) if not p.endswith("camera.jpg"))
+    areas = ",".join(map(str, AREAS))
+
+    def run(binary, image):
+        out = subprocess.run([binary, "attribute", image, "--areas", areas, "--schedule", "fast", "--json"],
+                             check=True, capture_output=True, text=True).stdout
+        return json.loads(out)
+
+    print(f"EfficientNet-Lite0, top-1 class, --schedule fast; old: {args.fast_versus}; new: {args.binary}")
+    print("| image (class) | area | reward old | new | new - old | visible area old | new |")
+    print("|---|---|---|---|---|---|---|")
+    diffs = []
+    for image in images:
+        old, new = run(args.fast_versus, image), run(args.binary, image)
+        for a, b in zip(old["areas"], new["areas"]):
+            d = b["reward"] - a["reward"]
+            diffs.append(d)
+            print(f"| {os.path.basename(image)} ({new['target']}) | {a['area']} | {a['reward']:.2f} | "
+                  f"{b['reward']:.2f} | {d:+.2f} | {a['visible_area']:.3f} | {b['visible_area']:.3f} |")
+    better = sum(d > 0 for d in diffs)
+    print(f"new - old summed over {len(diffs)} image-area pairs: {sum(diffs):+.2f}; new higher on {better}")
 
 
 if __name__ == "__main__":
