@@ -56,8 +56,6 @@ from torchray.attribution.extremal_perturbation import extremal_perturbation
 sys.path.insert(0, os.path.dirname(__file__))
 import golden  # noqa: E402
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
 torch.set_grad_enabled(True)
 
 
@@ -585,9 +583,10 @@ def fast_table(args):
             continue
         r = json.load(open(p))
         x0 = parity_input(name)
-        inputs = [x0] + [one_ulp(x0, seed) for seed in range(1, r["perturbations"] + 1)]
-        if args.fast_seeds is not None:
-            inputs = [one_ulp(x0, args.fast_seeds + i) for i in range(len(inputs))]
+        if args.fast_seeds is None:
+            inputs = [x0] + [one_ulp(x0, seed) for seed in range(1, r["perturbations"] + 1)]
+        else:
+            inputs = [one_ulp(x0, args.fast_seeds + i) for i in range(r["perturbations"] + 1)]
         fast = [extremal_fast(x, f"{name}{i}", target=r["target"]) for i, x in enumerate(inputs)]
         iterations = fast[0][0]["iterations"]
         fast_s = st.mean(s for _, s in fast)
@@ -638,7 +637,7 @@ def fast_versus(args):
     """`attribute --schedule fast` with two builds on the same images: a check of a change to the
     fast schedule on images it was not chosen on."""
     images = args.images or sorted(
-        p for p in glob.glob(os.path.join(ROOT, "assets", "cc0", "*.jpg")) if not p.endswith("camera.jpg"))
+        p for p in glob.glob("assets/cc0/*.jpg") if not p.endswith("camera.jpg"))
     areas = ",".join(map(str, AREAS))
 
     def run(binary, image):
