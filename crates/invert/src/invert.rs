@@ -5,7 +5,7 @@ use std::str::FromStr;
 use candle_core::{DType, Tensor, D};
 use extremal_hook::Network;
 use extremal_ops::random::SeededRng;
-use extremal_ops::{Adam, Optimiser, Sgd, UnitRms};
+use extremal_ops::{Adam, LearningRate, Optimiser, Scheduled, Sgd, UnitRms};
 
 use crate::optimise::{optimise_image, Schedule};
 use crate::param::{ImageParam, Parameterisation};
@@ -447,9 +447,23 @@ pub fn invert(
     if cfg.init_scale != 1.0 {
         param.var().set(&(param.var().as_tensor() * cfg.init_scale)?)?;
     }
+    // The rate drops by `lr_decay` at each fraction `lr_steps` of the run.
+    let rate = LearningRate::Stepped {
+        base: base_lr,
+        at: cfg
+            .lr_steps
+            .iter()
+            .map(|&s| {
+                (0..=cfg.iterations)
+                    .find(|&t| t as f64 / cfg.iterations as f64 >= s)
+                    .unwrap_or(usize::MAX)
+            })
+            .collect(),
+        decay: cfg.lr_decay,
+    };
     let mut optimiser: Box<dyn Optimiser> = match cfg.optimiser {
-        OptimiserKind::Adam => Box::new(Adam::new(base_lr)),
-        OptimiserKind::Momentum => Box::new(UnitRms(Sgd::new(base_lr, 0.9, 0.0))),
+        OptimiserKind::Adam => Box::new(Scheduled::new(Adam::new(base_lr), rate)),
+        OptimiserKind::Momentum => Box::new(Scheduled::new(UnitRms(Sgd::new(base_lr, 0.9, 0.0)), rate)),
     };
     let mut rng = SeededRng::new(cfg.seed ^ 0x5EED_F7A4_5EED);
     // A rectified site (exact zeros in the target) is produced by the activation that the
@@ -461,16 +475,8 @@ pub fn invert(
         0
     };
     let transform_steps = (cfg.transform_until.clamp(0.0, 1.0) * cfg.iterations as f64).round() as usize;
-    let lr_at = |t: usize| {
-        let frac = t as f64 / cfg.iterations as f64;
-        base_lr
-            * cfg
-                .lr_decay
-                .powi(cfg.lr_steps.iter().filter(|&&s| frac >= s).count() as i32)
-    };
     let schedule = Schedule {
         iterations: cfg.iterations,
-        lr_at: &lr_at,
         redirect_steps,
     };
     let mut loss = |t: usize, image: &Tensor| -> Result<(Tensor, Vec<f64>)> {

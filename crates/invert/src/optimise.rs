@@ -7,11 +7,11 @@ use extremal_ops::{set_gradient_rule_for, GradientRule, Optimiser};
 use crate::param::ImageParam;
 use crate::{Error, Result};
 
-/// How the loop runs: steps, learning rate per step, and how many first steps pass redirected
-/// gradients through the last rectifier before the site.
-pub(crate) struct Schedule<'a> {
+/// How the loop runs: steps, and how many first steps pass redirected gradients through the
+/// last rectifier before the site (the learning rate per step is the optimiser's own, e.g.
+/// [`extremal_ops::Scheduled`]).
+pub(crate) struct Schedule {
     pub iterations: usize,
-    pub lr_at: &'a dyn Fn(usize) -> f64,
     pub redirect_steps: usize,
 }
 
@@ -37,7 +37,7 @@ pub(crate) fn optimise_image(
         if !value.is_finite() {
             return Err(Error::Invalid(format!(
                 "the optimisation diverged (objective {value}) at step {t}; lower the learning rate (now {})",
-                (schedule.lr_at)(t)
+                optimiser.learning_rate()
             )));
         }
         let grads = {
@@ -47,7 +47,6 @@ pub(crate) fn optimise_image(
         let g = grads.get(param.var()).ok_or_else(|| {
             Error::Invalid("no gradient reached the image: does the site depend on the input?".into())
         })?;
-        optimiser.set_learning_rate((schedule.lr_at)(t));
         optimiser.step(param.var(), g)?;
         progress(t + 1, &values);
         history.push(values);

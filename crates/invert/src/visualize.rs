@@ -266,10 +266,8 @@ pub fn visualize(
     };
     let mut rng = SeededRng::new(cfg.seed ^ 0x715_0A11_2E5E);
     let mut optimiser = Adam::new(cfg.lr);
-    let lr_at = |_: usize| cfg.lr;
     let schedule = Schedule {
         iterations: cfg.iterations,
-        lr_at: &lr_at,
         redirect_steps: 0,
     };
     let mut loss = |_: usize, image: &Tensor| -> Result<(Tensor, Vec<f64>)> {

@@ -71,7 +71,7 @@ pub use excite::{
 };
 pub use fft::irfft2;
 pub use linear::linear;
-pub use optim::{Adam, CosineDecay, Optimiser, Sgd, UnitRms};
+pub use optim::{Adam, LearningRate, Optimiser, Scheduled, Sgd, UnitRms};
 pub use pool::{adaptive_avg_pool2d, max_pool2d, max_pool2d_primitive, Pool2d};
 pub use resize::{interpolation_matrix, resize_bilinear};
 pub use separable::{avg_pool2d, gaussian_blur, gaussian_kernel, Border};

@@ -1,7 +1,8 @@
 //! Optimisers of the mask and inversion loops, behind one trait ([`Optimiser`], as candle-nn's
 //! optimiser trait): [`Sgd`] and [`Adam`] with `torch.optim`'s update rules, [`UnitRms`], which
 //! rescales each gradient to unit root-mean-square before another optimiser's step, and
-//! [`CosineDecay`], which anneals another optimiser's learning rate.
+//! [`Scheduled`], which sets another optimiser's learning rate at each step from a
+//! [`LearningRate`] schedule (constant, stepped or cosine-annealed).
 
 use candle_core::{DType, Tensor, Var};
 
@@ -157,52 +158,106 @@ impl<O: Optimiser> Optimiser for UnitRms<O> {
     }
 }
 
-/// Another optimiser whose learning rate is held for the first `hold` steps and then follows a
-/// half cosine from it down to zero at step `steps` (SGDR's annealing, Loshchilov & Hutter,
-/// 2017, without restarts): a run that explores at a constant rate and then settles.
+/// A learning rate per step: the one schedule type of every optimisation loop.
+#[derive(Debug, Clone, PartialEq)]
+pub enum LearningRate {
+    /// The same rate at every step.
+    Constant(f64),
+    /// `base` multiplied by `decay` at each step of `at` (ascending): step decay, as
+    /// `torch.optim.lr_scheduler.MultiStepLR`.
+    Stepped {
+        /// The first rate.
+        base: f64,
+        /// The steps from which the rate is multiplied once more by `decay`.
+        at: Vec<usize>,
+        /// The factor of each drop.
+        decay: f64,
+    },
+    /// `base` for the first `hold` steps, then a half cosine from `base` down to zero at step
+    /// `steps` (SGDR's annealing, Loshchilov & Hutter, 2017, without restarts): a run that
+    /// explores at a constant rate and then settles.
+    Cosine {
+        /// The rate held.
+        base: f64,
+        /// Steps at `base`.
+        hold: usize,
+        /// The step at which the rate reaches zero.
+        steps: usize,
+    },
+}
+
+impl LearningRate {
+    /// The rate of step `t` (from 0).
+    pub fn at(&self, t: usize) -> f64 {
+        match *self {
+            LearningRate::Constant(lr) => lr,
+            LearningRate::Stepped { base, ref at, decay } => {
+                base * decay.powi(at.iter().filter(|&&s| t >= s).count() as i32)
+            }
+            LearningRate::Cosine { base, hold, steps } => {
+                if t < hold || steps <= hold {
+                    return base;
+                }
+                let v = ((t - hold) as f64 / (steps - hold) as f64).min(1.0);
+                base * 0.5 * (1.0 + (std::f64::consts::PI * v).cos())
+            }
+        }
+    }
+
+    /// The schedule with every rate multiplied by `factor`.
+    pub fn scaled(&self, factor: f64) -> Self {
+        match self.clone() {
+            LearningRate::Constant(lr) => LearningRate::Constant(lr * factor),
+            LearningRate::Stepped { base, at, decay } => LearningRate::Stepped {
+                base: base * factor,
+                at,
+                decay,
+            },
+            LearningRate::Cosine { base, hold, steps } => LearningRate::Cosine {
+                base: base * factor,
+                hold,
+                steps,
+            },
+        }
+    }
+}
+
+/// Another optimiser whose learning rate at each step follows a [`LearningRate`] schedule
+/// (counting its own steps from 0).
 #[derive(Debug)]
-pub struct CosineDecay<O> {
+pub struct Scheduled<O> {
     inner: O,
-    base: f64,
-    hold: usize,
-    steps: usize,
+    rate: LearningRate,
     t: usize,
 }
 
-impl<O: Optimiser> CosineDecay<O> {
-    /// `inner` at its learning rate for `hold` steps, then annealed to zero at step `steps`.
-    pub fn new(inner: O, hold: usize, steps: usize) -> Self {
-        Self {
-            base: inner.learning_rate(),
-            inner,
-            hold,
-            steps,
-            t: 0,
-        }
+impl<O: Optimiser> Scheduled<O> {
+    /// `inner` at `rate.at(t)` on its `t`-th step (its own learning rate is replaced).
+    pub fn new(inner: O, rate: LearningRate) -> Self {
+        Self { inner, rate, t: 0 }
     }
 
-    /// The learning rate of step `t`.
-    pub fn learning_rate_at(&self, t: usize) -> f64 {
-        if t < self.hold || self.steps <= self.hold {
-            return self.base;
-        }
-        let v = ((t - self.hold) as f64 / (self.steps - self.hold) as f64).min(1.0);
-        self.base * 0.5 * (1.0 + (std::f64::consts::PI * v).cos())
+    /// The schedule.
+    pub fn schedule(&self) -> &LearningRate {
+        &self.rate
     }
 }
 
-impl<O: Optimiser> Optimiser for CosineDecay<O> {
+impl<O: Optimiser> Optimiser for Scheduled<O> {
     fn learning_rate(&self) -> f64 {
-        self.learning_rate_at(self.t)
+        self.rate.at(self.t)
     }
 
-    /// Sets the rate held before the annealing (the annealing scales it).
+    /// Scales the whole schedule so that the next step's rate is `lr`.
     fn set_learning_rate(&mut self, lr: f64) {
-        self.base = lr;
+        let now = self.rate.at(self.t);
+        if now != 0.0 {
+            self.rate = self.rate.scaled(lr / now);
+        }
     }
 
     fn step(&mut self, param: &Var, grad: &Tensor) -> Result<()> {
-        self.inner.set_learning_rate(self.learning_rate_at(self.t));
+        self.inner.set_learning_rate(self.rate.at(self.t));
         self.t += 1;
         self.inner.step(param, grad)
     }

@@ -1,7 +1,7 @@
 //! The optimisers follow torch.optim's update rules.
 
 use candle_core::{Device, Tensor, Var};
-use extremal_ops::{Adam, CosineDecay, Optimiser, Sgd};
+use extremal_ops::{Adam, LearningRate, Optimiser, Scheduled, Sgd};
 
 #[test]
 fn sgd_with_momentum_and_dampening_is_pytorchs() {
@@ -30,22 +30,43 @@ fn adam_first_step_moves_by_the_learning_rate() {
 }
 
 #[test]
-fn cosine_decay_holds_then_anneals_to_zero() {
-    // Plain SGD at 0.1 under the schedule: steps 0 and 1 at 0.1, then 0.1·(1 + cos(π·k/4))/2
-    // for k = 0, 1, 2, 3 (hold 2, 6 steps): 0.1, 0.0854, 0.05, 0.0146; gradient 1 each step.
-    let p = Var::new(&[0f64], &Device::Cpu).unwrap();
-    let mut opt = CosineDecay::new(Sgd::new(0.1, 0.0, 0.0), 2, 6);
-    let rates: Vec<f64> = (0..7).map(|t| opt.learning_rate_at(t)).collect();
+fn cosine_schedule_holds_then_anneals_to_zero() {
+    // Plain SGD under the schedule: steps 0 and 1 at 0.1, then 0.1·(1 + cos(π·k/4))/2 for
+    // k = 0, 1, 2, 3 (hold 2, 6 steps): 0.1, 0.0854, 0.05, 0.0146; gradient 1 each step.
+    let rate = LearningRate::Cosine {
+        base: 0.1,
+        hold: 2,
+        steps: 6,
+    };
     let expected = [0.1, 0.1, 0.1, 0.085355339, 0.05, 0.014644661, 0.0];
-    for (r, e) in rates.iter().zip(expected) {
-        assert!((r - e).abs() < 1e-8, "{rates:?}");
+    follows(rate, &expected);
+}
+
+#[test]
+fn stepped_schedule_drops_at_its_steps() {
+    // 0.2 until step 2, ×0.5 from step 2, ×0.5 again from step 4.
+    let rate = LearningRate::Stepped {
+        base: 0.2,
+        at: vec![2, 4],
+        decay: 0.5,
+    };
+    follows(rate, &[0.2, 0.2, 0.1, 0.1, 0.05, 0.05]);
+}
+
+/// Checks `rate` against `expected` in closed form, and that plain SGD (gradient 1, its own
+/// rate 7, which the schedule replaces) under [`Scheduled`] moves by exactly those rates.
+fn follows(rate: LearningRate, expected: &[f64]) {
+    for (t, e) in expected.iter().enumerate() {
+        assert!((rate.at(t) - e).abs() < 1e-8, "step {t}: {} against {e}", rate.at(t));
     }
+    let p = Var::new(&[0f64], &Device::Cpu).unwrap();
+    let mut opt = Scheduled::new(Sgd::new(7.0, 0.0, 0.0), rate);
     let mut moved = 0.0;
-    for t in 0..6 {
-        assert!((opt.learning_rate() - expected[t]).abs() < 1e-8);
+    for (t, e) in expected.iter().enumerate().take(expected.len() - 1) {
+        assert!((opt.learning_rate() - e).abs() < 1e-8);
         opt.step(&p, &Tensor::new(&[1.0f64], &Device::Cpu).unwrap()).unwrap();
-        moved += rates[t];
+        moved += e;
         let v = p.as_tensor().to_vec1::<f64>().unwrap()[0];
-        assert!((v + moved).abs() < 1e-12, "{v} after step {t}");
+        assert!((v + moved).abs() < 1e-8, "{v} after step {t}");
     }
 }

@@ -17,7 +17,7 @@ mod pyramid;
 
 use candle_core::Tensor;
 use extremal_hook::Network;
-use extremal_ops::{gaussian_blur, resize_bilinear, Adam, Border, CosineDecay, Optimiser, Sgd};
+use extremal_ops::{gaussian_blur, resize_bilinear, Adam, Border, LearningRate, Optimiser, Scheduled, Sgd};
 use serde::{Deserialize, Serialize};
 
 pub use generator::MaskGenerator;
@@ -429,7 +429,12 @@ fn run_at_input(
                 },
                 ..objective
             };
-            let mut adam = CosineDecay::new(Adam::new(FAST_LEARNING_RATE), ramp, cfg.iterations);
+            let rate = LearningRate::Cosine {
+                base: FAST_LEARNING_RATE,
+                hold: ramp,
+                steps: cfg.iterations,
+            };
+            let mut adam = Scheduled::new(Adam::new(FAST_LEARNING_RATE), rate);
             run(evidence, param, &objective, &mut adam, cfg, progress)
         }
     }
