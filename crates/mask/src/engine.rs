@@ -124,8 +124,9 @@ pub trait MaskParameterisation {
     /// - `masks`: `(B, …)` as [`MaskValues::masks`]; returns the site's shape with batch `B`.
     fn perturb(&self, masks: &Tensor, iteration: usize) -> Result<Tensor>;
 
-    /// Brings the parameters back into their domain after a step (default: clamp to [0, 1]).
-    fn project(&self) -> Result<()> {
+    /// Brings the parameters back into their domain after step `iteration` (from 0; default:
+    /// clamp to [0, 1]).
+    fn project(&self, _iteration: usize) -> Result<()> {
         let p = self.params();
         p.set(&p.as_tensor().clamp(0.0, 1.0)?)?;
         Ok(())
@@ -300,7 +301,7 @@ pub fn optimise(
             .get(param.params().as_tensor())
             .ok_or_else(|| Error::Invalid("no gradient reached the mask parameters".into()))?;
         optimiser.step(param.params(), g)?;
-        param.project()?;
+        param.project(t)?;
         history.push(Iteration {
             rewards,
             penalties,

@@ -38,7 +38,7 @@ pub use engine::{
 };
 pub use extremal_ops::{Adam, Optimiser, Sgd};
 pub use spatial::{
-    explain_channel, extremal_perturbation, AreaSummary, ExtremalConfig, ExtremalResult, ExtremalSchedule,
+    explain_channel, extremal_perturbation, tie_blocks, AreaSummary, ExtremalConfig, ExtremalResult, ExtremalSchedule,
     ExtremalSummary, MaskGenerator, Perturbation, Pyramid, PyramidMask, SpatialMask,
 };
 

@@ -2,7 +2,10 @@
 
 use candle_core::{DType, Device, Module, Tensor};
 use extremal_hook::{Graph, Node};
-use extremal_mask::{extremal_perturbation, ExtremalConfig, ExtremalResult, ExtremalSchedule, Game, Perturbation};
+use extremal_mask::{
+    extremal_perturbation, tie_blocks, ExtremalConfig, ExtremalResult, ExtremalSchedule, Game, MaskParameterisation,
+    Perturbation, PyramidMask,
+};
 
 /// Class 0's logit is the mean of channel 0 over the square rows 8..24, columns 30..46, times
 /// 10; class 1's is 0.
@@ -132,6 +135,65 @@ fn fast_schedule_finds_the_evidence_in_an_eighth_of_the_iterations() -> Result<(
     .unwrap_err()
     .to_string();
     assert!(err.contains("the fast schedule optimises image-space masks"), "{err}");
+    Ok(())
+}
+
+#[test]
+fn tied_blocks_take_their_means() -> Result<(), Box<dyn std::error::Error>> {
+    // A 3×5 grid: full 2×2 blocks, a last odd row and column, and the corner cell alone.
+    let p = Tensor::new(
+        &[
+            [0f32, 1.0, 2.0, 3.0, 4.0],
+            [5.0, 6.0, 7.0, 8.0, 9.0],
+            [10.0, 11.0, 12.0, 13.0, 14.0],
+        ],
+        &Device::Cpu,
+    )?
+    .reshape((1, 1, 3, 5))?;
+    let tied = tie_blocks(&p)?.flatten_all()?.to_vec1::<f32>()?;
+    let expected = [
+        3.0, 3.0, 5.0, 5.0, 6.5, //
+        3.0, 3.0, 5.0, 5.0, 6.5, //
+        10.5, 10.5, 12.5, 12.5, 14.0,
+    ];
+    assert_eq!(tied, expected);
+    Ok(())
+}
+
+/// Under the fast schedule the parameters are tied in 2×2 blocks after each step of the area
+/// weight's ramp (the first 60 % of the steps), and free after; never under TorchRay's.
+#[test]
+fn fast_schedule_ties_the_grid_while_the_area_weight_grows() -> Result<(), Box<dyn std::error::Error>> {
+    let input = Tensor::ones((1, 3, 40, 54), DType::F32, &Device::Cpu)?;
+    let fast = ExtremalConfig {
+        step: 4,
+        sigma: 4.0,
+        ..ExtremalConfig::fast()
+    };
+    let torchray = ExtremalConfig {
+        step: 4,
+        sigma: 4.0,
+        ..Default::default()
+    };
+    let mask = PyramidMask::new(&input, 2, &fast)?;
+    assert_eq!(mask.tied_steps(), 60);
+    assert_eq!(PyramidMask::new(&input, 2, &torchray)?.tied_steps(), 0);
+    // Grid 10×14; values outside [0, 1] are clamped before the blocks are tied.
+    let values = Tensor::rand(-0.5f32, 1.5, mask.params().dims(), &Device::Cpu)?;
+    let clamped = values.clamp(0f32, 1.0)?;
+    for (step, expected) in [
+        (0, tie_blocks(&clamped)?),
+        (59, tie_blocks(&clamped)?),
+        (60, clamped.clone()),
+    ] {
+        mask.params().set(&values)?;
+        mask.project(step)?;
+        let diff = (mask.params().as_tensor() - &expected)?
+            .abs()?
+            .max_all()?
+            .to_scalar::<f32>()?;
+        assert_eq!(diff, 0.0, "after step {step}");
+    }
     Ok(())
 }
 

@@ -21,7 +21,7 @@ use extremal_ops::{gaussian_blur, resize_bilinear, Adam, Border, LearningRate, O
 use serde::{Deserialize, Serialize};
 
 pub use generator::MaskGenerator;
-pub use params::{PyramidMask, SpatialMask};
+pub use params::{tie_blocks, PyramidMask, SpatialMask};
 pub use pyramid::Pyramid;
 
 use crate::channels::{ChannelContribution, ChannelSite};
@@ -88,8 +88,10 @@ pub enum ExtremalSchedule {
     /// geometrically in those first 60 % from 90 (0.3 of TorchRay's first weight, so that
     /// the reward leads before the area term binds) to about 3,400 (0.7 of the weight
     /// TorchRay reaches at its 800th iteration) and then held, so that the masks settle at
-    /// their areas. Adam's step does not depend on the gradient's scale, which lets the mask
-    /// cross that range of `λ` in an eighth of the steps. As Adam moves every parameter at
+    /// their areas. While `λ` grows, the mask's parameters are tied in 2×2 blocks (a grid
+    /// of twice TorchRay's step: fewer, larger cells to place first); TorchRay's grid is free
+    /// while the masks settle. Adam's step does not depend on the gradient's scale, which lets
+    /// the mask cross that range of `λ` in an eighth of the steps. As Adam moves every parameter at
     /// the same rate while their gradients' signs agree, it needs a reward whose gradient
     /// outweighs the area term's at the start, as a trained network's logit does.
     /// `scripts/torchray_compare.py --fast-table` measures its rewards against TorchRay's
@@ -420,7 +422,7 @@ fn run_at_input(
             // learning rate is held as long and then annealed to zero.
             let start = cfg.area_weight * FAST_AREA_START;
             let ceiling = cfg.area_weight * cfg.area_growth.powi(TORCHRAY_ITERATIONS as i32) * FAST_AREA_CEILING;
-            let ramp = ((cfg.iterations as f64 * FAST_RAMP).round() as usize).max(2);
+            let ramp = fast_ramp(cfg.iterations);
             let objective = Objective {
                 area_weight: AreaWeight::Geometric {
                     start,
@@ -438,6 +440,12 @@ fn run_at_input(
             run(evidence, param, &objective, &mut adam, cfg, progress)
         }
     }
+}
+
+/// The steps of the fast schedule's area-weight ramp: the first [`FAST_RAMP`] of `iterations`
+/// (at least 2).
+fn fast_ramp(iterations: usize) -> usize {
+    ((iterations as f64 * FAST_RAMP).round() as usize).max(2)
 }
 
 /// Runs the engine; returns the masks of the last iteration (smoothed if asked) and the
