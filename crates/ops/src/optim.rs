@@ -2,7 +2,7 @@
 //! optimiser trait): [`Sgd`] and [`Adam`] with `torch.optim`'s update rules, [`UnitRms`], which
 //! rescales each gradient to unit root-mean-square before another optimiser's step, and
 //! [`Scheduled`], which sets another optimiser's learning rate at each step from a
-//! [`LearningRate`] schedule (constant, stepped or cosine-annealed).
+//! [`LearningRate`] schedule (stepped or cosine-annealed).
 
 use candle_core::{DType, Tensor, Var};
 
@@ -158,11 +158,10 @@ impl<O: Optimiser> Optimiser for UnitRms<O> {
     }
 }
 
-/// A learning rate per step: the one schedule type of every optimisation loop.
+/// A learning rate that changes over the steps: the one schedule type of the optimisation
+/// loops (a constant rate is the optimiser's own).
 #[derive(Debug, Clone, PartialEq)]
 pub enum LearningRate {
-    /// The same rate at every step.
-    Constant(f64),
     /// `base` multiplied by `decay` at each step of `at` (ascending): step decay, as
     /// `torch.optim.lr_scheduler.MultiStepLR`.
     Stepped {
@@ -190,7 +189,6 @@ impl LearningRate {
     /// The rate of step `t` (from 0).
     pub fn at(&self, t: usize) -> f64 {
         match *self {
-            LearningRate::Constant(lr) => lr,
             LearningRate::Stepped { base, ref at, decay } => {
                 base * decay.powi(at.iter().filter(|&&s| t >= s).count() as i32)
             }
@@ -207,7 +205,6 @@ impl LearningRate {
     /// The schedule with every rate multiplied by `factor`.
     pub fn scaled(&self, factor: f64) -> Self {
         match self.clone() {
-            LearningRate::Constant(lr) => LearningRate::Constant(lr * factor),
             LearningRate::Stepped { base, at, decay } => LearningRate::Stepped {
                 base: base * factor,
                 at,
@@ -235,11 +232,6 @@ impl<O: Optimiser> Scheduled<O> {
     /// `inner` at `rate.at(t)` on its `t`-th step (its own learning rate is replaced).
     pub fn new(inner: O, rate: LearningRate) -> Self {
         Self { inner, rate, t: 0 }
-    }
-
-    /// The schedule.
-    pub fn schedule(&self) -> &LearningRate {
-        &self.rate
     }
 }
 
