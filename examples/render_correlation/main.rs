@@ -3,13 +3,14 @@
 //! twice — with the settings `channels --render` used before (`InvertConfig::default()`: the
 //! other channels free, a start at the natural-image norm) and with today's
 //! (`InvertConfig::channel_render()`: everything but the channel where it fires matched to
-//! zero, a start at 0.3 of that norm) — and the Pearson correlation between the render's local
+//! zero, the visualization's Fourier image with its random shift and an energy prior, a start
+//! at 0.3 of that norm) — and the Pearson correlation between the render's local
 //! energy and the channel's activation is printed (`invert::energy_correlation`).
 //!
 //! ```text
 //! cargo run --release --example render_correlation [-- --iterations N] [--out DIR] [--parameterisation fourier]
 //!     [--lr R] [--init-scale S] [--tv W] [--jitter PX] [--scale F] [--rotate DEG] [--now-only]
-//!     [--optimiser adam|momentum] [--redirect-until F]
+//!     [--optimiser adam|momentum] [--redirect-until F] [--alpha A] [--alpha-weight W]
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -59,6 +60,11 @@ fn main() -> anyhow::Result<()> {
             .map(|v| v.parse())
             .transpose()?
             .unwrap_or(now.redirect_until),
+        alpha: flag("--alpha").map(|v| v.parse()).transpose()?.unwrap_or(now.alpha),
+        alpha_weight: flag("--alpha-weight")
+            .map(|v| v.parse())
+            .transpose()?
+            .unwrap_or(now.alpha_weight),
         ..now
     };
     println!(

@@ -90,10 +90,10 @@ pub(crate) struct ChannelsArgs {
     /// structure appears where it fires) or free (only the set is matched).
     #[arg(long, value_enum, default_value_t = extremal_invert::Others::Zero, requires = "render")]
     others: extremal_invert::Others,
-    /// The image prior of the inversions of --render: pixel (the default: the renders follow
-    /// where a channel fires most closely, see the render_correlation example) or fourier (the
-    /// visualization's decorrelated Fourier image, smoother colour).
-    #[arg(long, value_enum, default_value_t = extremal_invert::Parameterisation::Pixel, requires = "render", alias = "render-parametrization")]
+    /// The image parameterisation of the inversions of --render: fourier (the default: the
+    /// visualization's decorrelated Fourier image, whose renders follow where a channel fires
+    /// most closely, see the render_correlation example) or pixel.
+    #[arg(long, value_enum, default_value_t = extremal_invert::InvertConfig::channel_render().parameterisation, requires = "render", alias = "render-parametrization")]
     render_parameterisation: extremal_invert::Parameterisation,
     /// Add a column of feature visualizations (`extremal visualize`) of the explained kept
     /// channels to channels-sheet.png.

@@ -561,12 +561,13 @@ fn channels_render_writes_the_sheet() {
         "--render-iterations",
         "4",
         "--render-parameterisation",
-        "fourier",
+        "pixel",
         "--out",
         out,
         "--json",
     ]);
-    assert_eq!(v["render"]["parameterisation"], "fourier", "{v}");
+    // Pixels on request; the Fourier image is the default.
+    assert_eq!(v["render"]["parameterisation"], "pixel", "{v}");
     // The full activation, the kept set and each of the three kept channels that fire.
     let errors = v["render"]["relative_errors"].as_array().unwrap();
     assert!((3..=5).contains(&errors.len()), "{v}");

@@ -210,20 +210,30 @@ impl Default for InvertConfig {
 impl InvertConfig {
     /// The settings of channel renders (`channels --render`): the channels outside the set —
     /// and the set's own channels where they do not fire — matched to zero ([`Others::Zero`]),
-    /// from a start at 0.3 of the natural-image norm, so that a render shows the set's
-    /// structure where it fires and stays flat elsewhere. Measured by the `render_correlation`
-    /// example (the correlation between a render's local energy and the channel's activation);
-    /// pixels score higher there than the visualization's Fourier prior, and the random views
-    /// lower it, so neither is on by default.
+    /// so that a render shows the set's structure where it fires and stays flat elsewhere,
+    /// with the visualization's image prior: the decorrelated Fourier image, Lucid's random
+    /// shift of up to 8 pixels each step, and an energy prior (the α-norm with α = 2 and
+    /// weight 1: an image at the natural-image norm costs as much as the whole feature
+    /// mismatch, so what the target does not ask for decays towards the mean image). From a
+    /// start at 0.3 of the natural-image norm, 200 steps.
     ///
-    /// 200 steps: longer runs let texture spread where the set does not fire (at Lite0
-    /// `layer3` the six strongest kept channels of `chelsea.png` fall from a mean correlation
-    /// of 0.59 after 200 steps to 0.23 after 400).
+    /// Measured by the `render_correlation` example (the correlation between a render's
+    /// local energy and the channel's activation, Lite0 `layer3`): 0.649 on average, against
+    /// 0.623 for pixels without the energy prior and the shift, 0.395 for the Fourier image
+    /// without them, and 0.218 for the inversion that leaves the other channels free. Lucid's
+    /// random scale and rotation are left out: they move the render against the target that
+    /// stays in place (0.446 with a 10 % scale, 0.499 with a 10° rotation).
+    ///
+    /// 200 steps: longer runs let texture spread where the set does not fire.
     pub fn channel_render() -> Self {
         Self {
             iterations: 200,
             others: Others::Zero,
             init_scale: 0.3,
+            parameterisation: Parameterisation::Fourier,
+            alpha: 2.0,
+            alpha_weight: 1.0,
+            jitter: 8,
             ..Self::default()
         }
     }

@@ -359,3 +359,64 @@ fn others_zero_silences_the_rest() {
     assert!(zero < 0.2 * free, "free {free}, zero {zero}");
     assert!(e_zero < 0.35, "the set's own error with zero others: {e_zero}");
 }
+
+/// The renders' energy prior (`InvertConfig::channel_render`: the α-norm with α = 2 and
+/// weight 1, the Fourier image, Lucid's shift of up to 8 pixels) leaves what the network does
+/// not see flat: behind a network that sees only the left half of the image, the columns that
+/// no shift brings into view decay towards the mean image, while without the prior they keep
+/// the random start.
+#[test]
+fn the_render_prior_leaves_unseen_pixels_flat() {
+    let conv = conv_net();
+    // Columns 32… are zeroed before the convolutions: only the left half is seen.
+    let keep = Tensor::from_vec(
+        (0..64).map(|j| if j < 32 { 1f32 } else { 0.0 }).collect::<Vec<_>>(),
+        (1, 1, 1, 64),
+        &Device::Cpu,
+    )
+    .unwrap();
+    let net = Graph::new(Node::seq(
+        "",
+        vec![
+            Node::layer("left", move |x: &Tensor| x.broadcast_mul(&keep)),
+            Node::layer("rest", move |x: &Tensor| {
+                conv.forward_to(x, "relu2")
+                    .map_err(|e| candle_core::Error::Msg(e.to_string()))
+            }),
+        ],
+    ));
+    let x = input(&[1, 3, 32, 64], 13, DType::F32);
+    // Mean |x − mean| over the columns `cols` of the render.
+    let energy = |image: &Tensor, cols: std::ops::Range<usize>| -> f64 {
+        let mean = image.mean_all().unwrap();
+        image
+            .broadcast_sub(&mean)
+            .unwrap()
+            .narrow(3, cols.start, cols.len())
+            .unwrap()
+            .abs()
+            .unwrap()
+            .mean_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap() as f64
+    };
+    let render = |alpha_weight: f64| {
+        let cfg = InvertConfig {
+            alpha_weight,
+            ..InvertConfig::channel_render()
+        };
+        let inv = invert(&net, &x, "rest", &[Target::Channels(vec![1, 5])], &cfg, &mut |_, _| {}).unwrap();
+        let image = inv.images.get(0).unwrap().unsqueeze(0).unwrap();
+        // Rolls of up to 8 pixels bring columns 32…39 and 56…63 into view; 40…55 never are.
+        (energy(&image, 4..28), energy(&image, 42..54), inv.relative_errors[0])
+    };
+    let (seen, unseen, error) = render(InvertConfig::channel_render().alpha_weight);
+    let (seen_free, unseen_free, error_free) = render(0.0);
+    println!(
+        "energy seen / unseen: prior {seen:.4} / {unseen:.4} (error {error:.3}), none {seen_free:.4} / {unseen_free:.4} (error {error_free:.3})"
+    );
+    assert!(unseen < 0.2 * seen, "seen {seen}, unseen {unseen}");
+    assert!(unseen < 0.2 * unseen_free, "unseen: prior {unseen}, none {unseen_free}");
+    assert!(error < 0.9, "the set is still matched: {error}");
+}
