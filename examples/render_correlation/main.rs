@@ -11,6 +11,7 @@
 //! cargo run --release --example render_correlation [-- --iterations N] [--out DIR] [--parameterisation fourier]
 //!     [--lr R] [--init-scale S] [--tv W] [--jitter PX] [--scale F] [--rotate DEG] [--now-only]
 //!     [--optimiser adam|momentum] [--redirect-until F] [--alpha A] [--alpha-weight W]
+//!     [--lr-decay D] [--others zero|blank|free]
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -44,6 +45,11 @@ fn main() -> anyhow::Result<()> {
             None => now.parameterisation,
         },
         lr: flag("--lr").map(|v| v.parse()).transpose()?.unwrap_or(now.lr),
+        others: flag("--others").map(|v| v.parse()).transpose()?.unwrap_or(now.others),
+        lr_decay: flag("--lr-decay")
+            .map(|v| v.parse())
+            .transpose()?
+            .unwrap_or(now.lr_decay),
         tv_weight: flag("--tv").map(|v| v.parse()).transpose()?.or(now.tv_weight),
         init_scale: flag("--init-scale")
             .map(|v| v.parse())
