@@ -15,6 +15,7 @@
 //! ```
 
 use std::path::{Path, PathBuf};
+use std::str::FromStr;
 
 use candle_core::{DType, Device};
 use extremal::hook::Network;
@@ -22,12 +23,23 @@ use extremal::invert::{InvertConfig, Target, energy_correlation, invert};
 use extremal::mask::{ChannelConfig, channel_masks};
 use extremal::models::{Model, ModelKind, load_input};
 
+/// The value after `name` on the command line, parsed; `None` when the flag is absent.
+fn flag<T: FromStr>(args: &[String], name: &str) -> anyhow::Result<Option<T>>
+where
+    T::Err: std::error::Error + Send + Sync + 'static,
+{
+    let Some(i) = args.iter().position(|a| a == name) else {
+        return Ok(None);
+    };
+    let v = args.get(i + 1).ok_or_else(|| anyhow::anyhow!("{name} needs a value"))?;
+    Ok(Some(v.parse()?))
+}
+
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
-    let flag = |name: &str| args.iter().position(|a| a == name).map(|i| args[i + 1].clone());
-    let iterations: Option<usize> = flag("--iterations").map(|v| v.parse()).transpose()?;
+    let iterations: Option<usize> = flag(&args, "--iterations")?;
     let now_only = args.iter().any(|a| a == "--now-only");
-    let out = flag("--out").map(PathBuf::from);
+    let out: Option<PathBuf> = flag(&args, "--out")?;
     let model = Model::load(ModelKind::EfficientnetLite0, None, DType::F32, &Device::Cpu)?;
     let layer = "layer3";
     let site = model.resolve(layer)?;
@@ -40,37 +52,19 @@ fn main() -> anyhow::Result<()> {
     let now = InvertConfig::channel_render();
     let now = InvertConfig {
         iterations: iterations.unwrap_or(now.iterations),
-        parameterisation: match flag("--parameterisation") {
-            Some(p) => p.parse()?,
-            None => now.parameterisation,
-        },
-        lr: flag("--lr").map(|v| v.parse()).transpose()?.unwrap_or(now.lr),
-        others: flag("--others").map(|v| v.parse()).transpose()?.unwrap_or(now.others),
-        lr_decay: flag("--lr-decay")
-            .map(|v| v.parse())
-            .transpose()?
-            .unwrap_or(now.lr_decay),
-        tv_weight: flag("--tv").map(|v| v.parse()).transpose()?.or(now.tv_weight),
-        init_scale: flag("--init-scale")
-            .map(|v| v.parse())
-            .transpose()?
-            .unwrap_or(now.init_scale),
-        jitter: flag("--jitter").map(|v| v.parse()).transpose()?.unwrap_or(now.jitter),
-        scale: flag("--scale").map(|v| v.parse()).transpose()?.unwrap_or(now.scale),
-        rotate: flag("--rotate").map(|v| v.parse()).transpose()?.unwrap_or(now.rotate),
-        optimiser: flag("--optimiser")
-            .map(|v| v.parse())
-            .transpose()?
-            .unwrap_or(now.optimiser),
-        redirect_until: flag("--redirect-until")
-            .map(|v| v.parse())
-            .transpose()?
-            .unwrap_or(now.redirect_until),
-        alpha: flag("--alpha").map(|v| v.parse()).transpose()?.unwrap_or(now.alpha),
-        alpha_weight: flag("--alpha-weight")
-            .map(|v| v.parse())
-            .transpose()?
-            .unwrap_or(now.alpha_weight),
+        parameterisation: flag(&args, "--parameterisation")?.unwrap_or(now.parameterisation),
+        lr: flag(&args, "--lr")?.unwrap_or(now.lr),
+        others: flag(&args, "--others")?.unwrap_or(now.others),
+        lr_decay: flag(&args, "--lr-decay")?.unwrap_or(now.lr_decay),
+        tv_weight: flag(&args, "--tv")?.or(now.tv_weight),
+        init_scale: flag(&args, "--init-scale")?.unwrap_or(now.init_scale),
+        jitter: flag(&args, "--jitter")?.unwrap_or(now.jitter),
+        scale: flag(&args, "--scale")?.unwrap_or(now.scale),
+        rotate: flag(&args, "--rotate")?.unwrap_or(now.rotate),
+        optimiser: flag(&args, "--optimiser")?.unwrap_or(now.optimiser),
+        redirect_until: flag(&args, "--redirect-until")?.unwrap_or(now.redirect_until),
+        alpha: flag(&args, "--alpha")?.unwrap_or(now.alpha),
+        alpha_weight: flag(&args, "--alpha-weight")?.unwrap_or(now.alpha_weight),
         ..now
     };
     println!(

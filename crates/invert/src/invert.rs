@@ -221,8 +221,9 @@ impl InvertConfig {
     /// local energy and the channel's activation, Lite0 `layer3`): 0.649 on average, against
     /// 0.623 for pixels without the energy prior and the shift, 0.395 for the Fourier image
     /// without them, and 0.218 for the inversion that leaves the other channels free. Lucid's
-    /// random scale and rotation are left out: they move the render against the target that
-    /// stays in place (0.446 with a 10 % scale, 0.499 with a 10° rotation).
+    /// random scale and rotation are left out: with them the renders carry texture over the
+    /// whole frame (0.446 with a 10 % scale, 0.499 with a 10° rotation; seeing the photograph
+    /// through the same view did not help either).
     ///
     /// 200 steps: longer runs let texture spread where the set does not fire.
     pub fn channel_render() -> Self {
